@@ -1,2 +1,65 @@
-def main(argv=None):
-    return 0
+"""``napari-vit3d`` command line. Each sub-command lives in its own module of this package.
+
+A command module defines ``register(subparsers)`` which adds its parser and sets ``func`` (a callable
+taking the parsed ``argparse.Namespace`` and returning an exit code). User errors
+(:class:`~napari_vit3d.errors.Vit3dError`) become one line on stderr and exit code 2; a cancelled run
+exits 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import warnings
+
+from .. import __version__
+from ..errors import Cancelled, Vit3dError
+
+#: command modules, in the order ``--help`` lists them (missing modules are skipped)
+COMMAND_MODULES = ("segment", "explain", "evaluate", "compare", "models", "train", "info")
+
+EXIT_OK, EXIT_USAGE_OR_INPUT, EXIT_CANCELLED = 0, 2, 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="napari-vit3d", description="3D transformer segmentation and explanation")
+    parser.add_argument("--version", action="version", version=f"napari-vit3d {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            mod = importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"{__name__}.{name}":
+                continue
+            raise
+        mod.register(sub)
+    return parser
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_USAGE_OR_INPUT
+    warnings.showwarning = _show_warning
+    try:
+        return int(args.func(args) or 0)
+    except Cancelled as exc:
+        print(f"cancelled: {exc}", file=sys.stderr)
+        return EXIT_CANCELLED
+    except Vit3dError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE_OR_INPUT
+    except KeyboardInterrupt:
+        print("cancelled", file=sys.stderr)
+        return EXIT_CANCELLED
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""napari_vit3d.review"""
