@@ -1,1 +1,18 @@
-"""napari_vit3d.models"""
+"""napari_vit3d.models: model specs and registry, our architectures (SegFormer3D, ViT-CLS segmentation,
+DINO head), MONAI builders, safe checkpoint loading and MONAI bundles.
+
+Public API::
+
+    from napari_vit3d.models import ModelSpec, LabelInfo, load_model, LoadedModel, build_network,
+        get_spec, list_models, add_model, default_model_name
+
+Heavier pieces are imported from their modules (``segformer3d``, ``vit_seg``, ``checkpoints``, ``bundle``,
+``cost``).
+"""
+
+from .registry import (LoadedModel, add_model, build_network, default_model_name, get_spec, list_models,
+                       load_model, remove_model)
+from .spec import LabelInfo, ModelSpec
+
+__all__ = ["ModelSpec", "LabelInfo", "LoadedModel", "load_model", "build_network", "get_spec", "list_models",
+           "add_model", "remove_model", "default_model_name"]

@@ -52,6 +52,10 @@ class ModelSpec:
         self.roi_size = tuple(int(s) for s in self.roi_size)
         self.labels = tuple(l if isinstance(l, LabelInfo) else LabelInfo(int(l["index"]), str(l["name"]), tuple(l.get("color", (1, 1, 1, 1))))
                             for l in self.labels)
+        self.arch_kwargs = dict(self.arch_kwargs)
+        if self.architecture == "segformer3d":
+            # the attention scale changes the outputs of trained weights: always record it
+            self.arch_kwargs.setdefault("attn_scale", "head_dim")
         if len(self.channel_names) != self.in_channels:
             raise ModelError(f"model {self.name!r}: {self.in_channels} input channels but {len(self.channel_names)} channel names")
 
