@@ -26,7 +26,8 @@ NIFTI_SUFFIXES = (".nii", ".nii.gz")
 #: the largest array a file may ask for before it is refused (bytes, after conversion to float32)
 DEFAULT_MAX_BYTES = 4 * 1024**3
 MAX_CHANNELS = 8
-_LABEL_NAME = re.compile(r"(seg|label|mask|parc|aseg)", re.IGNORECASE)
+#: file names that suggest a label map ("masked"/"labelled" scans are images, so those are excluded)
+_LABEL_NAME = re.compile(r"(seg(?!mented)|label(?!l?ed)|mask(?!ed)|parc|aseg|atlas)", re.IGNORECASE)
 
 
 def is_nifti_path(path) -> bool:
@@ -65,7 +66,7 @@ def _load_header(path: Path):
             head = fh.read(2)
         if path.name.lower().endswith(".gz") and head != b"\x1f\x8b":
             raise _fail(path, "is named .gz but is not gzip-compressed")
-        img = nib.load(str(path))
+        img = nib.load(str(path), mmap=False)
     except VolumeError:
         raise
     except (EOFError, OSError, zlib.error, gzip.BadGzipFile) as exc:
@@ -98,6 +99,46 @@ def _check_shape(path, shape, itemsize_after: int, max_bytes: int):
     return tuple(int(s) for s in shape)
 
 
+#: claims above this many bytes are checked against the file's real content before allocating
+_VERIFY_ABOVE_BYTES = 256 * 1024**2
+
+
+def _check_data_present(path: Path, img, shape) -> None:
+    """Refuse a header that promises more data than the file holds, before allocating anything.
+
+    Uncompressed files: compare with the file size. Gzip files: for large claims, compare with the
+    size recorded in the gzip trailer and, when that disagrees (truncated or multi-member files),
+    count the decompressed bytes in small chunks, stopping as soon as there are enough.
+    """
+    hdr = img.header
+    offset = int(hdr.get("vox_offset", 0) or 0)
+    need = offset + int(np.prod(shape, dtype=np.float64)) * hdr.get_data_dtype().itemsize
+    if not path.name.lower().endswith(".gz"):
+        have = path.stat().st_size
+        if have < need:
+            raise _fail(path, f"is truncated: the header promises {need} bytes, the file has {have}")
+        return
+    if need <= _VERIFY_ABOVE_BYTES:
+        return  # small enough to find out while reading
+    with open(path, "rb") as fh:
+        fh.seek(-4, os.SEEK_END)
+        isize = int.from_bytes(fh.read(4), "little")
+    if isize == need % 2**32:
+        return
+    got = 0
+    try:
+        with gzip.open(path, "rb") as gz:
+            while got < need:
+                chunk = gz.read(16 * 1024**2)
+                if not chunk:
+                    break
+                got += len(chunk)
+    except (EOFError, OSError, zlib.error) as exc:
+        raise _fail(path, f"is truncated or corrupt ({type(exc).__name__}: {exc})") from None
+    if got < need:
+        raise _fail(path, f"is truncated: the header promises {need} bytes, the file holds {got}")
+
+
 def _has_scaling(img) -> bool:
     slope, inter = img.dataobj.slope, img.dataobj.inter
     return not ((slope is None or slope == 1) and (inter is None or inter == 0))
@@ -121,6 +162,7 @@ def read_nifti(path, *, as_labels: bool | None = None, max_bytes: int = DEFAULT_
         raise _fail(path, f"cannot be a label map (data type {disk_dtype})")
     out_itemsize = disk_dtype.itemsize if integer else 4
     shape = _check_shape(path, img.shape, max(out_itemsize, 1), max_bytes)
+    _check_data_present(path, img, shape)
     try:
         if integer:
             data = np.asanyarray(img.dataobj)
@@ -131,6 +173,8 @@ def read_nifti(path, *, as_labels: bool | None = None, max_bytes: int = DEFAULT_
     except Exception as exc:
         raise _fail(path, f"is truncated or corrupt ({type(exc).__name__}: {exc})") from None
     data = np.asarray(data).reshape(shape)
+    if not data.dtype.isnative:  # big-endian files: napari/vispy and torch want native byte order
+        data = data.astype(data.dtype.newbyteorder("="))
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if not integer:
@@ -176,6 +220,23 @@ def _same_file(a, b) -> bool:
         return os.path.abspath(a) == os.path.abspath(b)
 
 
+def _read_umask() -> int:
+    umask = os.umask(0o022)  # os.umask can only be read by setting it; done once, at import
+    os.umask(umask)
+    return umask
+
+
+_UMASK = _read_umask()
+
+
+def _new_file_mode(path: Path) -> int:
+    """The mode a plainly created file would get (0666 minus umask), or the existing file's mode."""
+    try:
+        return os.stat(path).st_mode & 0o777
+    except OSError:
+        return 0o666 & ~_UMASK
+
+
 def _atomic_save(img, path: Path) -> Path:
     path = Path(path)
     if not is_nifti_path(path):
@@ -187,6 +248,7 @@ def _atomic_save(img, path: Path) -> Path:
     os.close(fd)
     try:
         nib.save(img, tmp)
+        os.chmod(tmp, _new_file_mode(path))  # mkstemp makes 0600 files; give the usual permissions
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -201,7 +263,7 @@ def _guard_source(path, source_path, protect: tuple = ()):
             raise VolumeError(f"{path}: refusing to overwrite the source scan; choose another file name")
 
 
-def _header_for(data, affine, header, *, dtype) -> nib.Nifti1Header:
+def _header_for(data, header, *, dtype) -> nib.Nifti1Header:
     if header is not None and isinstance(header, (nib.Nifti1Header, nib.Nifti2Header)):
         hdr = header.copy()
     else:
@@ -211,19 +273,33 @@ def _header_for(data, affine, header, *, dtype) -> nib.Nifti1Header:
     return hdr
 
 
-def _make_image(data, affine, header, *, dtype):
-    """A NIfTI image with the source header's codes, ``dtype`` and no intensity scaling."""
-    hdr = _header_for(data, affine, header, dtype=dtype)
+def _make_image(data, affine, header, *, dtype, intent: str = "none"):
+    """A NIfTI image on ``affine`` with the source header's codes, ``dtype`` and no intensity scaling.
+
+    When ``affine`` is the source header's own (best) affine, the header's qform and sform are kept
+    exactly as they were (matrices and codes), so the file lands on the source voxel for voxel and
+    other tools read the same geometry from it. Otherwise both are set to ``affine``, keeping the
+    source codes (``aligned`` when there are none).
+    """
+    is_nifti_header = isinstance(header, (nib.Nifti1Header, nib.Nifti2Header))
+    hdr = _header_for(data, header, dtype=dtype)
     klass = nib.Nifti2Image if isinstance(hdr, nib.Nifti2Header) else nib.Nifti1Image
+    qform, qcode = (hdr.get_qform(coded=True) if is_nifti_header else (None, 0))
+    sform, scode = (hdr.get_sform(coded=True) if is_nifti_header else (None, 0))
+    qcode, scode = int(qcode or 0), int(scode or 0)
     img = klass(np.asarray(data, dtype=dtype), affine, header=hdr)
-    qcode = int(hdr["qform_code"]) if header is not None else 0
-    scode = int(hdr["sform_code"]) if header is not None else 0
-    if qcode == 0 and scode == 0:  # no source codes: still say where the voxels are (aligned space)
-        qcode = scode = 2
-    img.set_sform(affine, code=scode)
-    img.set_qform(affine, code=qcode)
+    own = is_nifti_header and np.allclose(header.get_best_affine(), affine, atol=1e-6)
+    if own:
+        img.set_sform(sform if scode else affine, code=scode)
+        img.set_qform(qform if qcode else affine, code=qcode)
+    else:
+        if qcode == 0 and scode == 0:  # no source codes: still say where the voxels are
+            qcode = scode = 2
+        img.set_sform(affine, code=scode or qcode)
+        img.set_qform(affine, code=qcode or scode)
     img.header.set_slope_inter(1.0, 0.0)
     img.header["cal_min"], img.header["cal_max"] = 0, 0
+    img.header.set_intent(intent)
     return img
 
 
@@ -242,7 +318,8 @@ def write_labels(path, labels: np.ndarray, affine, *, header=None, source_path: 
     hi = int(labels.max()) if labels.size else 0
     dtype = label_dtype(max(hi, -lo), signed=lo < 0)
     _guard_source(path, source_path, protect)
-    return _atomic_save(_make_image(labels, np.asarray(affine, float), header, dtype=dtype), Path(path))
+    return _atomic_save(_make_image(labels, np.asarray(affine, float), header, dtype=dtype, intent="label"),
+                        Path(path))
 
 
 def write_image(path, data: np.ndarray, affine, *, header=None, source_path: str | None = None,

@@ -1,0 +1,40 @@
+"""npe2 writers: a Labels or Image layer → NIfTI on its source scan's grid.
+
+A layer made by the plugin (``layer.metadata["vit3d"]``) is written in the source file's own voxel
+order with its affine, qform/sform codes and header; a layer without that metadata is written with
+its own napari transform (reoriented to the nearest RAS axis order, exactly). Labels get the smallest
+integer dtype that holds them (uint8 up to 255) and no intensity scaling; images are float32 (4D maps
+with the extra axis last). Files are written atomically and never over the scan a layer came from.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..io.layers import protected_paths
+from ..io.nifti import is_nifti_path, write_image, write_labels
+from .layers import volume_from_state
+
+
+def _out_path(path) -> Path:
+    p = Path(str(path))
+    return p if is_nifti_path(p) else p.with_name(p.name + ".nii.gz")
+
+
+def write_labels_layer(path: str, data, meta: dict) -> list[str]:
+    """npe2 single-layer writer for Labels layers."""
+    vol = volume_from_state(data, meta, kind="labels")
+    out = write_labels(_out_path(path), vol.data, vol.affine, header=vol.header,
+                       protect=protected_paths(meta.get("metadata")))
+    return [str(out)]
+
+
+def write_image_layer(path: str, data, meta: dict) -> list[str]:
+    """npe2 single-layer writer for Image layers (probability and explanation maps)."""
+    vol = volume_from_state(data, meta, kind="image")
+    out = write_image(_out_path(path), vol.data, vol.affine, header=vol.header,
+                      protect=protected_paths(meta.get("metadata")))
+    return [str(out)]
+
+
+__all__ = ["write_image_layer", "write_labels_layer"]

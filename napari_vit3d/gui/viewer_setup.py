@@ -1,0 +1,83 @@
+"""The radiological view: axial slices, anterior at the top, the patient's right on the screen's left.
+
+Layers made by the plugin hold their data with axes along +S, +A, +R (napari world axes 0, 1, 2 in
+RAS mm, see :mod:`napari_vit3d.io.geometry`). napari's 2D view shows the last two axes (A vertical,
+R horizontal), so the view is axial by default. The camera then decides the screen directions:
+
+* ``up``: increasing A (anterior) points up the screen;
+* ``left``: increasing R (the patient's right) points to the screen's left;
+* ``towards``: increasing S points at the viewer in 3D. With the other two this keeps napari's
+  right-handed rendering (``camera.handedness == "right"``), so a 3D rendering is the real head, not
+  its mirror image.
+
+World coordinates stay true RAS mm; nothing is flipped in the data.
+"""
+
+from __future__ import annotations
+
+import logging
+
+RADIOLOGICAL_ORIENTATION = ("towards", "up", "left")
+_log = logging.getLogger(__name__)
+
+
+def apply_radiological_view(viewer, *, reset_dims: bool = True) -> None:
+    """Set ``viewer``'s camera to the radiological orientation; with ``reset_dims`` also show the
+    axial plane in 2D (when the viewer holds 3D data). Never raises: a failure is logged."""
+    if viewer is None:
+        return
+    try:
+        viewer.camera.orientation = RADIOLOGICAL_ORIENTATION
+    except Exception:  # an older/newer napari without camera.orientation: keep the viewer alive
+        _log.warning("could not set the radiological camera orientation", exc_info=True)
+        return
+    if not reset_dims:
+        return
+    try:
+        ndim = viewer.dims.ndim
+        if ndim >= 3:
+            viewer.dims.ndisplay = 2
+            viewer.dims.order = tuple(range(ndim))
+    except Exception:
+        _log.warning("could not reset the viewer's dimensions to the axial view", exc_info=True)
+
+
+def schedule_radiological_view(viewer) -> None:
+    """Apply the radiological camera now and reset the dims to axial once the next layer arrives.
+
+    For npe2 readers and sample-data functions, which return layer data before napari adds it.
+    Never raises.
+    """
+    if viewer is None:
+        return
+    apply_radiological_view(viewer, reset_dims=False)
+    try:
+        layers_events = viewer.layers.events.inserted
+    except Exception:
+        return
+
+    def _once(event=None):
+        try:
+            layers_events.disconnect(_once)
+        except Exception:
+            pass
+        apply_radiological_view(viewer)
+
+    try:
+        layers_events.connect(_once)
+    except Exception:
+        _log.warning("could not schedule the radiological view", exc_info=True)
+
+
+def current_viewer_or_none():
+    """``napari.current_viewer()``, or None when there is none (or napari cannot tell)."""
+    try:
+        import napari
+
+        return napari.current_viewer()
+    except Exception:
+        return None
+
+
+__all__ = ["RADIOLOGICAL_ORIENTATION", "apply_radiological_view", "current_viewer_or_none",
+           "schedule_radiological_view"]
