@@ -47,7 +47,9 @@ def looks_like_labels_name(path) -> bool:
 
 
 def _fail(path, msg) -> VolumeError:
-    return VolumeError(f"{path}: {msg}")
+    """A one-line VolumeError (library messages can hold newlines and run long)."""
+    text = " ".join(f"{path}: {msg}".split())
+    return VolumeError(text if len(text) <= 400 else text[:397] + "...")
 
 
 def _load_header(path: Path):
@@ -55,6 +57,8 @@ def _load_header(path: Path):
         raise _fail(path, "no such file")
     if path.is_dir():
         raise _fail(path, "is a folder, not a NIfTI file")
+    if not path.is_file():  # a FIFO or device would block or never end
+        raise _fail(path, "is not a regular file")
     if not os.access(path, os.R_OK):
         raise _fail(path, "cannot be read (permission denied)")
     if path.stat().st_size == 0:
