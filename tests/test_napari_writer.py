@@ -1,0 +1,93 @@
+"""Writers: never over the source scan, atomic, clear errors."""
+
+from __future__ import annotations
+
+import os
+
+import nibabel as nib
+import numpy as np
+import pytest
+from napari.layers import Image, Labels
+
+from napari_vit3d._napari.reader import read_layers
+from napari_vit3d._napari.writer import write_image_layer, write_labels_layer
+from napari_vit3d.errors import Vit3dError, VolumeError
+
+
+def _layer_state(path, cls=None):
+    data, kwargs, layer_type = read_layers(str(path))[0]
+    layer = (cls or (Labels if layer_type == "labels" else Image))(data, **kwargs)
+    d, state, _ = layer.as_layer_data_tuple()
+    return d, state
+
+
+def test_refuses_to_overwrite_source_scan(odd_geometry_files, tmp_path):
+    src = odd_geometry_files["lps"]["image"]
+    before = src.read_bytes()
+    d, state = _layer_state(src)
+    with pytest.raises(VolumeError, match="refusing to overwrite"):
+        write_image_layer(str(src), d, state)
+    # the same file through another name (a symlink) is refused too
+    link = tmp_path / "link.nii.gz"
+    link.symlink_to(src)
+    with pytest.raises(VolumeError, match="refusing to overwrite"):
+        write_image_layer(str(link), d, state)
+    # labels painted on a scan opened as labels may not replace that scan either
+    labels = Labels(np.zeros(d.shape, np.uint8), **{k: state[k] for k in ("scale", "translate")},
+                    metadata=state["metadata"])
+    ld, lstate, _ = labels.as_layer_data_tuple()
+    with pytest.raises(VolumeError, match="refusing to overwrite"):
+        write_labels_layer(str(src), ld, lstate)
+    assert src.read_bytes() == before
+
+
+def test_write_is_atomic_when_saving_fails(odd_geometry_files, tmp_path, monkeypatch):
+    src = odd_geometry_files["lsa"]["labels"]
+    d, state = _layer_state(src)
+    out = tmp_path / "labels.nii.gz"
+    write_labels_layer(str(out), d, state)
+    good = out.read_bytes()
+
+    def broken_save(img, filename):
+        with open(filename, "wb") as fh:
+            fh.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(nib, "save", broken_save)
+    d2 = d.copy()
+    d2[:] = 3
+    with pytest.raises(OSError, match="disk full"):
+        write_labels_layer(str(out), d2, state)
+    assert out.read_bytes() == good  # the old file is untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.nii.gz"]  # no temporary left behind
+
+
+def test_written_file_is_readable_by_others(odd_geometry_files, tmp_path):
+    d, state = _layer_state(odd_geometry_files["lps"]["labels"])
+    out = write_labels_layer(str(tmp_path / "x.nii.gz"), d, state)[0]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(out).st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_labels_dtype_grows_with_label_values(odd_geometry_files, tmp_path):
+    d, state = _layer_state(odd_geometry_files["ras_aniso"]["labels"])
+    for top, dtype in ((255, np.uint8), (256, np.uint16), (70000, np.uint32)):
+        arr = d.astype(np.int64)
+        arr.flat[5] = top
+        out = write_labels_layer(str(tmp_path / f"l{top}.nii.gz"), arr, state)[0]
+        res = nib.load(out)
+        assert res.get_data_dtype() == dtype
+        assert int(np.asanyarray(res.dataobj).max()) == top
+
+
+def test_writer_rejects_bad_layers(odd_geometry_files, tmp_path):
+    d, state = _layer_state(odd_geometry_files["ras_aniso"]["labels"])
+    with pytest.raises(Vit3dError, match="no longer matches"):
+        write_labels_layer(str(tmp_path / "crop.nii.gz"), d[1:], state)
+    with pytest.raises(VolumeError, match="folder"):
+        write_labels_layer(str(tmp_path / "missing" / "x.nii.gz"), d, state)
+    flat = Image(np.zeros((5, 6), np.float32))
+    fd, fstate, _ = flat.as_layer_data_tuple()
+    with pytest.raises(VolumeError, match="3D"):
+        write_image_layer(str(tmp_path / "flat.nii.gz"), fd, fstate)
