@@ -145,7 +145,6 @@ def uncertain_regions(uncertainty, threshold: float, affine=None, min_voxels: in
     lab, n = ndimage.label(u > threshold, structure=structure)
     if n == 0:
         return []
-    idx = np.arange(1, n + 1)
     flat = lab.ravel()
     counts = np.bincount(flat, minlength=n + 1)[1:]
     sums = np.bincount(flat, weights=u.ravel().astype(np.float64), minlength=n + 1)[1:]
@@ -158,22 +157,23 @@ def uncertain_regions(uncertainty, threshold: float, affine=None, min_voxels: in
     order = keep[np.argsort(-scores[keep], kind="stable")]
     if max_regions is not None:
         order = order[: int(max_regions)]
-    sel = idx[order]
-    centroids = ndimage.center_of_mass(np.ones_like(u), lab, sel)
-    peaks = ndimage.maximum_position(u, lab, sel)
-    maxima = ndimage.maximum(u, lab, sel)
     slices = ndimage.find_objects(lab)
     regions = []
-    for rank, (i, c, pk, mx) in enumerate(zip(order, centroids, peaks, np.atleast_1d(maxima)), 1):
+    for rank, i in enumerate(order, 1):
         sl = slices[i]
+        inside = lab[sl] == i + 1
+        pos = np.argwhere(inside)
+        origin = np.array([q.start for q in sl])
+        centroid = pos.mean(axis=0) + origin
+        vals = np.where(inside, u[sl], -np.inf)
+        peak = np.array(np.unravel_index(int(np.argmax(vals)), vals.shape)) + origin
+        c_ras, p_ras = apply_affine(aff, np.stack([centroid, peak.astype(np.float64)]))
         regions.append(UncertainRegion(
             rank=rank, n_voxels=int(counts[i]), volume_ml=float(counts[i] * vox_ml),
-            mean_uncertainty=float(means[i]), max_uncertainty=float(mx), score=float(scores[i]),
-            centroid_voxel=tuple(float(v) for v in c),
-            centroid_ras=tuple(float(v) for v in apply_affine(aff, np.array(c, float))),
-            peak_voxel=tuple(int(v) for v in pk),
-            peak_ras=tuple(float(v) for v in apply_affine(aff, np.array(pk, float))),
-            bbox_min=tuple(int(s.start) for s in sl), bbox_max=tuple(int(s.stop) - 1 for s in sl)))
+            mean_uncertainty=float(means[i]), max_uncertainty=float(vals.max()), score=float(scores[i]),
+            centroid_voxel=tuple(float(v) for v in centroid), centroid_ras=tuple(float(v) for v in c_ras),
+            peak_voxel=tuple(int(v) for v in peak), peak_ras=tuple(float(v) for v in p_ras),
+            bbox_min=tuple(int(q.start) for q in sl), bbox_max=tuple(int(q.stop) - 1 for q in sl)))
     return regions
 
 
