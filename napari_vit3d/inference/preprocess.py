@@ -108,12 +108,12 @@ def check_roi(spec, roi_size) -> tuple[int, int, int]:
     m = required_multiple(spec)
     if any(r % m for r in roi):
         raise ModelError(f"model {spec.name!r} ({spec.architecture}): ROI {roi} must be a multiple of {m} on every axis")
-    if spec.architecture == "unetr":
+    if spec.architecture in ("unetr", "vit_seg"):
         img = spec.arch_kwargs.get("img_size")
         if img is not None:
             img = (int(img),) * 3 if isinstance(img, (int, float)) else tuple(int(v) for v in img)
             if img != roi:
-                raise ModelError(f"model {spec.name!r}: UNETR only accepts windows of its img_size {img}, not ROI {roi}")
+                raise ModelError(f"model {spec.name!r}: {spec.architecture} only accepts windows of its img_size {img}, not ROI {roi}")
     return roi
 
 
