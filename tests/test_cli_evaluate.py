@@ -109,3 +109,26 @@ def test_compare_labels_writes_disagreement_map(files, capsys):
     assert np.array_equal(codes == 2, (a == 0) & (b != 0))
     assert res["labels"]["2"]["dice"] == 0.0
     assert res["summary"]["agreement_fraction"] == pytest.approx(np.mean(a == b))
+
+
+def test_compare_runs_two_models_on_one_scan(tmp_path, capsys):
+    """Two pass-through ("identity") models that differ only in their number of classes: A clamps the
+    scan's value 2 to label 1, B keeps it, so they disagree (code 3) exactly where the scan is 2."""
+    for name, n in (("a", 2), ("b", 3)):
+        spec = {"name": f"id{n}", "architecture": "identity", "spacing": [1, 1, 1], "normalization": {"kind": "none"},
+                "roi_size": [16, 16, 16], "labels": [{"index": i, "name": f"class {i}"} for i in range(n)]}
+        (tmp_path / f"{name}.json").write_text(json.dumps(spec))
+    scan = np.zeros((20, 18, 12), np.float32)
+    scan[3:10, 3:10, 3:8] = 1
+    scan[12:16, 5:9, 4:7] = 2
+    scan_path = _save(tmp_path / "scan.nii.gz", scan, np.diag([1.0, 1.0, 1.0, 1.0]))
+    out = tmp_path / "disagreement.nii.gz"
+    rc = main(["compare", scan_path, "--model-a", str(tmp_path / "a.json"), "--model-b", str(tmp_path / "b.json"),
+               "-o", str(out), "--device", "cpu", "--json"])
+    assert rc == 0
+    res = json.loads(capsys.readouterr().out)
+    codes = np.asarray(nib.load(str(out)).dataobj)
+    assert np.array_equal(codes == 3, scan == 2) and np.all(codes[scan != 2] == 0)
+    assert res["summary"]["voxels_different_labels"] == int((scan == 2).sum())
+    assert res["labels"]["2"]["voxels_a"] == 0 and res["labels"]["2"]["voxels_b"] == int((scan == 2).sum())
+    assert res["labels"]["1"]["name"] == "class 1"

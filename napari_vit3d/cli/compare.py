@@ -79,13 +79,13 @@ def run_models(args) -> int:
         if not args.json:
             print(f"model {which}: {model}", file=sys.stderr)
         results.append(segment(scan, model, device=args.device, overlap=args.overlap, progress=progress,
-                               return_probabilities=False))
+                               return_probabilities=False, use_cache=False))  # one-shot: nothing to reuse
         if progress:
             print(file=sys.stderr)
-    table = None
-    spec = getattr(results[0], "metadata", {}).get("label_names")
-    if spec:
-        table = LabelTable.default(spec.keys(), {int(k): v for k, v in spec.items()})
+    names = {}
+    for res in reversed(results):  # A's names win where both models name a label
+        names.update({int(k): v for k, v in (getattr(res, "metadata", {}).get("label_names") or {}).items()})
+    table = LabelTable.default(names.keys(), names) if names else None
     comparison = compare_labels(results[0].labels, results[1].labels, label_table=table,
                                 name_a=args.model_a, name_b=args.model_b)
     return _finish(args, comparison, scan_source=scan.source_path)
