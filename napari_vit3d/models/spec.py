@@ -50,7 +50,8 @@ class ModelSpec:
         self.channel_names = tuple(self.channel_names)
         self.spacing = tuple(float(s) for s in self.spacing)
         self.roi_size = tuple(int(s) for s in self.roi_size)
-        self.labels = tuple(l if isinstance(l, LabelInfo) else LabelInfo(int(l["index"]), str(l["name"]), tuple(l.get("color", (1, 1, 1, 1))))
+        self.labels = tuple(l if isinstance(l, LabelInfo) else LabelInfo(int(l["index"]), str(l["name"]),
+                                                                         tuple(float(c) for c in l.get("color", (1, 1, 1, 1))))
                             for l in self.labels)
         self.arch_kwargs = dict(self.arch_kwargs)
         if self.architecture == "segformer3d":
