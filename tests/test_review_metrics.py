@@ -207,3 +207,17 @@ def test_real_brain_mask_against_eroded_shifted_copy():
     assert e["msd"] == pytest.approx(msd, rel=1e-5)
     assert e["volume_ref_ml"] == pytest.approx(ref.sum() * 36 / 1000)
     assert 0.5 < e["dice"] < 0.95 and e["hd95"] >= 3.0
+
+
+def test_probability_channels_follow_engine_class_metadata():
+    """A probabilities Volume from inference says which label each channel holds (here labels 0 and 3)."""
+    affine = np.eye(4)
+    ref = np.zeros((8, 8, 8), np.uint8)
+    ref[2:6, 2:6, 2:6] = 3
+    rng = np.random.default_rng(5)
+    p3 = np.clip(ref / 3 * 0.6 + rng.random(ref.shape) * 0.4, 0, 1).astype(np.float32)
+    probs = Volume(np.stack([1 - p3, p3], -1), affine, metadata={"classes": [0, 3]})
+    res = evaluate(Volume(ref, affine), Volume(ref, affine), probabilities=probs)
+    assert res["labels"]["3"]["auc_pr"] == pytest.approx(naive_ap(p3, ref == 3), abs=1e-9)
+    with pytest.raises(VolumeError, match="no channel"):
+        evaluate(Volume(ref, affine), Volume(ref, affine), probabilities=probs, labels=[1])
