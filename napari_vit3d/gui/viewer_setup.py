@@ -21,13 +21,20 @@ RADIOLOGICAL_ORIENTATION = ("towards", "up", "left")
 _log = logging.getLogger(__name__)
 
 
+def viewer_camera(viewer):
+    """The viewer's camera: ``viewer.scene.camera`` (napari ≥ 0.9), else ``viewer.camera``."""
+    scene = getattr(viewer, "scene", None)
+    camera = getattr(scene, "camera", None) if scene is not None else None
+    return camera if camera is not None else viewer.camera
+
+
 def apply_radiological_view(viewer, *, reset_dims: bool = True) -> None:
     """Set ``viewer``'s camera to the radiological orientation; with ``reset_dims`` also show the
     axial plane in 2D (when the viewer holds 3D data). Never raises: a failure is logged."""
     if viewer is None:
         return
     try:
-        viewer.camera.orientation = RADIOLOGICAL_ORIENTATION
+        viewer_camera(viewer).orientation = RADIOLOGICAL_ORIENTATION
     except Exception:  # an older/newer napari without camera.orientation: keep the viewer alive
         _log.warning("could not set the radiological camera orientation", exc_info=True)
         return
@@ -80,4 +87,4 @@ def current_viewer_or_none():
 
 
 __all__ = ["RADIOLOGICAL_ORIENTATION", "apply_radiological_view", "current_viewer_or_none",
-           "schedule_radiological_view"]
+           "schedule_radiological_view", "viewer_camera"]

@@ -75,8 +75,11 @@ def _load_header(path: Path):
         raise
     except (EOFError, OSError, zlib.error, gzip.BadGzipFile) as exc:
         raise _fail(path, f"is truncated or corrupt ({type(exc).__name__}: {exc})") from None
+    except nib.filebasedimages.ImageFileError:
+        raise _fail(path, "is not a valid NIfTI file (no NIfTI header found)") from None
     except Exception as exc:  # nibabel raises several types for files that are not NIfTI
-        raise _fail(path, f"is not a valid NIfTI file ({exc})") from None
+        detail = str(exc).replace(f'"{path}"', "the file").replace(str(path), "the file")
+        raise _fail(path, f"is not a valid NIfTI file ({detail})") from None
     if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
         raise _fail(path, f"is a {type(img).__name__}, not NIfTI")
     return img
