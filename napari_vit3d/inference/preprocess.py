@@ -222,7 +222,7 @@ def preprocess(volume: Volume, spec, *, roi_size=None, channels=None) -> ModelIn
     if resampled:
         affine_m, shape_m = _target_grid(affine_o, shape_o, target)
         cval = float(data.min()) if data.size else 0.0
-        data = resample_array(np.ascontiguousarray(data), affine_o, affine_m, shape_m, order=1, cval=cval)
+        data = resample_edge(data, affine_o, affine_m, shape_m, order=1, cval=cval)
     else:
         affine_m = affine_o
     data = normalize(np.ascontiguousarray(data), spec.normalization)
@@ -264,8 +264,25 @@ def to_scan_grid(maps, model_input: ModelInput, order: int = 1) -> np.ndarray:
         if out.shape[:3] != model_input.scan_shape:  # pragma: no cover - defensive
             raise GeometryError("internal error: mapped maps are not on the scan grid")
         return out
-    return resample_array(np.ascontiguousarray(valid, dtype=np.float32), model_input.valid_affine,
-                          model_input.scan_affine, model_input.scan_shape, order=order, cval=0.0).astype(np.float32, copy=False)
+    return resample_edge(valid.astype(np.float32, copy=False), model_input.valid_affine, model_input.scan_affine,
+                         model_input.scan_shape, order=order, cval=0.0)
+
+
+def resample_edge(data: np.ndarray, source_affine, target_affine, target_shape, *, order: int = 1,
+                  cval: float = 0.0) -> np.ndarray:
+    """:func:`~napari_vit3d.io.resample.resample_array` with the source's edge voxels repeated once.
+
+    A target point within half a voxel outside the source's outermost voxel centres (still inside its
+    field of view) then gets the edge value instead of a blend with ``cval``; points further out still
+    get ``cval``. Returns float32 (X, Y, Z[, C]).
+    """
+    data = np.asarray(data, dtype=np.float32)
+    pad = [(1, 1)] * 3 + [(0, 0)] * (data.ndim - 3)
+    padded = np.pad(data, pad, mode="edge")
+    shift = np.eye(4)
+    shift[:3, 3] = -1.0  # padded index p is source index p - 1
+    return resample_array(padded, np.asarray(source_affine, float) @ shift, target_affine, target_shape,
+                          order=order, cval=cval).astype(np.float32, copy=False)
 
 
 def _inverse_ornt(ornt: np.ndarray) -> np.ndarray:
@@ -278,4 +295,4 @@ def _inverse_ornt(ornt: np.ndarray) -> np.ndarray:
 
 
 __all__ = ["ModelInput", "NORMALIZATIONS", "check_roi", "model_orientation", "normalize", "preprocess",
-           "required_multiple", "select_channels", "to_scan_grid"]
+           "required_multiple", "resample_edge", "select_channels", "to_scan_grid"]
