@@ -102,3 +102,45 @@ def test_itksnap_round_trip_and_format(tmp_path):
         LabelTable.from_itksnap('# c\n1 300 0 0 1 1 1 "x"\n')
     with pytest.raises(VolumeError, match="duplicate"):
         LabelTable.from_itksnap('1 0 0 0 1 1 1 "x"\n1 0 0 0 1 1 1 "y"\n')
+
+
+def test_export_review_lands_on_the_source_scan(tmp_path):
+    import nibabel as nib
+    from nibabel.affines import apply_affine
+
+    from napari_vit3d.io.nifti import read_nifti
+    from napari_vit3d.review.corrections import label_volumes
+    from napari_vit3d.review.export import export_review
+
+    # an LPS-like, anisotropic scan with a translation; codes: scanner
+    aff = np.array([[-0.9, 0, 0, 40.0], [0, -0.9, 0, 30.0], [0, 0, 2.5, -20.0], [0, 0, 0, 1]])
+    img = nib.Nifti1Image(np.random.default_rng(2).random((12, 10, 6)).astype(np.float32), aff)
+    img.set_sform(aff, code=1)
+    img.set_qform(aff, code=1)
+    scan_path = tmp_path / "scan.nii.gz"
+    nib.save(img, str(scan_path))
+    scan = read_nifti(scan_path)
+    model = np.zeros(scan.spatial_shape, np.uint8)
+    model[2:6, 2:6, 1:4] = 1
+    corrected = model.copy()
+    corrected[8, 7, 4] = 2                      # one painted voxel of a new label
+    corrected[2, 2, 1] = 0
+    vols = label_volumes(corrected, scan.affine)
+    assert vols[1]["voxels"] == 47 and vols[2]["ml"] == pytest.approx(0.9 * 0.9 * 2.5 / 1000)
+    table = LabelTable([LabelEntry(0, "background"), LabelEntry(1, "brain")])
+    paths = export_review(tmp_path / "out_seg.nii.gz", scan, corrected, model_labels=model,
+                          model_info={"name": "tiny"}, settings={"device": "cpu"}, label_table=table)
+    back = nib.load(str(paths["labels"]))
+    data = np.asarray(back.dataobj)
+    assert np.array_equal(data, corrected) and data.dtype.kind in "iu"
+    assert np.allclose(back.affine, aff) and int(back.header["sform_code"]) == 1
+    painted = np.argwhere(data == 2)[0]
+    assert np.allclose(apply_affine(back.affine, painted), apply_affine(aff, [8, 7, 4]))
+    assert LabelTable.read(paths["label_table_json"]).name(2) == "label 2"   # missing label added
+    assert LabelTable.read(paths["label_table_itksnap"]).name(1) == "brain"
+    prov = json.loads(paths["provenance"].read_text())
+    edits = {e["label"]: e for e in prov["edits"]}
+    assert edits[2]["voxels_added"] == 1 and edits[1]["voxels_removed"] == 1
+    assert prov["scan"]["content_sha256"] == scan.content_hash()
+    with pytest.raises(VolumeError, match="overwrite the source scan"):
+        export_review(scan_path, scan, corrected)

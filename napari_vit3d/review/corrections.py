@@ -148,6 +148,14 @@ def fill_holes(labels: np.ndarray, *, only: list[int] | None = None, axis: int |
     return out, filled
 
 
+def label_volumes(labels: np.ndarray, affine) -> dict:
+    """``{label: {"voxels": n, "ml": n × voxel volume}}`` for every non-zero label (voxel volume from |det A|)."""
+    lab = _labels(labels)
+    vox_ml = abs(float(np.linalg.det(np.asarray(affine, float)[:3, :3]))) / 1000.0
+    values, counts = np.unique(lab, return_counts=True)
+    return {int(v): {"voxels": int(c), "ml": float(c) * vox_ml} for v, c in zip(values, counts) if v != 0}
+
+
 @dataclass
 class LabelDiff:
     map: np.ndarray
@@ -193,4 +201,4 @@ def diff(model_labels: np.ndarray, corrected: np.ndarray) -> LabelDiff:
 
 
 __all__ = ["ADDED", "CHANGED", "DIFF_CODE_NAMES", "LabelDiff", "REMOVED", "SAME", "diff", "fill_holes",
-           "interpolate_slices", "remove_small_components", "signed_distance"]
+           "interpolate_slices", "label_volumes", "remove_small_components", "signed_distance"]
