@@ -1,0 +1,121 @@
+"""``napari-vit3d segment``: segment a scan and write labels that land on it voxel for voxel.
+
+::
+
+    napari-vit3d segment INPUT -o OUTPUT [--model NAME|SPEC.json|CHECKPOINT|BUNDLE_DIR]
+                         [--device auto|cpu|cuda|mps] [--overlap F] [--sw-batch-size N]
+                         [--save-probabilities PATH] [--save-uncertainty PATH]
+
+OUTPUT has INPUT's shape (first three axes), affine, qform/sform codes and voxel order, an integer
+dtype, and is written atomically; it is never written over INPUT. Exit codes: 0 done, 2 a user error
+(bad file, unknown model, …; one line on stderr), 130 cancelled (Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import VolumeError
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "segment", help="segment a scan; the labels land on it voxel for voxel",
+        description="Segment INPUT with a model and write the labels to OUTPUT on INPUT's own grid "
+                    "(same shape, affine and voxel order). Exit codes: 0 done, 2 user error, 130 cancelled.")
+    p.add_argument("input", metavar="INPUT", help="scan to segment (.nii or .nii.gz; 3D, or 4D multi-channel)")
+    p.add_argument("-o", "--output", required=True, metavar="OUTPUT", help="label map to write (.nii or .nii.gz)")
+    p.add_argument("--model", metavar="MODEL",
+                   help="registered model name, spec .json, checkpoint (with its spec beside it) or MONAI bundle "
+                        "folder (default: the bundled default model)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"),
+                   help="auto picks CUDA > MPS > CPU (default auto)")
+    p.add_argument("--overlap", type=float, default=0.25, metavar="F",
+                   help="sliding-window overlap in [0, 1) (default 0.25)")
+    p.add_argument("--sw-batch-size", type=int, default=None, metavar="N",
+                   help="windows per forward pass (default: 1 on CPU, from free memory on CUDA)")
+    p.add_argument("--channels", type=int, nargs="+", default=None, metavar="C",
+                   help="which channels of a 4D INPUT the model reads (default: all, when the count matches)")
+    p.add_argument("--save-probabilities", metavar="PATH",
+                   help="also write per-class probabilities (float32, classes along the 4th axis)")
+    p.add_argument("--save-uncertainty", metavar="PATH",
+                   help="also write the normalised softmax entropy (0 = certain, 1 = all classes equally likely)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def _check_outputs(args) -> list[Path]:
+    from ..io.nifti import is_nifti_path
+
+    inp = Path(args.input).resolve()
+    outs = [Path(p) for p in (args.output, args.save_probabilities, args.save_uncertainty) if p]
+    seen = set()
+    for out in outs:
+        if not is_nifti_path(out):
+            raise VolumeError(f"{out}: output must end in .nii or .nii.gz")
+        if out.resolve() == inp:
+            raise VolumeError(f"{out}: refusing to overwrite the input scan; choose another file name")
+        if out.resolve() in seen:
+            raise VolumeError(f"{out}: used for two outputs")
+        seen.add(out.resolve())
+        if not out.resolve().parent.is_dir():
+            raise VolumeError(f"{out}: folder {out.parent} does not exist")
+    return outs
+
+
+def run(args) -> int:
+    from ..inference import segment
+    from ..io.nifti import read_nifti, write_image, write_labels
+    from ..inference.engine import pick_device
+    from ..models.registry import default_model_name, load_model
+
+    _check_outputs(args)  # before the (slow) model run: fail fast on a bad output path
+    scan = read_nifti(args.input, as_labels=False)
+    model_ref = args.model if args.model else default_model_name()
+    device = pick_device(args.device)
+    model = load_model(model_ref, device)
+
+    bar = None
+    if not args.quiet:
+        from tqdm import tqdm
+
+        bar = tqdm(total=None, unit="window", file=sys.stderr, desc="segment", dynamic_ncols=True)
+
+    def progress(done, total):
+        if bar is not None:
+            bar.total = total
+            bar.n = done
+            bar.refresh()
+
+    try:
+        result = segment(scan, model, device=device, overlap=args.overlap, sw_batch_size=args.sw_batch_size,
+                         channels=args.channels, progress=progress,
+                         return_probabilities=bool(args.save_probabilities or args.save_uncertainty),
+                         use_cache=False)
+    finally:
+        if bar is not None:
+            bar.close()
+
+    protect = (scan.source_path,)
+    write_labels(args.output, result.labels.data, scan.affine, header=scan.header, source_path=scan.source_path)
+    written = [args.output]
+    if args.save_probabilities:
+        write_image(args.save_probabilities, result.probabilities.data, scan.affine, header=scan.header,
+                    protect=protect)
+        written.append(args.save_probabilities)
+    if args.save_uncertainty:
+        from ..review.uncertainty import softmax_entropy
+
+        write_image(args.save_uncertainty, softmax_entropy(result.probabilities.data), scan.affine, header=scan.header,
+                    protect=protect)
+        written.append(args.save_uncertainty)
+    labels = result.labels.data
+    present = [int(v) for v in np.unique(labels)]
+    names = result.metadata.get("label_names", {})
+    present_txt = ", ".join(f"{v} {names.get(v, '')}".strip() for v in present)
+    print(f"wrote {', '.join(str(w) for w in written)}  (model {result.metadata['model']}, "
+          f"labels present: {present_txt})", file=sys.stderr)
+    return 0

@@ -1,0 +1,90 @@
+"""``napari-vit3d segment`` end to end on a crop of the Colin27 scan with a tiny random SegFormer3D."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from napari_vit3d.cli import main
+
+DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "colin27" / "ch2.nii.gz"
+
+
+@pytest.fixture(scope="module")
+def crop(tmp_path_factory) -> Path:
+    """A 44×40×34 crop of Colin27, re-oriented to LPS-like voxel order (x and y flipped) on disk."""
+    img = nib.load(str(DATA))
+    small = img.slicer[70:114, 90:130, 70:104]
+    lps = small.as_reoriented(np.array([[0, -1], [1, -1], [2, 1]]))
+    out = tmp_path_factory.mktemp("scan") / "colin_crop.nii.gz"
+    nib.save(lps, str(out))
+    return out
+
+
+@pytest.fixture(scope="module")
+def spec_path(tmp_path_factory) -> Path:
+    spec = {"name": "tiny-segformer", "architecture": "segformer3d", "in_channels": 1, "channel_names": ["T1"],
+            "spacing": [1.5, 1.5, 1.5], "roi_size": [32, 32, 32], "normalization": {"kind": "zscore_nonzero"},
+            "arch_kwargs": {"embed_dims": [8, 16, 24, 32], "depths": [1, 1, 1, 1], "num_heads": [1, 2, 2, 4],
+                            "decoder_dim": 16},
+            "labels": [{"index": 0, "name": "background"}, {"index": 1, "name": "brain"},
+                       {"index": 2, "name": "csf"}]}
+    p = tmp_path_factory.mktemp("model") / "tiny.json"
+    p.write_text(json.dumps(spec))
+    return p
+
+
+def test_segment_output_lands_on_input(crop, spec_path, tmp_path, capsys):
+    out = tmp_path / "labels.nii.gz"
+    probs = tmp_path / "probs.nii.gz"
+    unc = tmp_path / "unc.nii"
+    rc = main(["segment", str(crop), "-o", str(out), "--model", str(spec_path), "--device", "cpu",
+               "--overlap", "0.5", "--save-probabilities", str(probs), "--save-uncertainty", str(unc)])
+    assert rc == 0
+    src, lab = nib.load(str(crop)), nib.load(str(out))
+    assert lab.shape == src.shape
+    np.testing.assert_allclose(lab.affine, src.affine, atol=1e-6)
+    assert np.issubdtype(lab.get_data_dtype(), np.integer)
+    assert int(lab.header["sform_code"]) == int(src.header["sform_code"])
+    values = np.unique(np.asarray(lab.dataobj))
+    assert set(values.tolist()) <= {0, 1, 2}
+    p = nib.load(str(probs))
+    assert p.shape == src.shape + (3,)
+    np.testing.assert_allclose(p.affine, src.affine, atol=1e-6)
+    pd = p.get_fdata(dtype=np.float32)
+    np.testing.assert_allclose(pd.sum(-1), 1.0, atol=1e-4)
+    np.testing.assert_array_equal(np.argmax(pd, -1), np.asarray(lab.dataobj))
+    u = nib.load(str(unc)).get_fdata()
+    assert u.shape == src.shape and u.min() >= 0 and u.max() <= 1 + 1e-6
+    err = capsys.readouterr().err
+    assert "wrote" in err and "window" in err  # summary and tqdm progress bar on stderr
+
+
+def test_exit_codes(crop, spec_path, tmp_path, capsys):
+    bad = tmp_path / "broken.nii.gz"
+    bad.write_bytes(b"not a nifti file at all")
+    out = tmp_path / "x.nii.gz"
+    assert main(["segment", str(bad), "-o", str(out), "--model", str(spec_path), "--quiet"]) == 2
+    assert "broken.nii.gz" in capsys.readouterr().err
+    assert main(["segment", str(crop), "-o", str(out), "--model", str(tmp_path / "nope.json"), "--quiet"]) == 2
+    assert "nope.json" in capsys.readouterr().err
+    assert main(["segment", str(crop), "-o", str(crop), "--model", str(spec_path), "--quiet"]) == 2
+    assert "overwrite" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_interrupted_run_writes_nothing(crop, spec_path, tmp_path, monkeypatch):
+    import napari_vit3d.inference as inference
+
+    def interrupted(*args, **kwargs):
+        kwargs["progress"](1, 4)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(inference, "segment", interrupted)
+    out = tmp_path / "labels.nii.gz"
+    assert main(["segment", str(crop), "-o", str(out), "--model", str(spec_path)]) == 130
+    assert not out.exists() and not list(tmp_path.iterdir())
