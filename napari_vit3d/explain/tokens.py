@@ -7,9 +7,8 @@ non-overlapping patch of size ``p`` starting at voxel ``p·a`` has its centre at
 a convolution with kernel ``k``, stride ``s`` and padding ``q`` puts output ``a`` at the centre of its
 receptive field ``s·a − q + (k − 1)/2`` of the grid it reads.
 
-:meth:`TokenGrid.affine` turns this into a token-index → world (RAS mm) affine, so a token map is an
-ordinary array-with-affine and is resampled onto the scan by the shared resampler (no second copy of
-the scan↔model geometry lives here).
+:meth:`TokenGrid.affine` turns this into a token-index → world (RAS mm) affine, used for metadata; the
+placement of token maps into the model grid is :meth:`napari_vit3d.explain.session.ExplainSession.place_tokens`.
 """
 
 from __future__ import annotations
@@ -92,18 +91,3 @@ class TokenGrid:
         t[:3, 3] = self.origin
         return np.asarray(window_affine, dtype=float) @ t
 
-
-def edge_padded(token_map: np.ndarray, grid: TokenGrid, window_affine) -> tuple[np.ndarray, np.ndarray]:
-    """Pad a token map by one token (edge values) on every side; return it and its index → world affine.
-
-    Linear interpolation between token centres leaves the outer half-token of the window without a
-    value; the padded copy carries the edge tokens' values out to one step beyond the outer centres,
-    so the map covers the whole window (and at most half a token past it, see ``docs/explain.md``).
-    Extra trailing axes (heads) are not padded.
-    """
-    pad = [(1, 1)] * 3 + [(0, 0)] * (token_map.ndim - 3)
-    padded = np.pad(token_map, pad, mode="edge")
-    aff = grid.affine(window_affine)
-    shift = np.eye(4)
-    shift[:3, 3] = -1.0
-    return padded, aff @ shift
