@@ -1,0 +1,176 @@
+"""Small helpers every dock widget shares: notifications, layer lookup, worker bookkeeping.
+
+Nothing here computes anything about scans: geometry comes from ``napari_vit3d.io`` and the
+layer <-> ``Volume`` conversion from ``napari_vit3d._napari`` (see :mod:`napari_vit3d.gui._layers`).
+"""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Callable
+
+import numpy as np
+from napari.layers import Image, Labels
+from napari.utils.notifications import show_error, show_info, show_warning
+from qtpy.QtWidgets import QComboBox, QFrame, QLabel, QMessageBox, QWidget
+
+from ..errors import Cancelled, Vit3dError
+
+SEP = " · "
+
+
+def error_text(exc: BaseException) -> str:
+    """One plain line for the user: our own errors as they are, anything else with its type."""
+    if isinstance(exc, Vit3dError):
+        return str(exc)
+    if isinstance(exc, MemoryError):
+        return "not enough memory for this request (try a smaller ROI or batch size)"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def report_error(exc: BaseException, what: str = "") -> None:
+    """Show ``exc`` as a napari notification; never raise. Unexpected errors also go to stderr."""
+    if isinstance(exc, Cancelled):
+        show_info(f"{what} cancelled" if what else "cancelled")
+        return
+    if not isinstance(exc, (Vit3dError, MemoryError, OSError)):
+        traceback.print_exception(type(exc), exc, exc.__traceback__)
+    show_error(f"{what}: {error_text(exc)}" if what else error_text(exc))
+
+
+def info(msg: str) -> None:
+    show_info(msg)
+
+
+def warn(msg: str) -> None:
+    show_warning(msg)
+
+
+def scan_layers(viewer) -> list[Image]:
+    """Image layers that are scans (not maps the plugin made), newest last."""
+    out = []
+    for layer in viewer.layers:
+        if not isinstance(layer, Image) or layer.rgb:
+            continue
+        meta = layer.metadata.get("vit3d") or {}
+        if meta.get("kind") in ("map", "probability", "uncertainty", "explanation"):
+            continue
+        if "vit3d_map" in layer.metadata:
+            continue
+        out.append(layer)
+    return out
+
+
+def labels_layers(viewer) -> list[Labels]:
+    return [layer for layer in viewer.layers if isinstance(layer, Labels)]
+
+
+def find_layer(viewer, name: str):
+    try:
+        return viewer.layers[name]
+    except (KeyError, ValueError):
+        return None
+
+
+def unique_name(viewer, name: str) -> str:
+    if find_layer(viewer, name) is None:
+        return name
+    n = 2
+    while find_layer(viewer, f"{name} ({n})") is not None:
+        n += 1
+    return f"{name} ({n})"
+
+
+class LayerCombo(QComboBox):
+    """A combo box listing the viewer's layers that pass ``accept``; follows inserts/removals/renames."""
+
+    def __init__(self, viewer, accept: Callable[[object], bool], parent: QWidget | None = None):
+        super().__init__(parent)
+        self._viewer = viewer
+        self._accept = accept
+        viewer.layers.events.inserted.connect(self.refresh)
+        viewer.layers.events.removed.connect(self.refresh)
+        viewer.layers.events.moved.connect(self.refresh)
+        self.destroyed.connect(lambda *_: self._disconnect(viewer))
+        self._connected_names: set[int] = set()
+        self.refresh()
+
+    def _disconnect(self, viewer) -> None:
+        for ev in (viewer.layers.events.inserted, viewer.layers.events.removed, viewer.layers.events.moved):
+            try:
+                ev.disconnect(self.refresh)
+            except (TypeError, RuntimeError, ValueError):
+                pass
+
+    def refresh(self, *_):
+        try:
+            current = self.currentText()
+        except RuntimeError:  # the widget is gone
+            return
+        names = []
+        for layer in self._viewer.layers:
+            if id(layer) not in self._connected_names:
+                layer.events.name.connect(self.refresh)
+                self._connected_names.add(id(layer))
+            if self._accept(layer):
+                names.append(layer.name)
+        self.blockSignals(True)
+        self.clear()
+        self.addItems(names)
+        if current in names:
+            self.setCurrentText(current)
+        elif names:
+            self.setCurrentIndex(len(names) - 1)
+        self.blockSignals(False)
+        self.currentIndexChanged.emit(self.currentIndex())
+
+    def layer(self):
+        name = self.currentText()
+        return find_layer(self._viewer, name) if name else None
+
+    def select(self, name: str) -> None:
+        self.refresh()
+        self.setCurrentText(name)
+
+
+def ask_yes_no_cancel(parent, title: str, text: str, yes: str, no: str | None) -> str:
+    """A modal question; returns "yes", "no" or "cancel". Tests patch the widgets' ``ask_*`` methods."""
+    box = QMessageBox(parent)
+    box.setWindowTitle(title)
+    box.setText(text)
+    b_yes = box.addButton(yes, QMessageBox.AcceptRole)
+    b_no = box.addButton(no, QMessageBox.DestructiveRole) if no else None
+    box.addButton(QMessageBox.Cancel)
+    box.exec_()
+    clicked = box.clickedButton()
+    if clicked is b_yes:
+        return "yes"
+    if b_no is not None and clicked is b_no:
+        return "no"
+    return "cancel"
+
+
+def hline() -> QFrame:
+    f = QFrame()
+    f.setFrameShape(QFrame.HLine)
+    f.setFrameShadow(QFrame.Sunken)
+    return f
+
+
+def heading(text: str) -> QLabel:
+    lab = QLabel(f"<b>{text}</b>")
+    return lab
+
+
+def robust_limits(data: np.ndarray, lo: float = 1.0, hi: float = 99.7) -> tuple[float, float]:
+    """Contrast limits from percentiles of the non-zero values (maps are mostly zero)."""
+    arr = np.asarray(data)
+    sample = arr.ravel()[:: max(1, arr.size // 2_000_000)]
+    nz = sample[np.isfinite(sample) & (sample != 0)]
+    if nz.size == 0:
+        return (0.0, 1.0)
+    a, b = np.percentile(nz, [lo, hi])
+    a = min(float(a), 0.0) if float(nz.min()) >= 0 else float(a)
+    if b <= a:
+        b = a + (abs(a) or 1.0) * 1e-3 + 1e-6
+    return (float(a), float(b))

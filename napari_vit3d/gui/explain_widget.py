@@ -1,0 +1,374 @@
+"""Explain dock widget: click a voxel of the scan, see why the model labelled it.
+
+Methods come from ``napari_vit3d.explain`` (point attention, attention rollout, DINO heads, ERF) and
+run in a thread worker with an ``explain.ExplainSession`` kept per (scan, model, device), so a new
+click inside a window already captured reuses that forward pass. Maps come back as ``Volume``s on
+the scan's grid and are shown as additive Image layers on the scan (``<scan> · <method>``).
+The query marker is a Points layer ``<scan> · query`` at the clicked voxel's centre.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+from napari.layers import Image, Labels, Points
+from napari.qt.threading import create_worker
+from qtpy.QtCore import QObject, Signal
+from qtpy.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QHBoxLayout, QLabel, QProgressBar,
+                            QPushButton, QSpinBox, QVBoxLayout, QWidget)
+
+from ..errors import GeometryError, VolumeError
+from ._common import SEP, LayerCombo, find_layer, info, report_error, robust_limits, scan_layers, unique_name
+from ._layers import file_voxel_to_world, inside, layer_kwargs, volume_from_layer, world_to_file_voxel
+from .session import load_model_cached, run_of
+from .styles import MAP_STYLE, labels_colormap
+
+#: (key, label shown, explain function name, uses layer, uses head)
+METHODS = [
+    ("point_attention", "Point attention (clicked voxel)", "point_attention", True, True),
+    ("rollout", "Attention rollout (clicked voxel)", "attention_rollout", False, False),
+    ("dino_heads", "DINO heads (CLS attention per head)", "dino_heads", True, False),
+    ("erf", "Effective receptive field (clicked voxel)", "erf", False, False),
+]
+_BY_KEY = {m[0]: m for m in METHODS}
+
+
+class _Progress(QObject):
+    progress = Signal(int, int)
+
+
+def _explain_job(session_holder: dict, key: tuple, model_key: str, volume, device: str, method: str,
+                 voxel, options: dict, progress, cancel):
+    """Worker thread: reuse or build the ExplainSession, then run one explanation method."""
+    from .. import explain
+    from ..inference import pick_device
+
+    dev = str(pick_device(device))
+    session = session_holder.get(key)
+    if session is None:
+        loaded = load_model_cached(model_key, dev)
+        session = explain.ExplainSession(loaded, volume, device=dev)
+        session_holder.clear()  # one scan/model at a time: windows are large
+        session_holder[key] = session
+    fn = getattr(explain, _BY_KEY[method][2])
+    return fn(session, voxel=tuple(int(v) for v in voxel), progress=progress, cancel=cancel, **options)
+
+
+class ExplainWidget(QWidget):
+    def __init__(self, napari_viewer, parent=None):
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self._worker = None
+        self._pending = None
+        self._sessions: dict = {}
+        self._cancel = threading.Event()
+        self._bridge = _Progress()
+        self._bridge.progress.connect(self._on_progress)
+        self.query_voxel = None
+        self.last_layer = None
+        self._build()
+        self.set_active(True)
+        self.destroyed.connect(lambda *_: self._remove_callback(napari_viewer))
+
+    # -- UI -------------------------------------------------------------------------------------
+    def _build(self):
+        lay = QVBoxLayout(self)
+        form = QFormLayout()
+        self.scan_combo = LayerCombo(self.viewer, lambda l: l in scan_layers(self.viewer))
+        self.scan_combo.currentIndexChanged.connect(self._suggest_model)
+        form.addRow("Scan", self.scan_combo)
+        self.model_combo = QComboBox()
+        form.addRow("Model", self.model_combo)
+        self.method_combo = QComboBox()
+        for key, label, *_ in METHODS:
+            self.method_combo.addItem(label, key)
+        self.method_combo.currentIndexChanged.connect(self._on_method)
+        form.addRow("Method", self.method_combo)
+        self.layer_spin = QSpinBox()
+        self.layer_spin.setRange(-1, 64)
+        self.layer_spin.setValue(-1)
+        self.layer_spin.setSpecialValueText("last")
+        form.addRow("Attention layer", self.layer_spin)
+        self.head_spin = QSpinBox()
+        self.head_spin.setRange(-1, 64)
+        self.head_spin.setValue(-1)
+        self.head_spin.setSpecialValueText("mean of heads")
+        form.addRow("Head", self.head_spin)
+        self.mass_spin = QDoubleSpinBox()
+        self.mass_spin.setRange(0.05, 1.0)
+        self.mass_spin.setSingleStep(0.05)
+        self.mass_spin.setValue(0.6)
+        form.addRow("DINO mask: keep mass", self.mass_spin)
+        lay.addLayout(form)
+        self.active_check = QCheckBox("Clicking the scan sets the query voxel")
+        self.active_check.toggled.connect(self.set_active)
+        lay.addWidget(self.active_check)
+        self.query_label = QLabel("query: click a voxel of the scan (pan/zoom mode)")
+        self.query_label.setWordWrap(True)
+        lay.addWidget(self.query_label)
+        row = QHBoxLayout()
+        self.explain_button = QPushButton("Explain at query")
+        self.explain_button.clicked.connect(self.explain)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.cancel_button.clicked.connect(self.cancel)
+        row.addWidget(self.explain_button, 1)
+        row.addWidget(self.cancel_button)
+        lay.addLayout(row)
+        self.masks_button = QPushButton("DINO head masks → labels layer")
+        self.masks_button.clicked.connect(self.masks_to_labels)
+        lay.addWidget(self.masks_button)
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
+        lay.addWidget(self.progress)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        lay.addWidget(self.status)
+        lay.addStretch(1)
+        self._refresh_models()
+        self._on_method()
+
+    def _refresh_models(self):
+        from ..models import registry
+
+        try:
+            names = [m.name for m in registry.list_models() if getattr(m, "error", None) is None]
+        except Exception as exc:
+            report_error(exc, "listing models")
+            names = []
+        self.model_combo.clear()
+        self.model_combo.addItems(names)
+        self._suggest_model()
+
+    def _suggest_model(self, *_):
+        """Preselect the model that segmented this scan (the one whose labels the user is reviewing)."""
+        scan = self.scan_combo.layer()
+        if scan is None:
+            return
+        for lyr in reversed(list(self.viewer.layers)):
+            rec = run_of(lyr)
+            if rec is not None and rec.scan_layer == scan.name:
+                if self.model_combo.findText(rec.model_key) < 0:
+                    self.model_combo.addItem(rec.model_key)
+                self.model_combo.setCurrentText(rec.model_key)
+                return
+
+    def method(self) -> str:
+        return self.method_combo.currentData()
+
+    def _on_method(self, *_):
+        _, _, _, uses_layer, uses_head = _BY_KEY[self.method()]
+        self.layer_spin.setEnabled(uses_layer)
+        self.head_spin.setEnabled(uses_head)
+        self.mass_spin.setEnabled(self.method() == "dino_heads")
+        self.masks_button.setEnabled(self.method() == "dino_heads")
+
+    # -- clicks ---------------------------------------------------------------------------------
+    def set_active(self, on: bool):
+        if self.active_check.isChecked() != on:
+            self.active_check.setChecked(on)
+            return
+        cbs = self.viewer.mouse_drag_callbacks
+        if on and self._on_mouse not in cbs:
+            cbs.append(self._on_mouse)
+        elif not on and self._on_mouse in cbs:
+            cbs.remove(self._on_mouse)
+
+    def _remove_callback(self, viewer):
+        try:
+            viewer.mouse_drag_callbacks.remove(self._on_mouse)
+        except ValueError:
+            pass
+
+    def _on_mouse(self, viewer, event):
+        """A click (press and release without dragging) in pan/zoom mode sets the query voxel."""
+        if getattr(event, "button", 1) != 1 or event.modifiers:
+            return
+        active = viewer.layers.selection.active
+        if active is not None and getattr(active, "mode", "pan_zoom") not in ("pan_zoom", "transform"):
+            return  # painting, picking …: not a query
+        start_pos = np.asarray(event.pos, float)
+        world = np.asarray(event.position, float)
+        yield
+        while event.type == "mouse_move":
+            if np.hypot(*(np.asarray(event.pos, float) - start_pos)) > 4:
+                return  # a drag pans the view
+            yield
+        self.click_world(world)
+
+    def click_world(self, world) -> tuple[int, int, int] | None:
+        """What a click at napari world ``world`` (S, A, R mm) does: set the query and explain there."""
+        scan = self.scan_combo.layer()
+        if scan is None:
+            return None
+        world = np.asarray(world, float)
+        if not inside(scan, world):
+            self.status.setText("that point is outside the scan")
+            return None
+        voxel = world_to_file_voxel(scan, world)
+        self.set_query(voxel)
+        self.explain()
+        return voxel
+
+    def set_query(self, voxel) -> None:
+        scan = self.scan_combo.layer()
+        self.query_voxel = tuple(int(v) for v in voxel)
+        centre = file_voxel_to_world(scan, self.query_voxel)
+        name = f"{scan.name}{SEP}query"
+        pts = find_layer(self.viewer, name)
+        if isinstance(pts, Points):
+            pts.data = centre[None, :]
+        else:
+            active = self.viewer.layers.selection.active
+            pts = self.viewer.add_points(centre[None, :], name=name, size=4, face_color="transparent",
+                                         border_color="cyan", border_width=0.25, symbol="cross",
+                                         metadata={"vit3d_query": True}, units=scan.units[-3:],
+                                         axis_labels=scan.axis_labels[-3:])
+            if active is not None:
+                self.viewer.layers.selection.active = active
+        ras = (np.asarray(centre)[::-1]).round(1).tolist()
+        self.query_label.setText(f"query: voxel {list(self.query_voxel)} of {scan.name}, RAS {ras} mm")
+
+    # -- running --------------------------------------------------------------------------------
+    def options(self) -> dict:
+        m = self.method()
+        opts = {}
+        if _BY_KEY[m][3] and self.layer_spin.value() >= 0:
+            opts["layer"] = int(self.layer_spin.value())
+        if _BY_KEY[m][4] and self.head_spin.value() >= 0:
+            opts["head"] = int(self.head_spin.value())
+        return opts
+
+    def explain(self):
+        """Run the chosen method at the query voxel in a worker (a newer click waits for the running one)."""
+        scan = self.scan_combo.layer()
+        if scan is None:
+            report_error(VolumeError("open a scan first"), "Explain")
+            return None
+        if self.query_voxel is None:
+            report_error(GeometryError("click a voxel of the scan first"), "Explain")
+            return None
+        model_key = self.model_combo.currentText()
+        if not model_key:
+            report_error(VolumeError("no model: add one in the Segment widget"), "Explain")
+            return None
+        if self._worker is not None:
+            self._pending = True  # explain the newest click when this one is done
+            return None
+        try:
+            volume = volume_from_layer(scan)
+        except Exception as exc:
+            report_error(exc, "Explain")
+            return None
+        method = self.method()
+        key = (scan.name, volume.content_hash(), model_key, "auto")
+        self._cancel.clear()
+        bridge, cancel_event, holder = self._bridge, self._cancel, {}
+
+        def progress(done, total):
+            bridge.progress.emit(int(done), int(total))
+
+        def cancel():
+            w = holder.get("worker")
+            return cancel_event.is_set() or (w is not None and w.abort_requested)
+
+        worker = create_worker(_explain_job, self._sessions, key, model_key, volume, "auto", method,
+                               self.query_voxel, self.options(), progress, cancel, _start_thread=False,
+                               _ignore_errors=True)
+        holder["worker"] = worker
+        scan_name = scan.name
+        worker.returned.connect(lambda vol: self._show(vol, scan_name, method))
+        worker.errored.connect(lambda exc: report_error(exc, "Explain"))
+        worker.finished.connect(self._finished)
+        self._worker = worker
+        self._pending = None
+        self.explain_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        self.progress.setRange(0, 0)
+        self.status.setText(f"{self.method_combo.currentText()} at voxel {list(self.query_voxel)}…")
+        worker.start()
+        return worker
+
+    def cancel(self):
+        if self._worker is not None:
+            self._cancel.set()
+            self._worker.quit()
+            self._pending = None
+
+    def _on_progress(self, done, total):
+        self.progress.setRange(0, max(total, 1))
+        self.progress.setValue(done)
+
+    def _finished(self):
+        self._worker = None
+        self.explain_button.setEnabled(True)
+        self.cancel_button.setEnabled(False)
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0 if self._cancel.is_set() else 1)
+        if self._cancel.is_set():
+            self.status.setText("cancelled")
+        elif self._pending:
+            self.explain()
+
+    # -- results --------------------------------------------------------------------------------
+    def layer_name(self, scan_name: str, method: str) -> str:
+        return f"{scan_name}{SEP}{method.replace('_', ' ')}"
+
+    def _show(self, vol, scan_name: str, method: str):
+        if self._cancel.is_set():
+            return
+        try:
+            self.last_layer = self._put_map(vol, scan_name, method)
+        except Exception as exc:
+            report_error(exc, "Explain")
+
+    def _put_map(self, vol, scan_name, method):
+        meta = dict(vol.metadata)
+        data, kw = layer_kwargs(vol, metadata={"vit3d_map": meta})
+        lo, hi = robust_limits(data)
+        name = self.layer_name(scan_name, method)
+        existing = find_layer(self.viewer, name)
+        active = self.viewer.layers.selection.active
+        if isinstance(existing, Image) and existing.data.shape == data.shape:
+            existing.data = data
+            existing.metadata.update(kw["metadata"])
+            existing.contrast_limits_range = (min(lo, 0.0), hi)
+            existing.contrast_limits = (lo, hi)
+            lyr = existing
+        else:
+            if existing is not None:
+                self.viewer.layers.remove(existing)
+            kw.update(colormap=MAP_STYLE.get(method, "inferno"), blending="additive", opacity=0.8,
+                      contrast_limits=(lo, hi))
+            lyr = self.viewer.add_image(data, name=name, **kw)
+        if active is not None and active in self.viewer.layers:
+            self.viewer.layers.selection.active = active
+        pts = find_layer(self.viewer, f"{scan_name}{SEP}query")
+        if pts is not None:  # keep the marker on top of the new map
+            self.viewer.layers.move(self.viewer.layers.index(pts), len(self.viewer.layers))
+        desc = ", ".join(f"{k} {meta[k]}" for k in ("layer", "head", "units") if meta.get(k) is not None)
+        self.status.setText(f"{name}" + (f" ({desc})" if desc else "") + " — click another voxel to update")
+        return lyr
+
+    def masks_to_labels(self):
+        """The current DINO heads map → a labels layer (one label per head, top ``mass`` of attention)."""
+        from .. import explain
+        from ..io.labels import LabelTable
+
+        scan = self.scan_combo.layer()
+        lyr = find_layer(self.viewer, self.layer_name(scan.name, "dino_heads")) if scan is not None else None
+        if not isinstance(lyr, Image):
+            report_error(VolumeError("compute DINO heads first"), "DINO masks")
+            return None
+        try:
+            vol = volume_from_layer(lyr)
+            masks = explain.dino_head_masks(vol, mass=float(self.mass_spin.value()))
+            data, kw = layer_kwargs(masks, kind="labels", metadata={"vit3d_map": dict(masks.metadata)})
+            table = LabelTable.from_array(data)
+            name = unique_name(self.viewer, f"{scan.name}{SEP}dino masks")
+            return self.viewer.add_labels(data, name=name, colormap=labels_colormap(table), opacity=0.6, **kw)
+        except Exception as exc:
+            report_error(exc, "DINO masks")
+            return None

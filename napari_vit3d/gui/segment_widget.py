@@ -1,0 +1,507 @@
+"""Segment dock widget: pick a scan and a model, press Segment, get an editable labels layer.
+
+Thin: the scan comes from the layer (:mod:`._layers`), the model from ``models.registry``, the work
+from ``inference.segment`` (and ``review.uncertainty`` for the optional uncertainty map), all in a
+napari thread worker. The GUI thread only builds the layers from the result.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+from napari.layers import Image, Labels
+from napari.qt.threading import create_worker
+from qtpy.QtCore import QObject, Qt, Signal
+from qtpy.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QGroupBox,
+                            QHBoxLayout, QLabel, QMenu, QProgressBar, QPushButton, QSpinBox, QToolButton,
+                            QVBoxLayout, QWidget)
+
+from ..errors import VolumeError
+from ..io import Volume, same_grid
+from . import autosave, recovery
+from ._common import SEP, LayerCombo, ask_yes_no_cancel, find_layer, info, report_error, scan_layers, unique_name
+from ._layers import layer_kwargs, volume_from_layer
+from .session import RUN_KEY, RunRecord, load_model_cached, now_iso, run_of
+from .styles import labels_colormap, labels_features
+
+AUTO = "auto"
+
+
+class _Progress(QObject):
+    """Carries progress from the worker thread to the GUI thread (queued signal)."""
+
+    progress = Signal(int, int)
+
+
+def available_devices() -> list[str]:
+    out = [AUTO, "cpu"]
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            out.append("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            out.append("mps")
+    except Exception:  # torch missing or broken: the error appears when a model is loaded
+        pass
+    return out
+
+
+def _segment_job(volume: Volume, model_key: str, device: str, settings: dict, progress, cancel):
+    """Runs in the worker thread: load the model (cached), segment, optional uncertainty."""
+    from ..inference import segment
+
+    from ..inference import pick_device
+
+    dev = str(pick_device(device))
+    loaded = load_model_cached(model_key, dev)
+    kwargs = dict(device=dev,
+                  overlap=settings["overlap"], sw_batch_size=settings["sw_batch_size"],
+                  progress=progress, cancel=cancel)
+    if settings.get("roi_size"):
+        kwargs["roi_size"] = tuple(settings["roi_size"])
+    result = segment(volume, loaded, **kwargs)
+    unc, regions = None, []
+    if settings.get("uncertainty") and getattr(result, "probabilities", None) is not None:
+        from ..review.uncertainty import softmax_entropy, uncertain_regions
+
+        unc = softmax_entropy(result.probabilities)
+        if not isinstance(unc, Volume):
+            unc = result.probabilities.with_data(np.asarray(unc, np.float32))
+        regions = uncertain_regions(unc, threshold=float(settings.get("uncertainty_threshold", 0.5)),
+                                    min_voxels=int(settings.get("uncertainty_min_voxels", 20)), max_regions=50)
+    return loaded, result, unc, regions
+
+
+class SegmentWidget(QWidget):
+    """Scan + model + device (+ advanced settings) → ``<scan> · labels``."""
+
+    def __init__(self, napari_viewer, parent=None):
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self._worker = None
+        self._cancel_event = threading.Event()
+        self._bridge = _Progress()
+        self._bridge.progress.connect(self._on_progress)
+        self._checked_recovery: set[str] = set()
+        self._build()
+        self.viewer.layers.events.inserted.connect(self._on_layer_inserted)
+        self.viewer.layers.events.removed.connect(self._on_layer_removed)
+        self.destroyed.connect(lambda *_: self._disconnect(napari_viewer))
+        self._refresh_models()
+        for layer in list(self.viewer.layers):
+            self._offer_recovery(layer)
+
+    # -- UI -------------------------------------------------------------------------------------
+    def _build(self):
+        lay = QVBoxLayout(self)
+        form = QFormLayout()
+        self.scan_combo = LayerCombo(self.viewer, lambda l: l in scan_layers(self.viewer))
+        form.addRow("Scan", self.scan_combo)
+        self.extra_channels = QWidget()
+        self.extra_form = QFormLayout(self.extra_channels)
+        self.extra_form.setContentsMargins(0, 0, 0, 0)
+        self.channel_combos: list[QComboBox] = []
+        form.addRow(self.extra_channels)
+
+        row = QHBoxLayout()
+        self.model_combo = QComboBox()
+        self.model_combo.currentIndexChanged.connect(self._on_model_changed)
+        row.addWidget(self.model_combo, 1)
+        self.add_model_button = QToolButton()
+        self.add_model_button.setText("Add model…")
+        self.add_model_button.setPopupMode(QToolButton.InstantPopup)
+        menu = QMenu(self.add_model_button)
+        menu.addAction("Checkpoint or spec file…", lambda: self.add_model(self.ask_model_path(folder=False)))
+        menu.addAction("MONAI bundle folder…", lambda: self.add_model(self.ask_model_path(folder=True)))
+        self.add_model_button.setMenu(menu)
+        row.addWidget(self.add_model_button)
+        form.addRow("Model", row)
+        self.model_info = QLabel("")
+        self.model_info.setWordWrap(True)
+        self.model_info.setStyleSheet("color: gray")
+        form.addRow(self.model_info)
+
+        self.device_combo = QComboBox()
+        self.device_combo.addItems(available_devices())
+        form.addRow("Device", self.device_combo)
+        lay.addLayout(form)
+
+        self.advanced = QGroupBox("Advanced")
+        self.advanced.setCheckable(True)
+        self.advanced.setChecked(False)
+        adv = QFormLayout(self.advanced)
+        self.overlap = QDoubleSpinBox()
+        self.overlap.setRange(0.0, 0.9)
+        self.overlap.setSingleStep(0.05)
+        self.overlap.setValue(0.25)
+        self.overlap.setToolTip("fraction of each window shared with its neighbours (more = smoother, slower)")
+        adv.addRow("Window overlap", self.overlap)
+        roi_row = QHBoxLayout()
+        self.roi = []
+        for _ in range(3):
+            s = QSpinBox()
+            s.setRange(0, 512)
+            s.setSingleStep(16)
+            s.setSpecialValueText("model")
+            roi_row.addWidget(s)
+            self.roi.append(s)
+        adv.addRow("ROI (R, A, S)", roi_row)
+        self.batch = QSpinBox()
+        self.batch.setRange(1, 64)
+        self.batch.setValue(1)
+        adv.addRow("Windows per batch", self.batch)
+        self.prob_check = QCheckBox("probability layer per label")
+        adv.addRow(self.prob_check)
+        self.unc_check = QCheckBox("uncertainty layer (entropy)")
+        self.unc_check.setChecked(True)
+        adv.addRow(self.unc_check)
+        self._set_advanced_visible(False)
+        self.advanced.toggled.connect(self._set_advanced_visible)
+        lay.addWidget(self.advanced)
+
+        buttons = QHBoxLayout()
+        self.segment_button = QPushButton("Segment")
+        self.segment_button.setDefault(True)
+        self.segment_button.clicked.connect(self.run)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.cancel_button.clicked.connect(self.cancel)
+        buttons.addWidget(self.segment_button, 1)
+        buttons.addWidget(self.cancel_button)
+        lay.addLayout(buttons)
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
+        self.progress.setFormat("%v / %m windows")
+        lay.addWidget(self.progress)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        lay.addWidget(self.status)
+        lay.addStretch(1)
+
+    def _set_advanced_visible(self, on: bool):
+        for child in self.advanced.findChildren(QWidget):
+            child.setVisible(on)
+
+    def _disconnect(self, viewer):
+        try:
+            viewer.layers.events.inserted.disconnect(self._on_layer_inserted)
+            viewer.layers.events.removed.disconnect(self._on_layer_removed)
+        except (TypeError, RuntimeError, ValueError):
+            pass
+
+    # -- models ---------------------------------------------------------------------------------
+    def _refresh_models(self, select: str | None = None):
+        from ..models import registry
+
+        try:
+            names = [getattr(m, "name", m) for m in registry.list_models()]
+        except Exception as exc:  # a broken user model folder must not break the widget
+            report_error(exc, "listing models")
+            names = []
+        try:
+            default = registry.default_model_name()
+        except Exception:  # no bundled default: the list still works
+            default = None
+        if default in names:
+            names.remove(default)
+            names.insert(0, default)
+        self.model_combo.blockSignals(True)
+        self.model_combo.clear()
+        self.model_combo.addItems([str(n) for n in names])
+        self.model_combo.blockSignals(False)
+        if select and select in names:
+            self.model_combo.setCurrentText(select)
+        self._on_model_changed()
+
+    def model_spec(self):
+        from ..models import registry
+
+        name = self.model_combo.currentText()
+        if not name:
+            return None
+        return registry.get_spec(name)
+
+    def _on_model_changed(self, *_):
+        try:
+            spec = self.model_spec()
+        except Exception as exc:
+            self.model_info.setText(f"cannot read this model: {exc}")
+            return
+        if spec is None:
+            self.model_info.setText("no model: use Add model…")
+            return
+        labels = ", ".join(l.name for l in spec.labels if l.index != 0)
+        self.model_info.setText(f"{spec.architecture}, {spec.in_channels} channel(s) "
+                                f"({', '.join(spec.channel_names)}); labels: {labels}")
+        for s, v in zip(self.roi, spec.roi_size):
+            s.setValue(int(v))
+        self._build_channel_pickers(spec)
+
+    def _build_channel_pickers(self, spec):
+        while self.extra_form.rowCount():
+            self.extra_form.removeRow(0)
+        self.channel_combos = []
+        n = int(spec.in_channels)
+        self.extra_channels.setVisible(n > 1)
+        if n <= 1:
+            return
+        for name in spec.channel_names[1:]:
+            combo = LayerCombo(self.viewer, lambda l: l in scan_layers(self.viewer))
+            combo.insertItem(0, "(same scan, next channel)")
+            combo.setCurrentIndex(0)
+            self.extra_form.addRow(f"Channel {name}", combo)
+            self.channel_combos.append(combo)
+
+    def ask_model_path(self, folder: bool) -> str | None:
+        """A file/folder dialog; tests patch this."""
+        if folder:
+            path = QFileDialog.getExistingDirectory(self, "MONAI bundle folder")
+        else:
+            path, _ = QFileDialog.getOpenFileName(
+                self, "Model checkpoint or spec",
+                filter="Models (*.safetensors *.pt *.pth *.ckpt *.json);;All files (*)")
+        return path or None
+
+    def add_model(self, path: str | None) -> bool:
+        """Register a checkpoint / bundle through the registry; its error is shown as it is."""
+        if not path:
+            return False
+        from ..models import registry
+
+        try:
+            spec = registry.add_model(path)
+        except Exception as exc:
+            report_error(exc, "Add model")
+            return False
+        name = getattr(spec, "name", spec)
+        self._refresh_models(select=str(name))
+        info(f"model {name!r} added")
+        return True
+
+    # -- running ------------------------------------------------------------------------------
+    def ask_replace(self, name: str) -> str:
+        """Ask before replacing an existing labels layer: "yes" (replace), "no" (keep both) or "cancel"."""
+        return ask_yes_no_cancel(self, "Replace labels?",
+                                 f"'{name}' already exists and may contain your corrections.\n"
+                                 "Replace it with the new result, or keep it and add a new layer?",
+                                 "Replace", "Keep both")
+
+    def _input_volume(self, layer, spec) -> Volume:
+        vol = volume_from_layer(layer)
+        if spec is None or spec.in_channels <= 1 or not self.channel_combos:
+            return vol
+        if vol.n_channels >= spec.in_channels:
+            return vol
+        chans = [vol.data if vol.data.ndim == 3 else vol.data[..., 0]]
+        for combo in self.channel_combos:
+            other = combo.layer() if combo.currentIndex() > 0 else None
+            if other is None:
+                raise VolumeError(f"model {spec.name!r} needs {spec.in_channels} channels "
+                                  f"({', '.join(spec.channel_names)}): choose a scan for each")
+            ov = volume_from_layer(other)
+            if not same_grid(vol.affine, vol.spatial_shape, ov.affine, ov.spatial_shape):
+                raise VolumeError(f"'{other.name}' is not on the grid of '{layer.name}'; "
+                                  "channels must share voxels")
+            chans.append(ov.data if ov.data.ndim == 3 else ov.data[..., 0])
+        return vol.with_data(np.stack([np.asarray(c, np.float32) for c in chans], axis=-1))
+
+    def settings(self) -> dict:
+        roi = [s.value() for s in self.roi]
+        return {"overlap": float(self.overlap.value()), "sw_batch_size": int(self.batch.value()),
+                "roi_size": roi if all(roi) else None, "probabilities": self.prob_check.isChecked(),
+                "uncertainty": self.unc_check.isChecked(), "device": self.device_combo.currentText()}
+
+    @property
+    def running(self) -> bool:
+        return self._worker is not None
+
+    def run(self):
+        """Start a segmentation in a worker (returns immediately). Returns the worker or None."""
+        if self.running:
+            info("a segmentation is already running")
+            return None
+        layer = self.scan_combo.layer()
+        if layer is None:
+            report_error(VolumeError("open a scan first (File > Open, or File > Open Sample > napari-vit3d)"))
+            return None
+        model_name = self.model_combo.currentText()
+        if not model_name:
+            report_error(VolumeError("no model selected: use Add model…"))
+            return None
+        target = f"{layer.name}{SEP}labels"
+        replace = None
+        existing = find_layer(self.viewer, target)
+        if isinstance(existing, Labels):
+            answer = self.ask_replace(target)
+            if answer == "cancel":
+                return None
+            replace = target if answer == "yes" else None
+        try:
+            spec = self.model_spec()
+            volume = self._input_volume(layer, spec)
+        except Exception as exc:
+            report_error(exc, "Segment")
+            return None
+        settings = self.settings()
+        self._cancel_event.clear()
+        started = now_iso()
+        bridge = self._bridge
+        cancel_event = self._cancel_event
+        holder = {}
+
+        def progress(done, total):
+            bridge.progress.emit(int(done), int(total))
+
+        def cancel():
+            w = holder.get("worker")
+            return cancel_event.is_set() or (w is not None and w.abort_requested)
+
+        worker = create_worker(_segment_job, volume, model_name, settings["device"], settings, progress, cancel,
+                               _start_thread=False, _ignore_errors=True)
+        holder["worker"] = worker
+        worker.returned.connect(lambda out: self._on_done(out, layer.name, volume, model_name, settings,
+                                                          started, replace))
+        worker.errored.connect(lambda exc: report_error(exc, "Segment"))
+        worker.finished.connect(self._on_finished)
+        self._worker = worker
+        self.segment_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        self.progress.setRange(0, 0)
+        self.status.setText(f"segmenting {layer.name} with {model_name}…")
+        worker.start()
+        return worker
+
+    def cancel(self):
+        if self._worker is not None:
+            self._cancel_event.set()
+            self._worker.quit()
+            self.status.setText("cancelling…")
+
+    def _on_progress(self, done: int, total: int):
+        self.progress.setRange(0, max(total, 1))
+        self.progress.setValue(done)
+
+    def _on_finished(self):
+        self._worker = None
+        self.segment_button.setEnabled(True)
+        self.cancel_button.setEnabled(False)
+        self.progress.setRange(0, 1)
+        if self._cancel_event.is_set():
+            self.progress.setValue(0)
+            self.status.setText("cancelled; nothing was added")
+            info("Segment cancelled; nothing was added")
+
+    # -- results ------------------------------------------------------------------------------
+    def _on_done(self, out, scan_name, volume, model_key, settings, started, replace):
+        if self._cancel_event.is_set():
+            return
+        try:
+            self._show_result(out, scan_name, volume, model_key, settings, started, replace)
+        except Exception as exc:
+            report_error(exc, "Segment")
+
+    def _show_result(self, out, scan_name, volume, model_key, settings, started, replace):
+        from ..io.labels import LabelTable
+
+        loaded, result, unc, regions = out
+        spec = loaded.spec
+        labels_vol = result.labels
+        table = LabelTable.from_spec(spec).with_missing(np.unique(labels_vol.data).tolist())
+        data, kwargs = layer_kwargs(labels_vol, kind="labels")
+        record = RunRecord(
+            scan_layer=scan_name, scan_volume=volume, scan_hash=volume.content_hash(), model_name=spec.name,
+            model_key=model_key, device=str(getattr(loaded, "device", settings["device"])), settings=settings,
+            started=started, finished=now_iso(), model_labels=np.array(data, copy=True), label_table=table,
+            weights_sha256=getattr(loaded, "weights_sha256", None), uncertainty=unc, regions=list(regions))
+        kwargs["metadata"][RUN_KEY] = record
+        name = replace or unique_name(self.viewer, f"{scan_name}{SEP}labels")
+        existing = find_layer(self.viewer, name) if replace else None
+        if isinstance(existing, Labels):
+            existing.data = data
+            for key in ("scale", "translate", "affine"):
+                if key in kwargs:
+                    setattr(existing, key, kwargs[key])
+            existing.metadata.update(kwargs["metadata"])
+            existing.colormap = labels_colormap(table)
+            existing.features = labels_features(table)
+            labels_layer = existing
+        else:
+            labels_layer = self.viewer.add_labels(data, name=name, colormap=labels_colormap(table),
+                                                  features=labels_features(table), opacity=0.5, **kwargs)
+        if settings.get("probabilities") and result.probabilities is not None:
+            pdata, pk = layer_kwargs(result.probabilities, contrast_limits=(0.0, 1.0), colormap="magma",
+                                     metadata={"vit3d_map": {"method": "probability", "model": spec.name}})
+            self._put_image(f"{scan_name}{SEP}probabilities", pdata, pk)
+        if unc is not None:
+            udata, uk = layer_kwargs(unc, contrast_limits=(0.0, 1.0), colormap="viridis", visible=False,
+                                     metadata={"vit3d_map": {"method": "uncertainty", "model": spec.name,
+                                                             "units": "normalised entropy (0..1)"}})
+            self._put_image(f"{scan_name}{SEP}uncertainty", udata, uk)
+        autosave.attach(labels_layer, record.scan_hash, {"scan": scan_name, "model": spec.name,
+                                                         "label_table": table.to_dict()})
+        self.viewer.layers.selection.active = labels_layer
+        labels_layer.mode = "pan_zoom"
+        n_lab = len([v for v in np.unique(data) if v != 0])
+        self.status.setText(f"done: {n_lab} label(s) in '{labels_layer.name}'"
+                            + (f"; {len(regions)} uncertain region(s)" if unc is not None else ""))
+        info(f"'{labels_layer.name}' added: paint to correct it, then use Review & correct and Export")
+        return labels_layer
+
+    def _put_image(self, name, data, kwargs):
+        layer = find_layer(self.viewer, name)
+        if isinstance(layer, Image) and layer.data.shape == data.shape:
+            layer.data = data
+            layer.metadata.update(kwargs["metadata"])
+            return layer
+        if layer is not None:
+            self.viewer.layers.remove(layer)
+        kwargs.setdefault("blending", "additive")
+        return self.viewer.add_image(data, name=name, **kwargs)
+
+    # -- recovery -----------------------------------------------------------------------------
+    def ask_restore(self, scan_name: str, saved: dict) -> bool:
+        """Offer a recovery file back; tests patch this."""
+        when = saved.get("saved", "earlier")
+        return ask_yes_no_cancel(self, "Recover labels?",
+                                 f"Corrected labels for '{scan_name}' were autosaved ({when}) and not exported.\n"
+                                 "Restore them as a labels layer?", "Restore", None) == "yes"
+
+    def _on_layer_removed(self, event):
+        autosave.detach(event.value)
+
+    def _on_layer_inserted(self, event):
+        self._offer_recovery(event.value)
+
+    def _offer_recovery(self, layer):
+        if layer not in scan_layers(self.viewer) or "vit3d" not in layer.metadata:
+            return
+        try:
+            vol = volume_from_layer(layer)
+            h = vol.content_hash()
+        except Exception:
+            return
+        if h in self._checked_recovery:
+            return
+        self._checked_recovery.add(h)
+        saved = recovery.load_recovery(h)
+        if saved is None:
+            return
+        labels, saved_info = saved
+        if tuple(labels.shape) != tuple(np.shape(layer.data)):
+            return
+        if not self.ask_restore(layer.name, saved_info):
+            return
+        from ..io.labels import LabelTable
+
+        table = LabelTable.from_dict(saved_info["label_table"]) if "label_table" in saved_info else \
+            LabelTable.from_array(labels)
+        data, kwargs = layer_kwargs(vol.with_data(np.zeros(vol.spatial_shape, labels.dtype)), kind="labels",
+                                    metadata={"vit3d_recovered": saved_info})
+        restored = self.viewer.add_labels(
+            labels, name=unique_name(self.viewer, f"{layer.name}{SEP}labels (recovered)"),
+            colormap=labels_colormap(table), features=labels_features(table), opacity=0.5, **kwargs)
+        autosave.attach(restored, h, {**saved_info, "label_table": table.to_dict()})
+        info(f"restored autosaved labels for '{layer.name}'")

@@ -1,0 +1,33 @@
+"""How plugin layers look: label colours from the model's label table, colormaps for maps."""
+
+from __future__ import annotations
+
+from napari.utils.colormaps import DirectLabelColormap
+
+#: explanation method → (colormap, blending); all maps are drawn additively over the grey scan
+MAP_STYLE = {
+    "point_attention": "inferno",
+    "rollout": "inferno",
+    "dino_heads": "turbo",
+    "erf": "magma",
+    "uncertainty": "viridis",
+    "probability": "magma",
+}
+
+
+def labels_colormap(table, hidden=()) -> DirectLabelColormap:
+    """A direct colormap with the table's colours; indices in ``hidden`` (and 0) are transparent.
+
+    Label values not in the table are drawn white, so a stray value painted by hand stays visible.
+    """
+    colors = {None: (1.0, 1.0, 1.0, 1.0), 0: (0.0, 0.0, 0.0, 0.0)}
+    for e in table:
+        if e.index == 0:
+            continue
+        colors[e.index] = (0.0, 0.0, 0.0, 0.0) if e.index in hidden else tuple(e.color)
+    return DirectLabelColormap(color_dict=colors)
+
+
+def labels_features(table) -> dict:
+    """A features table (``index`` column = label value) so the status bar shows the label's name."""
+    return {"index": [e.index for e in table], "name": [e.name for e in table]}
