@@ -11,8 +11,11 @@ network (no gradients) and reports:
   forward (tensors only); on CPU the growth of the process's peak resident set size
   (``resource.getrusage``), which is a lower bound (0 when the process had already peaked higher);
   ``None`` where neither is available;
-* ``latency_s``: median wall time of ``repeats`` forward passes after ``warmup`` passes, with CUDA
-  synchronisation; ``latency_all_s``: every measured run.
+* ``latency_s``: median wall time of ``repeats`` forward passes after the counting pass and ``warmup``
+  further passes, with device synchronisation; ``latency_all_s``: every measured run.
+
+FLOPs and memory come from one pass (the flop counter's overhead is negligible next to 3D convolutions),
+which also serves as warm-up.
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ def _sync(device: torch.device) -> None:
 
 
 def model_cost(network: nn.Module, roi_size: Sequence[int], in_channels: int, device="cpu", *,
-               repeats: int = 3, warmup: int = 1, batch_size: int = 1, seed: int = 0) -> dict:
+               repeats: int = 3, warmup: int = 0, batch_size: int = 1, seed: int = 0) -> dict:
     """Measure one window's cost for ``network`` (see module docstring). The network is not modified."""
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -63,27 +66,26 @@ def model_cost(network: nn.Module, roi_size: Sequence[int], in_channels: int, de
     params, trainable = count_params(network)
     try:
         with torch.inference_mode():
+            # one pass counts FLOPs and peak memory (and warms up); then ``warmup`` + ``repeats`` timed passes
             counter = FlopCounterMode(display=False)
-            with counter:
-                network(x)
-            flops = int(counter.get_total_flops())
-
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
                 torch.cuda.reset_peak_memory_stats(device)
                 base = torch.cuda.memory_allocated(device)
-                network(x)
+                with counter:
+                    network(x)
                 torch.cuda.synchronize(device)
                 peak, method = torch.cuda.max_memory_allocated(device) - base, "cuda_max_memory_allocated"
             else:
                 before = _rss_peak_bytes()
-                network(x)
+                with counter:
+                    network(x)
                 after = _rss_peak_bytes()
                 if before is None or after is None:
                     peak, method = None, "unavailable"
                 else:
                     peak, method = after - before, "cpu_peak_rss_growth (lower bound)"
-
+            flops = int(counter.get_total_flops())
             for _ in range(max(0, warmup)):
                 network(x)
             _sync(device)
