@@ -221,3 +221,18 @@ def test_probability_channels_follow_engine_class_metadata():
     assert res["labels"]["3"]["auc_pr"] == pytest.approx(naive_ap(p3, ref == 3), abs=1e-9)
     with pytest.raises(VolumeError, match="no channel"):
         evaluate(Volume(ref, affine), Volume(ref, affine), probabilities=probs, labels=[1])
+
+
+def test_auc_pr_on_real_tissue_probabilities():
+    """MNI152 grey-matter probability (uint8 levels: many ties) vs a reference from a shifted copy."""
+    img = nib.load(str(DATA / "mni152_2009a" / "mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz"))
+    gm = np.asarray(img.dataobj)[::4, ::4, ::4]
+    affine = img.affine @ np.diag([4, 4, 4, 1])
+    prob = (gm.astype(np.float32) / np.float32(gm.max()))
+    ref = (np.roll(gm, 1, axis=0) > gm.max() / 2).astype(np.uint8)
+    pred = (prob > 0.5).astype(np.uint8)
+    res = evaluate(Volume(pred, affine), Volume(ref, affine), probabilities=Volume(prob, affine))
+    e = res["labels"]["1"]
+    assert e["auc_pr"] == pytest.approx(naive_ap(prob, ref == 1), abs=1e-9)
+    assert 0.2 < e["auc_pr"] < 0.99
+    assert e["dice"] == pytest.approx(np_dice(pred == 1, ref == 1), abs=1e-6)
