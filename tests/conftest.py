@@ -5,11 +5,18 @@ Nothing here imports napari or torch, so engine tests stay light.
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
+
+# napari keeps its preferences in the user's config folder, and make_napari_viewer resets and saves
+# them: point napari at a scratch settings file for the test session (read when napari.settings is
+# first imported, which is after this module).
+os.environ.setdefault("NAPARI_CONFIG", os.path.join(tempfile.mkdtemp(prefix="napari_vit3d_tests_"), "settings.yaml"))
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"

@@ -123,3 +123,20 @@ def test_demo_docks_every_manifest_widget_and_saves_screenshot(make_napari_viewe
     img = imread(png)
     assert img.ndim == 3 and img.shape[0] > 400 and img.shape[1] > 600
     assert img[..., :3].std() > 10  # not a blank window
+
+
+def test_plugin_as_default_reader_through_napari_settings(make_napari_viewer, tmp_path):
+    """What the user guide tells users to do: map *.nii / *.nii.gz to the plugin in napari's settings,
+    then File > Open (and viewer.open(path, plugin=None)) uses our reader."""
+    from napari.settings import get_settings
+
+    viewer = make_napari_viewer()
+    settings = get_settings()
+    assert "napari_vit3d_tests_" in str(settings.config_path)  # never the user's real preferences
+    settings.plugins.extension2reader = {**settings.plugins.extension2reader,
+                                         "*.nii": PLUGIN, "*.nii.gz": PLUGIN}
+    path = tmp_path / "plain.nii"
+    nib.save(nib.Nifti1Image(np.arange(24, dtype=np.int16).reshape(2, 3, 4), np.diag([-2.0, 1, 1, 1])), str(path))
+    (layer,) = viewer.open(str(path), plugin=None)  # None: use the preferences (the default is "napari")
+    assert layer.metadata["vit3d"]["source_path"] == str(path.resolve())
+    np.testing.assert_allclose(layer.extent.world, np.array(_corner_box(path)), atol=1e-6)
