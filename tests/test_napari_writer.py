@@ -91,3 +91,27 @@ def test_writer_rejects_bad_layers(odd_geometry_files, tmp_path):
     fd, fstate, _ = flat.as_layer_data_tuple()
     with pytest.raises(VolumeError, match="3D"):
         write_image_layer(str(tmp_path / "flat.nii.gz"), fd, fstate)
+
+
+def test_image_converted_to_labels_in_napari_saves_on_source_grid(odd_geometry_files, tmp_path):
+    """The user guide's opt-in: an integer scan opened as an image, right-click > Convert to Labels,
+    then saved: it lands on the source file voxel for voxel."""
+    from napari.components import LayerList
+    from napari.layers._layer_actions import _convert
+
+    src = tmp_path / "integer_scan.nii.gz"  # integer, but its name does not say "labels"
+    ref = nib.load(str(odd_geometry_files["lsa"]["labels"]))
+    nib.save(nib.Nifti1Image(np.asanyarray(ref.dataobj), ref.affine, ref.header), str(src))
+    data, kwargs, layer_type = read_layers(str(src))[0]
+    assert layer_type == "image"
+    layers = LayerList([Image(data, **kwargs)])
+    layers.selection = {layers[0]}
+    _convert(layers, "labels")
+    (converted,) = layers
+    assert isinstance(converted, Labels)
+    d, state, _ = converted.as_layer_data_tuple()
+    out = write_labels_layer(str(tmp_path / "converted.nii.gz"), d, state)[0]
+    res = nib.load(out)
+    assert np.array_equal(np.asanyarray(res.dataobj), np.asanyarray(ref.dataobj))
+    np.testing.assert_allclose(res.affine, ref.affine)
+    assert int(res.header["sform_code"]) == int(ref.header["sform_code"])
