@@ -9,7 +9,7 @@ import torch
 
 from napari_vit3d.errors import CheckpointError, ModelError
 from napari_vit3d.models.bundle import bundle_spec, load_bundle
-from napari_vit3d.models.registry import add_model, list_models, load_model
+from napari_vit3d.models.registry import add_model, get_spec, list_models, load_model
 
 UNET = {"_target_": "monai.networks.nets.UNet", "spatial_dims": 3, "in_channels": 1, "out_channels": 3,
         "channels": [4, 8], "strides": [2], "num_res_units": 1}
@@ -113,6 +113,7 @@ def test_bundle_through_the_registry(tmp_path, monkeypatch):
     folder = write_bundle(tmp_path / "b", UNET)
     spec = add_model(folder, name="tiny-bundle")
     assert spec.architecture == "monai_bundle"
+    assert get_spec(folder / "configs" / "inference.json").architecture == "monai_bundle"
     assert "tiny-bundle" in [e.name for e in list_models()]
     loaded = load_model("tiny-bundle")
     assert loaded.bundle is not None and loaded.bundle.inferer is not None

@@ -43,6 +43,25 @@ def test_pt_with_state_dict_wrapper_module_prefix_and_numpy_scalars(tmp_path):
     assert outputs_equal(src, dst)
 
 
+def test_numpy_1_style_pickle_globals_are_accepted(tmp_path):
+    """Checkpoints written under numpy 1.x name ``numpy.core.multiarray.scalar`` (numpy 2: ``numpy._core``)."""
+    import zipfile
+
+    src = small_net(0)
+    new = tmp_path / "np2.pt"
+    torch.save({"state_dict": src.state_dict(), "epoch": np.int64(3), "best": np.float64(0.9)}, new)
+    old = tmp_path / "np1.pt"
+    with zipfile.ZipFile(new) as zin, zipfile.ZipFile(old, "w", compression=zipfile.ZIP_STORED) as zout:
+        for item in zin.infolist():
+            data = zin.read(item.filename)
+            if item.filename.endswith("data.pkl"):
+                assert b"numpy._core.multiarray" in data
+                data = data.replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+            zout.writestr(item.filename, data)
+    assert "numpy.core.multiarray.scalar" in torch.serialization.get_unsafe_globals_in_checkpoint(str(old))
+    assert outputs_equal(src, apply_state_dict(small_net(1), load_state_dict(old), source=str(old)))
+
+
 def test_model_key_and_lightning_style_prefix(tmp_path):
     src = small_net(0)
     path = tmp_path / "m.ckpt"

@@ -109,7 +109,7 @@ def _torch_load(path: Path) -> object:
     allowed = _numpy_safe_globals()
     if all(b in allowed for b in bad):
         try:
-            with torch.serialization.safe_globals(list(dict.fromkeys(allowed.values()))):
+            with torch.serialization.safe_globals([(obj, name) for name, obj in allowed.items()]):
                 return torch.load(str(path), map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:  # needs more than the first round reported
             bad = [b for b in _unsafe_globals(path, exc) if b not in allowed] or bad

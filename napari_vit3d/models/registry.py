@@ -158,10 +158,12 @@ def _bundled_specs() -> dict[str, Path]:
     out = {}
     for p in sorted(d.glob("*.json")):
         try:
-            name = json.loads(p.read_text()).get("name") or p.stem
-        except (OSError, json.JSONDecodeError, AttributeError):
-            name = p.stem
-        out[str(name)] = p
+            data = json.loads(p.read_text())
+        except (OSError, json.JSONDecodeError):
+            out[p.stem] = p  # listed as broken
+            continue
+        if isinstance(data, dict) and "architecture" in data:  # other JSON (metrics, logs) is not a spec
+            out[str(data.get("name") or p.stem)] = p
     return out
 
 
@@ -198,6 +200,8 @@ def _spec_from_path(path: Path) -> ModelSpec:
         raise ModelError(f"{path}: a folder is only accepted as a MONAI bundle (configs/inference.json missing)")
     suffix = path.suffix.lower()
     if suffix == ".json":
+        if path.parent.name == "configs" and is_bundle(path.parent.parent):  # a bundle's inference.json
+            return bundle_spec(path.parent.parent)
         spec = ModelSpec.from_json(path)
         spec.root = str(path.resolve().parent)
         return spec
