@@ -1,0 +1,228 @@
+"""``napari-vit3d explain``: attention, rollout, DINO head attention or ERF maps that overlay the scan.
+
+::
+
+    napari-vit3d explain INPUT --method attention|rollout|dino-heads|erf
+                         [--point-world X,Y,Z | --point-voxel I,J,K] [--layer L] [--head H|mean|all]
+                         [--model MODEL] -o OUTPUT.nii.gz
+                         [--head-fusion mean|max|min] [--discard-ratio F] [--start-layer L]   (rollout)
+                         [--keep-mass F --masks-output LABELS.nii.gz]                           (dino-heads)
+                         [--class C] [--region MASK.nii.gz] [--log1p] [--stats STATS.json]      (erf)
+
+OUTPUT lies on INPUT's grid (same first three axes, affine, qform/sform codes), float32;
+``dino-heads`` and ``--head all`` write a 4D file with heads along the 4th axis. Beside OUTPUT a
+JSON sidecar (``OUTPUT`` with ``.json`` instead of ``.nii[.gz]``) records the method, model, layer,
+head, query, window and parameters. Without ``--model`` the first registered model that supports the
+method is used (the default model when it does) and named on stderr and in the sidecar.
+Exit codes: 0 done, 2 user error (one line on stderr), 130 cancelled.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import GeometryError, ModelError, VolumeError
+
+METHODS = ("attention", "rollout", "dino-heads", "erf")
+#: architectures (ModelSpec.architecture) each method can explain
+SUPPORTED = {
+    "attention": ("vit_seg", "unetr", "swin_unetr", "segformer3d"),
+    "rollout": ("vit_seg", "unetr"),
+    "dino-heads": ("vit_seg",),
+    "erf": ("vit_seg", "unetr", "swin_unetr", "segformer3d"),
+}
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "explain", help="attention / rollout / DINO heads / ERF maps on the scan's grid",
+        description="Explain a model's view of INPUT; the map is written on INPUT's own grid so it overlays "
+                    "the scan in any viewer. Exit codes: 0 done, 2 user error, 130 cancelled.")
+    p.add_argument("input", metavar="INPUT", help="scan (.nii or .nii.gz)")
+    p.add_argument("--method", required=True, choices=METHODS)
+    q = p.add_mutually_exclusive_group()
+    q.add_argument("--point-world", metavar="X,Y,Z", help="query point in world RAS mm")
+    q.add_argument("--point-voxel", metavar="I,J,K", help="query point as a voxel index of INPUT")
+    p.add_argument("--layer", type=int, default=None, metavar="L",
+                   help="attention layer (0-based over all attention blocks; negative counts from the end; "
+                        "default: the last)")
+    p.add_argument("--head", default="mean", metavar="H|mean|all", help="attention head number, mean or all (default mean)")
+    p.add_argument("--model", metavar="MODEL", help="registered model name, spec .json or checkpoint "
+                   "(default: a registered model that supports the method)")
+    p.add_argument("-o", "--output", required=True, metavar="OUTPUT", help="map to write (.nii or .nii.gz)")
+    p.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda", "mps"), help="(default cpu)")
+    p.add_argument("--head-fusion", default="mean", choices=("mean", "max", "min"), help="rollout: fuse heads by")
+    p.add_argument("--discard-ratio", type=float, default=0.0, metavar="F",
+                   help="rollout: drop this lowest fraction of each attention row (never the identity/CLS)")
+    p.add_argument("--start-layer", type=int, default=0, metavar="L", help="rollout: first layer multiplied in")
+    p.add_argument("--keep-mass", type=float, default=0.6, metavar="F",
+                   help="dino-heads: share of each head's attention the masks keep (default 0.6)")
+    p.add_argument("--masks-output", metavar="PATH",
+                   help="dino-heads: also write a label map: h+1 where head h's top --keep-mass of attention lies "
+                        "(where heads overlap, the head attending most)")
+    p.add_argument("--class", dest="target_class", type=int, default=None, metavar="C",
+                   help="erf: output class (default 1, or 0 for one-class models)")
+    p.add_argument("--region", metavar="MASK", help="erf: sum the class over this mask (on INPUT's grid) instead of one voxel")
+    p.add_argument("--log1p", action="store_true", help="erf: write log(1 + |gradient|)")
+    p.add_argument("--stats", metavar="PATH", help="erf: write extent statistics (JSON)")
+    p.set_defaults(func=run)
+
+
+def _triple(text: str, what: str, as_int: bool) -> tuple:
+    parts = [t for t in text.replace(" ", "").split(",") if t]
+    try:
+        vals = tuple(int(t) if as_int else float(t) for t in parts)
+    except ValueError:
+        raise GeometryError(f"{what} must be three {'integers' if as_int else 'numbers'} separated by commas, got {text!r}") from None
+    if len(vals) != 3:
+        raise GeometryError(f"{what} must be three values separated by commas, got {text!r}")
+    return vals
+
+
+def sidecar_path(output) -> Path:
+    out = Path(output)
+    name = out.name
+    for suf in (".nii.gz", ".nii"):
+        if name.lower().endswith(suf):
+            return out.with_name(name[: -len(suf)] + ".json")
+    return out.with_suffix(".json")
+
+
+def choose_model(method: str) -> str:
+    """A registered model name that supports ``method`` (the default model first)."""
+    from ..models.registry import default_model_name, list_models
+
+    ok = SUPPORTED[method]
+    try:
+        default = default_model_name()
+    except ModelError:
+        default = None
+    entries = [e for e in list_models() if e.spec is not None and e.spec.architecture in ok]
+    entries.sort(key=lambda e: (e.name != default, e.source != "bundled", e.name))
+    if not entries:
+        raise ModelError(f"no registered model supports {method} (needs one of: {', '.join(ok)}); pass --model")
+    return entries[0].name
+
+
+def _check_outputs(args) -> None:
+    from ..io.nifti import is_nifti_path
+
+    inp = Path(args.input).resolve()
+    outs = [Path(p) for p in (args.output, args.masks_output) if p]
+    for out in outs:
+        if not is_nifti_path(out):
+            raise VolumeError(f"{out}: output must end in .nii or .nii.gz")
+        if out.resolve() == inp:
+            raise VolumeError(f"{out}: refusing to overwrite the input scan; choose another file name")
+        if not out.resolve().parent.is_dir():
+            raise VolumeError(f"{out}: folder {out.parent} does not exist")
+    if len(outs) == 2 and outs[0].resolve() == outs[1].resolve():
+        raise VolumeError(f"{outs[0]}: used for two outputs")
+    side = sidecar_path(args.output).resolve()
+    for extra in (args.stats,):
+        if extra and Path(extra).resolve() in (side, inp, *(o.resolve() for o in outs)):
+            raise VolumeError(f"{extra}: this name is taken by another output (the JSON sidecar is {side.name})")
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.floating,)):
+        return float(obj)
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    return obj
+
+
+def run(args) -> int:
+    from .. import explain as ex
+    from ..inference.engine import pick_device
+    from ..io.nifti import read_nifti, write_image, write_labels
+    from ..models.registry import load_model
+
+    _check_outputs(args)
+    if args.method != "dino-heads" and args.masks_output:
+        raise VolumeError("--masks-output only goes with --method dino-heads")
+    scan = read_nifti(args.input, as_labels=False)
+    point = {}
+    if args.point_world:
+        point["world"] = _triple(args.point_world, "--point-world", as_int=False)
+    elif args.point_voxel:
+        point["voxel"] = _triple(args.point_voxel, "--point-voxel", as_int=True)
+    if point:
+        ex.query_world(scan, **point)  # fail fast on a point outside the scan
+    if args.method == "attention" and not point:
+        raise GeometryError("--method attention needs a query: --point-world X,Y,Z or --point-voxel I,J,K")
+    if args.method == "erf" and not point and not args.region:
+        raise GeometryError("--method erf needs a query (--point-world / --point-voxel) or --region MASK")
+    head = args.head if args.head in ("mean", "all") else None
+    if head is None:
+        try:
+            head = int(args.head)
+        except ValueError:
+            raise ModelError(f"--head must be a head number, mean or all; got {args.head!r}") from None
+
+    model_ref = args.model or choose_model(args.method)
+    model = load_model(model_ref, pick_device(args.device))
+    if not ex.supports(model.network, args.method):
+        raise ModelError(f"model {model.spec.name!r} ({model.spec.architecture}) does not support {args.method}; "
+                         f"models that do: {', '.join(SUPPORTED[args.method])}")
+    print(f"explain: {args.method} with model {model.spec.name} ({model.spec.architecture})", file=sys.stderr)
+
+    def progress(done, total):
+        print(f"  {args.method}: {done}/{total}", file=sys.stderr)
+
+    sess = ex.ExplainSession(model, scan)
+    masks = None
+    stats = None
+    if args.method == "attention":
+        vol = ex.point_attention(model, scan, layer=args.layer, head=head, session=sess, progress=progress, **point)
+    elif args.method == "rollout":
+        vol = ex.attention_rollout(model, scan, head_fusion=args.head_fusion, discard_ratio=args.discard_ratio,
+                                   start_layer=args.start_layer, session=sess, progress=progress, **point)
+    elif args.method == "dino-heads":
+        vol = ex.dino_heads(model, scan, layer=args.layer, session=sess, progress=progress, **point)
+        if args.masks_output:
+            masks = ex.dino_head_masks(model, scan, keep_mass=args.keep_mass, layer=args.layer, session=sess, **point)
+    else:
+        region = read_nifti(args.region, as_labels=True) if args.region else None
+        vol = ex.erf_map(model, scan, region=region, target_class=args.target_class, log1p=args.log1p,
+                         session=sess, progress=progress, **point)
+        if args.stats:
+            raw = vol if not args.log1p else vol.with_data(np.expm1(vol.data))
+            stats = ex.erf_statistics(raw)
+
+    import nibabel as nib
+
+    header = scan.header.copy() if isinstance(scan.header, (nib.Nifti1Header, nib.Nifti2Header)) else None
+    if header is not None:
+        header["descrip"] = f"napari-vit3d {args.method} {model.spec.name}"[:79].encode()
+        header["intent_name"] = b""
+    write_image(args.output, vol.data, scan.affine, header=header, source_path=scan.source_path)
+    written = [str(args.output)]
+    meta = {k: v for k, v in vol.metadata.items() if k != "protect_path"}
+    meta.update({"input": str(Path(args.input).resolve()), "output": str(Path(args.output).resolve()),
+                 "model": model.spec.name, "model_chosen_automatically": not bool(args.model)})
+    if masks is not None:
+        labels = ex.head_mask_labels(masks, vol)
+        write_labels(args.masks_output, labels.data, scan.affine, header=scan.header, source_path=scan.source_path)
+        meta["masks"] = {"path": str(Path(args.masks_output).resolve()), "labels": "head + 1 (0 = no head keeps it)",
+                         **masks.metadata.get("parameters", {})}
+        written.append(str(args.masks_output))
+    if stats is not None:
+        meta["statistics"] = stats
+        Path(args.stats).write_text(json.dumps(_jsonable(stats), indent=2))
+        written.append(str(args.stats))
+    side = sidecar_path(args.output)
+    side.write_text(json.dumps(_jsonable(meta), indent=2))
+    written.append(str(side))
+    print(f"wrote {', '.join(written)}", file=sys.stderr)
+    return 0

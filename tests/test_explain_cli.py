@@ -1,0 +1,125 @@
+"""``napari-vit3d explain`` end to end on a re-oriented Colin27 crop with a tiny random ViTSeg (CLS)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from nibabel.affines import apply_affine
+
+from napari_vit3d.cli import main
+from napari_vit3d.cli.explain import sidecar_path
+
+DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "colin27" / "ch2.nii.gz"
+
+
+@pytest.fixture(scope="module")
+def crop(tmp_path_factory) -> Path:
+    """A 50×44×40 crop of Colin27 stored LPS-like (x and y flipped) on disk."""
+    img = nib.load(str(DATA))
+    small = img.slicer[66:116, 88:132, 70:110]
+    lps = small.as_reoriented(np.array([[0, -1], [1, -1], [2, 1]]))
+    out = tmp_path_factory.mktemp("scan") / "colin_crop.nii.gz"
+    nib.save(lps, str(out))
+    return out
+
+
+@pytest.fixture(scope="module")
+def spec_path(tmp_path_factory) -> Path:
+    spec = {"name": "tiny-vit", "architecture": "vit_seg", "in_channels": 1, "channel_names": ["T1"],
+            "spacing": [1.5, 1.5, 1.5], "roi_size": [32, 32, 32], "normalization": {"kind": "zscore_nonzero"},
+            "arch_kwargs": {"patch_size": 8, "hidden_size": 32, "mlp_dim": 64, "num_layers": 3, "num_heads": 4,
+                            "feature_size": 4},
+            "labels": [{"index": 0, "name": "background"}, {"index": 1, "name": "brain"}]}
+    p = tmp_path_factory.mktemp("model") / "tiny-vit.json"
+    p.write_text(json.dumps(spec))
+    return p
+
+
+def _check_on_grid(out: Path, src: Path, n4=None):
+    a, b = nib.load(str(out)), nib.load(str(src))
+    assert a.shape[:3] == b.shape[:3]
+    assert (len(a.shape) == 4 and a.shape[3] == n4) if n4 else len(a.shape) == 3
+    np.testing.assert_allclose(a.affine, b.affine, atol=1e-6)
+    assert int(a.header["sform_code"]) == int(b.header["sform_code"])
+    d = a.get_fdata(dtype=np.float32)
+    assert np.isfinite(d).all() and d.max() > 0
+    return d
+
+
+def test_attention_rollout_dino_erf_through_cli(crop, spec_path, tmp_path, capsys):
+    world = apply_affine(nib.load(str(crop)).affine, (25, 22, 20))
+    out = tmp_path / "att.nii.gz"
+    rc = main(["explain", str(crop), "--method", "attention", "--point-world", ",".join(f"{v:.3f}" for v in world),
+               "--layer", "2", "--head", "1", "--model", str(spec_path), "-o", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    _check_on_grid(out, crop)
+    meta = json.loads(sidecar_path(out).read_text())
+    assert meta["method"] == "attention" and meta["layer"] == 2 and meta["head"] == 1 and meta["model"] == "tiny-vit"
+    np.testing.assert_allclose(meta["query"]["world_mm"], world, atol=1e-3)
+
+    out = tmp_path / "all.nii"
+    assert main(["explain", str(crop), "--method", "attention", "--point-voxel", "25,22,20", "--head", "all",
+                 "--model", str(spec_path), "-o", str(out)]) == 0
+    _check_on_grid(out, crop, n4=4)
+
+    out = tmp_path / "rollout.nii.gz"
+    assert main(["explain", str(crop), "--method", "rollout", "--discard-ratio", "0.5", "--head-fusion", "max",
+                 "--model", str(spec_path), "-o", str(out)]) == 0
+    _check_on_grid(out, crop)
+    assert json.loads(sidecar_path(out).read_text())["query"]["token"] == "cls"
+
+    out, masks = tmp_path / "dino.nii.gz", tmp_path / "dino_masks.nii.gz"
+    assert main(["explain", str(crop), "--method", "dino-heads", "--model", str(spec_path), "-o", str(out),
+                 "--keep-mass", "0.5", "--masks-output", str(masks)]) == 0
+    d = _check_on_grid(out, crop, n4=4)
+    m = nib.load(str(masks))
+    assert m.shape == d.shape[:3] and np.issubdtype(m.get_data_dtype(), np.integer)
+    assert set(np.unique(np.asarray(m.dataobj)).tolist()) <= {0, 1, 2, 3, 4} and np.asarray(m.dataobj).max() > 0
+
+    out, stats = tmp_path / "erf.nii.gz", tmp_path / "erf_stats.json"
+    assert main(["explain", str(crop), "--method", "erf", "--point-voxel", "25,22,20", "--class", "1",
+                 "--model", str(spec_path), "-o", str(out), "--stats", str(stats)]) == 0
+    _check_on_grid(out, crop)
+    st = json.loads(stats.read_text())
+    assert len(st["axis_extent_mm"]["0.9"]) == 3 and st["box_side_mm"]["0.5"] <= st["box_side_mm"]["0.99"]
+
+
+def test_cli_user_errors_are_one_line(crop, spec_path, tmp_path, capsys):
+    out = tmp_path / "x.nii.gz"
+    assert main(["explain", str(crop), "--method", "attention", "--point-voxel", "500,1,1",
+                 "--model", str(spec_path), "-o", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error:") and "outside" in err[-1]
+    assert main(["explain", str(crop), "--method", "attention", "--model", str(spec_path), "-o", str(out)]) == 2
+    assert "needs a query" in capsys.readouterr().err
+    assert main(["explain", str(crop), "--method", "attention", "--point-voxel", "2,2,2", "--layer", "7",
+                 "--model", str(spec_path), "-o", str(out)]) == 2
+    assert "layer 7 does not exist" in capsys.readouterr().err
+    assert main(["explain", str(crop), "--method", "erf", "--point-voxel", "2,2,2", "--model", str(spec_path),
+                 "-o", str(crop)]) == 2
+    assert not out.exists()
+    assert main(["explain", str(crop), "--method", "erf", "--point-voxel", "2,2,2", "--model", str(spec_path),
+                 "-o", str(out), "--stats", str(sidecar_path(out))]) == 2
+    assert "taken by another output" in capsys.readouterr().err
+
+
+def test_model_is_chosen_when_not_given(crop, spec_path, tmp_path, monkeypatch, capsys):
+    from napari_vit3d.models import add_model, registry
+
+    monkeypatch.setenv("NAPARI_VIT3D_CONFIG_DIR", str(tmp_path / "cfg"))
+    monkeypatch.setattr(registry, "_bundled_specs", lambda: {})
+    from napari_vit3d.cli.explain import choose_model
+    from napari_vit3d.errors import ModelError
+
+    with pytest.raises(ModelError, match="no registered model supports dino-heads"):
+        choose_model("dino-heads")
+    add_model(spec_path, name="my-vit")
+    out = tmp_path / "d.nii.gz"
+    assert main(["explain", str(crop), "--method", "dino-heads", "-o", str(out)]) == 0
+    assert "model my-vit" in capsys.readouterr().err
+    meta = json.loads(sidecar_path(out).read_text())
+    assert meta["model"] == "my-vit" and meta["model_chosen_automatically"] is True
