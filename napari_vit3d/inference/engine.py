@@ -201,14 +201,21 @@ def _resolve_model(model, device) -> _ModelParts:
     if isinstance(model, (str, Path)):
         from ..models import registry  # late import: models/ may still be growing
         model = registry.load_model(str(model), device if str(device) != "auto" else pick_device(device))
-    if hasattr(model, "inferer") and hasattr(model, "preprocessing"):
-        raise ModelError("MONAI bundles are not run by inference.segment yet; load the bundle's network as a checkpoint")
+    bundle = getattr(model, "bundle", None)
+    if bundle is None and hasattr(model, "inferer") and hasattr(model, "preprocessing"):
+        bundle = model  # a models.bundle.BundleModel itself
     network = getattr(model, "network", None)
     spec = getattr(model, "spec", None)
     if not isinstance(network, torch.nn.Module) or spec is None:
         raise ModelError(f"cannot segment with {type(model).__name__}: expected a loaded model (network + spec), "
                          "a model name, a checkpoint or a spec file")
-    return _ModelParts(network, spec, getattr(model, "weights_sha256", None))
+    return _ModelParts(network, spec, getattr(model, "weights_sha256", None), bundle)
+
+
+def _no_bundle(parts: _ModelParts, what: str) -> None:
+    if parts.bundle is not None:
+        raise ModelError(f"model {parts.spec.name!r} is a MONAI bundle: {what} needs a model with a spec "
+                         "(bundles run their own pipeline through segment())")
 
 
 @dataclass
@@ -243,6 +250,7 @@ def forward(volume: Volume, model, *, device="auto", overlap: float = 0.25, sw_b
     """Preprocess ``volume`` and run the sliding-window forward pass (or take it from the cache)."""
     _check_args(overlap, mode)
     parts = _resolve_model(model, device)
+    _no_bundle(parts, "the model-space forward pass")
     spec = parts.spec
     dev = pick_device(device)
     roi = check_roi(spec, roi_size if roi_size is not None else spec.roi_size)
@@ -339,6 +347,11 @@ def segment(volume: Volume, model, *, device="auto", overlap: float = 0.25, sw_b
     cached). See the module docstring for devices and determinism.
     """
     parts = _resolve_model(model, device)
+    if parts.bundle is not None:
+        from .bundle import segment_bundle
+
+        return segment_bundle(volume, parts.bundle, parts.spec, device=device, weights_sha256=parts.weights_sha256,
+                              progress=progress, cancel=cancel, return_probabilities=return_probabilities, amp=amp)
     fp = forward(volume, parts, device=device, overlap=overlap, sw_batch_size=sw_batch_size, mode=mode,
                  roi_size=roi_size, channels=channels, amp=amp, progress=progress, cancel=cancel, use_cache=use_cache)
     if cancel is not None and cancel():
@@ -379,6 +392,7 @@ def predict_tta(volume: Volume, model, *, flips: Sequence[Sequence[int]] = DEFAU
     """
     _check_args(overlap, mode)
     parts = _resolve_model(model, device)
+    _no_bundle(parts, "test-time augmentation")
     spec = parts.spec
     dev = pick_device(device)
     roi = check_roi(spec, roi_size if roi_size is not None else spec.roi_size)
