@@ -26,7 +26,6 @@ from typing import Callable
 
 import numpy as np
 import torch
-from scipy import ndimage
 
 from ..errors import Cancelled, GeometryError, ModelError
 from ..io.volume import Volume
@@ -69,6 +68,19 @@ def query_world(volume: Volume, *, voxel=None, world=None) -> np.ndarray:
     if np.any(ijk < -0.5) or np.any(ijk > shape - 0.5):
         raise GeometryError(f"the query point (voxel {np.round(ijk, 2).tolist()}) lies outside {volume.name} "
                             f"(shape {volume.spatial_shape})")
+    return w
+
+
+def _linear_weights(pos: np.ndarray, n: int) -> np.ndarray:
+    """(len(pos), n) weights of linear interpolation at token coordinates ``pos``, clamped to the ends."""
+    p = np.clip(pos, 0, n - 1)
+    i0 = np.minimum(np.floor(p).astype(int), n - 1)
+    i1 = np.minimum(i0 + 1, n - 1)
+    f = (p - i0).astype(np.float32)
+    w = np.zeros((len(p), n), dtype=np.float32)
+    rows = np.arange(len(p))
+    np.add.at(w, (rows, i0), 1 - f)
+    np.add.at(w, (rows, i1), f)
     return w
 
 
@@ -186,9 +198,10 @@ class ExplainSession:
             idx = [np.clip(np.floor(a + 0.5), 0, n - 1).astype(int) for a, n in zip(axes, grid.shape)]
             block = token_maps[np.ix_(*idx)]  # (*roi, C)
         else:
-            coords = np.stack(np.meshgrid(*axes, indexing="ij")).reshape(3, -1)
-            block = np.stack([ndimage.map_coordinates(token_maps[..., c], coords, order=1, mode="nearest")
-                              for c in range(token_maps.shape[3])], axis=-1).reshape(*self.roi, -1)
+            # trilinear interpolation is separable: one (window × tokens) matrix per axis
+            block = token_maps
+            for ax, (a, n) in enumerate(zip(axes, grid.shape)):
+                block = np.moveaxis(np.tensordot(_linear_weights(a, n), block, axes=([1], [ax])), 0, ax)
         sl = tuple(slice(s, s + r) for s, r in zip(start, self.roi))
         out[(slice(None),) + sl] = np.moveaxis(block, -1, 0)
         return out
