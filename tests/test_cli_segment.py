@@ -88,3 +88,17 @@ def test_interrupted_run_writes_nothing(crop, spec_path, tmp_path, monkeypatch):
     out = tmp_path / "labels.nii.gz"
     assert main(["segment", str(crop), "-o", str(out), "--model", str(spec_path)]) == 130
     assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_info_reports_geometry(crop, spec_path, capsys):
+    assert main(["info", str(crop), "--json", "--model", str(spec_path)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    img = nib.load(str(crop))
+    assert info["shape"] == [44, 40, 34] and info["orientation"] == "LPS" and not info["oblique"]
+    np.testing.assert_allclose(info["affine"], img.affine, atol=1e-6)
+    assert info["spacing_mm"] == [1.0, 1.0, 1.0]
+    # model grid: 1.5 mm covering the 44 × 40 × 34 mm field of view and every voxel centre
+    assert info["model_grid"]["shape"] == [30, 27, 23] and info["model_grid"]["resampled"]
+    assert main(["info", str(crop)]) == 0
+    assert "LPS" in capsys.readouterr().out
+    assert main(["info", str(crop.parent / "missing.nii.gz")]) == 2

@@ -207,6 +207,21 @@ def normalize(x: np.ndarray, norm: dict) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 # public API
 
+def model_grid(volume: Volume, spec) -> tuple[np.ndarray, tuple[int, int, int], bool]:
+    """(affine, shape, resampled) of the model-space grid for ``volume`` (before padding), no data touched."""
+    ornt, affine_o = model_orientation(volume.affine, volume.spatial_shape, spec.orientation)
+    shape_o = [0, 0, 0]
+    for file_ax, (model_ax, _) in enumerate(ornt):
+        shape_o[int(model_ax)] = volume.spatial_shape[file_ax]
+    target = np.asarray(spec.spacing, float)
+    if target.shape != (3,) or np.any(target <= 0):
+        raise ModelError(f"model {spec.name!r}: spacing must be three positive numbers, got {spec.spacing}")
+    if np.allclose(voxel_spacing(affine_o), target, rtol=SPACING_RTOL, atol=0):
+        return affine_o, tuple(shape_o), False
+    affine_m, shape_m = _target_grid(affine_o, shape_o, target)
+    return affine_m, shape_m, True
+
+
 def preprocess(volume: Volume, spec, *, roi_size=None, channels=None) -> ModelInput:
     """Prepare ``volume`` for the model described by ``spec`` (see the module docstring)."""
     roi = check_roi(spec, roi_size if roi_size is not None else spec.roi_size)
@@ -214,17 +229,10 @@ def preprocess(volume: Volume, spec, *, roi_size=None, channels=None) -> ModelIn
     shape = volume.spatial_shape
     ornt, affine_o = model_orientation(volume.affine, shape, spec.orientation)
     data = apply_orientation(data, ornt)  # exact permutation / flips; channel axis kept last
-    shape_o = tuple(int(s) for s in data.shape[:3])
-    target = np.asarray(spec.spacing, float)
-    if target.shape != (3,) or np.any(target <= 0):
-        raise ModelError(f"model {spec.name!r}: spacing must be three positive numbers, got {spec.spacing}")
-    resampled = not np.allclose(voxel_spacing(affine_o), target, rtol=SPACING_RTOL, atol=0)
+    affine_m, shape_m, resampled = model_grid(volume, spec)
     if resampled:
-        affine_m, shape_m = _target_grid(affine_o, shape_o, target)
         cval = float(data.min()) if data.size else 0.0
         data = resample_edge(data, affine_o, affine_m, shape_m, order=1, cval=cval)
-    else:
-        affine_m = affine_o
     data = normalize(np.ascontiguousarray(data), spec.normalization)
     valid_shape = data.shape[:3]
     pad_before = [max(0, (r - s)) // 2 for r, s in zip(roi, valid_shape)]
@@ -294,5 +302,5 @@ def _inverse_ornt(ornt: np.ndarray) -> np.ndarray:
     return inv
 
 
-__all__ = ["ModelInput", "NORMALIZATIONS", "check_roi", "model_orientation", "normalize", "preprocess",
+__all__ = ["ModelInput", "NORMALIZATIONS", "check_roi", "model_grid", "model_orientation", "normalize", "preprocess",
            "required_multiple", "resample_edge", "select_channels", "to_scan_grid"]
