@@ -50,6 +50,10 @@ def test_samples_open_through_plugin_where_nibabel_puts_them(make_napari_viewer)
     np.testing.assert_allclose(added[0].extent.world, [lo, hi], atol=1e-6)
     assert added[0].metadata["vit3d"]["source_path"] == str(sample_path("colin27_t1").resolve())
     _assert_radiological(viewer)
+    # a user looking in 3D keeps that view when opening another scan
+    viewer.dims.ndisplay = 3
+    viewer.open(str(sample_path("colin27_brainmask")), plugin=PLUGIN)
+    assert viewer.dims.ndisplay == 3
 
 
 def _marker_scan(path):

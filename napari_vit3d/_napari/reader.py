@@ -1,12 +1,12 @@
 """npe2 readers: NIfTI scans and label maps as napari layers with exact geometry.
 
-* ``napari-vit3d.get_reader`` (the manifest's only reader): a 3D scan → an Image layer; a 4D scan with at most 8
-  volumes along its last axis → one Image layer per channel, ``<scan> [c]``; an integer file whose
-  name says it is a label map (``*seg*``, ``*label*``, ``*mask*``, ``*parc*``, ``*aseg*``,
-  ``*atlas*``) → a Labels layer.
+* ``napari-vit3d.get_reader`` (the manifest's only reader): a 3D scan → an Image layer; a 4D scan
+  with at most 8 volumes along its last axis → one Image layer per channel, ``<scan> [c]``; a 3D
+  file of whole numbers whose name says it is a label map (``*seg*``, ``*label*``, ``*mask*``,
+  ``*parc*``, ``*aseg*``, ``*atlas*``) → a Labels layer.
 * "open as labels" for any integer file, the user's choice: in napari, right-click the image layer →
   *Convert to Labels* (napari keeps ``layer.metadata``, so the geometry survives); in Python,
-  ``viewer.add_layer`` the tuples of ``read_layers(path, as_labels=True)``.
+  ``read_layers(path, as_labels=True)`` gives the layer-data tuples.
 
 Bad files raise a :class:`~napari_vit3d.errors.Vit3dError` with one plain line, which napari shows
 as a notification. The radiological camera is set on the current viewer, if there is one.
@@ -14,6 +14,7 @@ as a notification. The radiological camera is set on the current viewer, if ther
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 from ..gui.viewer_setup import current_viewer_or_none, schedule_radiological_view
@@ -23,9 +24,9 @@ from ..io.nifti import is_nifti_path, read_nifti
 
 def _as_paths(path) -> list[str] | None:
     if isinstance(path, (str, bytes)) or hasattr(path, "__fspath__"):
-        paths = [str(path)]
+        paths = [os.fsdecode(path)]
     elif isinstance(path, Sequence):
-        paths = [str(p) for p in path]
+        paths = [os.fsdecode(p) for p in path]
     else:
         return None
     if not paths or not all(is_nifti_path(p) for p in paths):

@@ -50,7 +50,9 @@ def apply_radiological_view(viewer, *, reset_dims: bool = True) -> None:
 
 
 def schedule_radiological_view(viewer) -> None:
-    """Apply the radiological camera now and reset the dims to axial once the next layer arrives.
+    """Apply the radiological camera now and, if the viewer is still empty, show the axial 2D view
+    once the next layer arrives (a user who already looks at data in 3D or along another axis keeps
+    that view when opening another scan).
 
     For npe2 readers and sample-data functions, which return layer data before napari adds it.
     Never raises.
@@ -58,6 +60,11 @@ def schedule_radiological_view(viewer) -> None:
     if viewer is None:
         return
     apply_radiological_view(viewer, reset_dims=False)
+    try:
+        if len(viewer.layers) > 0:
+            return
+    except Exception:
+        return
     try:
         layers_events = viewer.layers.events.inserted
     except Exception:

@@ -154,22 +154,29 @@ def _has_scaling(img) -> bool:
 def read_nifti(path, *, as_labels: bool | None = None, max_bytes: int = DEFAULT_MAX_BYTES) -> Volume:
     """Read a NIfTI scan or label map into a :class:`Volume` (data in the file's voxel order).
 
-    ``as_labels=None`` decides from the file: an integer file without intensity scaling whose name
-    contains seg/label/mask is a label map. Labels keep an integer dtype; scans keep their dtype when
-    unscaled (else float32). Non-finite voxels are replaced by 0 with a :class:`VolumeWarning`.
+    ``as_labels=None`` decides from the file: a 3D file whose name says it is a label map (seg, label,
+    mask, parc, aseg, atlas; see :func:`looks_like_labels_name`) and whose values are whole numbers
+    (an integer type without intensity scaling, or floats that are all integers) is a label map.
+    Labels get an integer dtype; scans keep their dtype when unscaled (else float32). Non-finite
+    voxels are replaced by 0 with a :class:`VolumeWarning`. Everything that can be checked from the
+    header (dimensions, size, affine, truncation) is checked before the data are read.
     """
     path = Path(path)
     img = _load_header(path)
     hdr = img.header
     disk_dtype = hdr.get_data_dtype()
     integer = np.issubdtype(disk_dtype, np.integer) and not _has_scaling(img)
-    if as_labels is None:
-        as_labels = integer and looks_like_labels_name(path)
     if as_labels and not integer and not np.issubdtype(disk_dtype, np.floating):
         raise _fail(path, f"cannot be a label map (data type {disk_dtype})")
     out_itemsize = disk_dtype.itemsize if integer else 4
     shape = _check_shape(path, img.shape, max(out_itemsize, 1), max_bytes)
+    affine = img.affine
+    if affine is None or not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        raise _fail(path, "has no usable voxel-to-world affine (qform and sform both invalid)")
     _check_data_present(path, img, shape)
+    auto = as_labels is None
+    if auto:  # a label map by name: 3D only (a 4D file is a multi-channel scan)
+        as_labels = looks_like_labels_name(path) and (len(shape) == 3 or int(shape[3]) == 1)
     try:
         if integer:
             data = np.asanyarray(img.dataobj)
@@ -193,16 +200,17 @@ def read_nifti(path, *, as_labels: bool | None = None, max_bytes: int = DEFAULT_
             warnings.warn(f"{path.name}: {n_bad} NaN/Inf voxels were set to 0", VolumeWarning, stacklevel=2)
             data = np.where(finite, data, np.float32(0)).astype(np.float32)
     if as_labels:
-        if not integer:
-            if not np.allclose(data, np.round(data)):
-                raise _fail(path, "has non-integer values and cannot be opened as a label map")
-            data = np.round(data)
-            data = data.astype(label_dtype(int(data.max()) if data.size else 0, signed=bool(data.min() < 0)))
         if data.ndim != 3:
             raise _fail(path, f"a label map must be 3D, got shape {data.shape}")
-    affine = img.affine
-    if affine is None or not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
-        raise _fail(path, "has no usable voxel-to-world affine (qform and sform both invalid)")
+        if not integer:
+            whole = bool(np.array_equal(data, np.round(data))) and float(np.abs(data).max(initial=0)) < 2**31
+            if not whole and auto:
+                as_labels = False  # named like labels, but holds a continuous map: keep it an image
+            elif not whole:
+                raise _fail(path, "has non-integer values and cannot be opened as a label map")
+            else:
+                lo, hi = int(data.min(initial=0)), int(data.max(initial=0))
+                data = data.astype(label_dtype(max(hi, -lo), signed=lo < 0))
     return Volume(data=data, affine=np.asarray(affine, dtype=float), header=hdr.copy(), name=_stem(path),
                   source_path=str(path.resolve()), metadata={"kind": "labels" if as_labels else "image"})
 
