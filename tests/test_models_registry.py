@@ -163,3 +163,6 @@ def test_random_init_warns_and_unknown_names_list_known_ones(no_bundled):
         get_spec("nope")
     with pytest.raises(Vit3dError, match="no such file"):
         get_spec("missing/model.safetensors")
+    with pytest.raises(Vit3dError, match="unknown device 'gpu9'"):
+        load_model(loaded.spec, device="gpu9")
+    assert load_model(loaded.spec, device="auto").device.type in ("cuda", "mps", "cpu")

@@ -85,14 +85,8 @@ def _card(args) -> int:
         from ..models.cost import format_cost, model_cost
         from ..models.registry import load_model
 
-        device = args.device
-        if device == "auto":
-            import torch
-
-            device = "cuda" if torch.cuda.is_available() else (
-                "mps" if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available() else "cpu")
-        loaded = load_model(spec, device=device)
-        cost = model_cost(loaded.network, spec.roi_size, spec.in_channels, device, repeats=args.repeats)
+        loaded = load_model(spec, device=args.device)
+        cost = model_cost(loaded.network, spec.roi_size, spec.in_channels, loaded.device, repeats=args.repeats)
     if args.json:
         print(json.dumps({"spec": d, "cost": cost}, indent=2, default=str))
         return 0

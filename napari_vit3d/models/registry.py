@@ -29,7 +29,7 @@ from ..errors import ModelError
 from .spec import ModelSpec
 
 __all__ = ["build_network", "list_models", "get_spec", "add_model", "remove_model", "default_model_name",
-           "load_model", "LoadedModel", "config_dir", "bundled_models_dir", "ModelEntry", "IdentityNet",
+           "load_model", "LoadedModel", "resolve_device", "config_dir", "bundled_models_dir", "ModelEntry", "IdentityNet",
            "CHECKPOINT_SUFFIXES"]
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".ckpt", ".bin")
@@ -332,12 +332,33 @@ class LoadedModel:
         return self.spec.name
 
 
+def resolve_device(device="cpu") -> torch.device:
+    """``"auto"`` → CUDA > MPS > CPU; otherwise the named device (``ModelError`` if unknown or unavailable)."""
+    if isinstance(device, torch.device):
+        return device
+    name = str(device or "cpu").lower()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ModelError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ModelError(f"device {device!r} requested but CUDA is not available; use --device cpu")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ModelError(f"device {device!r} requested but MPS is not available; use --device cpu")
+    return dev
+
+
 def load_model(spec_or_name_or_path, device="cpu") -> LoadedModel:
     """Build the network for a spec / name / path and load its weights safely (strict)."""
     from .checkpoints import apply_state_dict, file_sha256, load_state_dict
 
     spec = get_spec(spec_or_name_or_path)
-    device = torch.device(device)
+    device = resolve_device(device)
     if spec.architecture == "monai_bundle":
         from .bundle import load_bundle
 
