@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import weakref
 from collections import OrderedDict
 from typing import Any, Hashable
 
@@ -91,11 +92,32 @@ def forward_cache() -> ForwardCache:
     return _CACHE
 
 
+_FINGERPRINTS: "weakref.WeakKeyDictionary[torch.nn.Module, tuple]" = weakref.WeakKeyDictionary()
+
+
+def _tensor_state(network: torch.nn.Module) -> tuple:
+    """Cheap identity of every tensor's storage and in-place version counter."""
+    return tuple((name, t.data_ptr(), t._version, tuple(t.shape), str(t.dtype), str(t.device))
+                 for name, t in network.state_dict(keep_vars=True).items())
+
+
 def network_fingerprint(network: torch.nn.Module) -> str:
     """sha256 over a network's parameters and buffers (names, dtypes, shapes, values).
 
-    Computed from the live tensors, so weights changed in place (fine-tuning) give a new fingerprint.
+    Computed from the live tensors, so weights changed in place (fine-tuning, ``load_state_dict``) give a
+    new fingerprint. The hash is remembered per network together with every tensor's storage pointer and
+    in-place version counter, so asking again for an unchanged network costs no hashing.
     """
+    state = _tensor_state(network)
+    known = _FINGERPRINTS.get(network)
+    if known is not None and known[0] == state:
+        return known[1]
+    digest = _hash_network(network)
+    _FINGERPRINTS[network] = (state, digest)
+    return digest
+
+
+def _hash_network(network: torch.nn.Module) -> str:
     h = hashlib.sha256()
     h.update(type(network).__qualname__.encode())
     for name, t in network.state_dict().items():
