@@ -7,10 +7,10 @@ network (no gradients) and reports:
 * ``flops``: floating-point operations for one window, counted by ``torch.utils.flop_counter.FlopCounterMode``
   (a multiply-add counts as 2; only operators torch knows a formula for: convolutions, matmuls,
   attention; element-wise ops are not counted);
-* ``peak_memory_bytes`` and ``memory_method``: on CUDA ``torch.cuda.max_memory_allocated`` during the
-  forward (tensors only); on CPU the growth of the process's peak resident set size
-  (``resource.getrusage``), which is a lower bound (0 when the process had already peaked higher);
-  ``None`` where neither is available;
+* ``peak_memory_bytes`` and ``memory_method``: the most bytes held by tensors allocated during the
+  forward (the input and weights excluded): on CUDA ``torch.cuda.max_memory_allocated``; on CPU the
+  running sum of the profiler's allocation/free events (``torch.profiler`` with ``profile_memory``);
+  the growth of the process's peak resident set size (a lower bound) only if the profiler fails;
 * ``latency_s``: median wall time of ``repeats`` forward passes after the counting pass and ``warmup``
   further passes, with device synchronisation; ``latency_all_s``: every measured run.
 
@@ -20,6 +20,8 @@ which also serves as warm-up.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import statistics
 import time
 from collections.abc import Sequence
@@ -44,6 +46,58 @@ def _rss_peak_bytes() -> int | None:
         return None
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak) if sys.platform == "darwin" else int(peak) * 1024
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Silence the C++ profiler's start/stop lines (written straight to file descriptor 2)."""
+    try:
+        fd = os.dup(2)
+    except OSError:  # pragma: no cover
+        yield
+        return
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(fd, 2)
+        os.close(fd)
+
+
+def _cpu_peak(run, counter) -> tuple[int | None, str]:
+    """Peak bytes held by torch's CPU allocator during ``run()``, relative to its start.
+
+    Uses the profiler's memory events (every allocation and free, in order); falls back to the growth of
+    the process's peak resident set size (a lower bound) if the profiler is unavailable.
+    """
+    try:
+        from torch.profiler import ProfilerActivity, profile
+
+        prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+        with _quiet_stderr():
+            prof.__enter__()
+        try:
+            with counter:
+                run()
+        finally:
+            with _quiet_stderr():
+                prof.__exit__(None, None, None)
+        events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+                        if e.name() == "[memory]")
+        current = peak = 0
+        for _, nbytes in events:
+            current += nbytes
+            peak = max(peak, current)
+        return peak, "torch_profiler_cpu_allocations"
+    except Exception:  # pragma: no cover - profiler missing or changed: coarse fallback
+        before = _rss_peak_bytes()
+        with counter:
+            run()
+        after = _rss_peak_bytes()
+        if before is None or after is None:
+            return None, "unavailable"
+        return after - before, "cpu_peak_rss_growth (lower bound)"
 
 
 def _sync(device: torch.device) -> None:
@@ -77,14 +131,7 @@ def model_cost(network: nn.Module, roi_size: Sequence[int], in_channels: int, de
                 torch.cuda.synchronize(device)
                 peak, method = torch.cuda.max_memory_allocated(device) - base, "cuda_max_memory_allocated"
             else:
-                before = _rss_peak_bytes()
-                with counter:
-                    network(x)
-                after = _rss_peak_bytes()
-                if before is None or after is None:
-                    peak, method = None, "unavailable"
-                else:
-                    peak, method = after - before, "cpu_peak_rss_growth (lower bound)"
+                peak, method = _cpu_peak(lambda: network(x), counter)
             flops = int(counter.get_total_flops())
             for _ in range(max(0, warmup)):
                 network(x)
