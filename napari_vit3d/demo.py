@@ -40,8 +40,22 @@ def setup_viewer(viewer, *, sample: str = "colin27_t1") -> list:
     docked = []
     for name in plugin_widget_names():
         docked.append(viewer.window.add_plugin_dock_widget(PLUGIN, name))
+    _tabify(viewer, [dock for dock, _ in docked])
     viewer.reset_view()
     return docked
+
+
+def _tabify(viewer, docks) -> None:
+    """Stack several dock widgets as tabs (first one in front) so the canvas keeps its room."""
+    if len(docks) < 2:
+        return
+    try:
+        main = viewer.window._qt_window  # the QMainWindow; napari has no public call for tabs
+        for dock in docks[1:]:
+            main.tabifyDockWidget(docks[0], dock)
+        docks[0].raise_()
+    except Exception:  # cosmetic only: a napari without these internals keeps the docks stacked
+        pass
 
 
 def save_screenshot(viewer, out_dir) -> Path:
@@ -49,14 +63,33 @@ def save_screenshot(viewer, out_dir) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "demo.png"
-    viewer.window._qt_window.show()
-    viewer.window._qt_window.resize(1500, 950)
     from qtpy.QtWidgets import QApplication
 
+    viewer.show()  # napari sets the window geometry when it shows the window: resize afterwards
+    for _ in range(3):
+        QApplication.processEvents()
+    viewer.window.resize(1600, 1000)
+    for _ in range(5):
+        QApplication.processEvents()
+    viewer.reset_view()  # fit the scan to the canvas at its final size
+    _close_notification_toasts()
     for _ in range(5):
         QApplication.processEvents()
     viewer.screenshot(str(path), canvas_only=False)
     return path
+
+
+def _close_notification_toasts() -> None:
+    """Close napari's pop-up notifications (e.g. library deprecation notes) so they do not cover the
+    scan in the screenshot; they stay in napari's notification list."""
+    from qtpy.QtWidgets import QApplication
+
+    try:
+        for widget in QApplication.allWidgets():
+            if type(widget).__name__ == "NapariQtNotification" and widget.isVisible():
+                widget.close()
+    except Exception:  # cosmetic only
+        pass
 
 
 def main(argv=None) -> int:
