@@ -1,0 +1,308 @@
+"""DINO self-distillation pre-training of a small 3D ViT (``napari-vit3d train-dino``).
+
+Caron et al. 2021, in 3D and written here: a student and a teacher with the same architecture (the
+``ViTSeg`` encoder: a MONAI ViT with a CLS token, patch 8) each followed by a ``DINOHead``. Every
+step takes ``batch_size`` volumes of the synthetic bank (synthetic + augmented real scans) and
+makes 3D multi-crops of each: ``n_global`` global crops (a random box covering ``global_scale`` of
+the volume, resized to ``img_size``) and ``n_local`` local crops (``local_scale``, resized to
+``local_size``), each with its own intensity augmentation and LR flip. The teacher sees only the
+global crops; the student sees all. Loss: cross-entropy between the teacher's centred, sharpened
+distribution ``softmax((t − c) / τ_t)`` and the student's ``log_softmax(s / τ_s)`` over all pairs of
+different crops. The teacher is an EMA of the student (momentum cosine-scheduled from
+``momentum`` to 1); the centre ``c`` is an EMA (``center_momentum``) of the teacher's batch mean.
+
+Local crops are smaller than ``img_size``: their positional embeddings are the learned ones
+trilinearly interpolated to the local token grid (:func:`encode_cls`).
+
+Config keys (defaults in :data:`DEFAULTS`): ``seed``, ``model`` (a ViTSeg ModelSpec: the encoder's
+arguments come from its ``arch_kwargs``), ``bank``, ``batch_size``, ``steps``, ``lr``,
+``weight_decay``, ``warmup``, ``out_dim``, ``head_hidden``, ``head_bottleneck``, ``teacher_temp``,
+``student_temp``, ``center_momentum``, ``momentum``, ``n_global``, ``n_local``, ``global_scale``,
+``local_scale``, ``local_size``, ``checkpoint_every``, ``log_every``, ``augment``.
+
+Outputs: ``config.json``, ``ckpt.pt`` (student, teacher, heads, centre, optimiser, RNG, step),
+``log.jsonl`` and ``backbone.safetensors``: the teacher's ViTSeg weights (encoder trained, decoder
+freshly initialised), which ``train-seg`` takes as ``init`` to fine-tune a segmentation decoder.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..inference.preprocess import normalize
+from ..models.checkpoints import save_safetensors
+from ..models.registry import build_network
+from ..models.spec import ModelSpec
+from ..models.vit_seg import DINOHead
+from .common import (Logger, TrainingError, load_checkpoint, lr_at, pick_device, prepare_run_dir,
+                     progress_bar, save_checkpoint, seed_everything, set_lr, step_rng)
+from .train_seg import ensure_bank
+
+DEFAULTS = {
+    "seed": 0,
+    "batch_size": 4,
+    "steps": 600,
+    "lr": 5e-4,
+    "weight_decay": 0.04,
+    "warmup": 30,
+    "out_dim": 2048,
+    "head_hidden": 512,
+    "head_bottleneck": 128,
+    "teacher_temp": 0.04,
+    "student_temp": 0.1,
+    "center_momentum": 0.9,
+    "momentum": 0.99,
+    "n_global": 2,
+    "n_local": 4,
+    "global_scale": [0.35, 1.0],
+    "local_scale": [0.04, 0.3],
+    "local_size": [32, 32, 32],
+    "checkpoint_every": 50,
+    "log_every": 10,
+    "augment": {"gamma": 0.35, "contrast": 0.25, "noise": 0.04, "flip_lr": 0.5, "blur": 0.5},
+}
+
+
+def full_config(cfg: dict) -> dict:
+    out = json.loads(json.dumps(DEFAULTS))
+    for k, v in cfg.items():
+        if k == "augment":
+            out["augment"].update(v)
+        else:
+            out[k] = v
+    for key in ("model", "bank"):
+        if key not in out:
+            raise TrainingError(f"DINO config needs {key!r}")
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# the backbone forward for any crop size
+
+def encode_cls(vit, x: torch.Tensor) -> torch.Tensor:
+    """CLS embedding ``(B, hidden)`` of a MONAI ``ViT`` (CLS token) for an input of any size divisible by the patch.
+
+    Same computation as ``vit(x)`` (patch embedding + positional embedding, CLS, blocks, final norm)
+    except that the learned positional embedding is trilinearly resized when the token grid differs
+    from the one it was made for.
+    """
+    pe = vit.patch_embedding
+    t = pe.patch_embeddings(x)  # (B, C, d, h, w)
+    grid = tuple(t.shape[2:])
+    t = t.flatten(2).transpose(1, 2)
+    pos = pe.position_embeddings  # (1, N, C)
+    n, c = pos.shape[1], pos.shape[2]
+    side = round(n ** (1 / 3))
+    full = getattr(vit, "_vit3d_grid", None) or (side, side, side)
+    if grid != tuple(full):
+        p = pos.transpose(1, 2).reshape(1, c, *full)
+        pos = F.interpolate(p, size=grid, mode="trilinear", align_corners=False).flatten(2).transpose(1, 2)
+    t = pe.dropout(t + pos)
+    t = torch.cat([vit.cls_token.expand(t.shape[0], -1, -1), t], dim=1)
+    for blk in vit.blocks:
+        t = blk(t)
+    return vit.norm(t)[:, 0]
+
+
+class DINOModel(nn.Module):
+    """A ViTSeg (its encoder is the backbone) + a DINO projection head."""
+
+    def __init__(self, network: nn.Module, head: DINOHead):
+        super().__init__()
+        self.network = network
+        self.head = head
+        self.network.encoder._vit3d_grid = tuple(network.feat_size)
+
+    def forward(self, crops: list[torch.Tensor]) -> torch.Tensor:
+        # crops of one size are batched together (one backbone pass per size)
+        out = []
+        i = 0
+        while i < len(crops):
+            j = i
+            while j < len(crops) and crops[j].shape == crops[i].shape:
+                j += 1
+            emb = encode_cls(self.network.encoder, torch.cat(crops[i:j]))
+            out.append(self.head(emb))
+            i = j
+        return torch.cat(out)
+
+
+# --------------------------------------------------------------------------------------------
+# multi-crop
+
+def _random_box(rng, shape, scale_range, aspect: float = 0.3):
+    """A random box (starts, sizes) whose volume fraction lies in ``scale_range``."""
+    frac = rng.uniform(*scale_range)
+    sides = np.array(shape, float) * frac ** (1 / 3)
+    sides *= np.exp(rng.uniform(-aspect, aspect, 3))
+    sides = np.clip(np.round(sides), 8, shape).astype(int)
+    starts = [int(rng.integers(0, s - z + 1)) for s, z in zip(shape, sides)]
+    return starts, sides
+
+
+def _augment(rng, x: torch.Tensor, aug: dict) -> torch.Tensor:
+    if aug.get("gamma"):
+        x = x.clamp_min(0) ** float(np.exp(rng.normal(0, aug["gamma"])))
+    if aug.get("contrast"):
+        x = x * float(1 + rng.uniform(-aug["contrast"], aug["contrast"])) + float(rng.normal(0, aug["contrast"] / 4))
+    if aug.get("blur") and rng.random() < aug["blur"]:
+        k = torch.tensor([0.25, 0.5, 0.25], dtype=x.dtype)
+        for ax in range(3):
+            shape = [1, 1, 1, 1, 1]
+            shape[2 + ax] = 3
+            x = F.conv3d(x, k.view(shape), padding=[1 if a == ax else 0 for a in range(3)])
+    if aug.get("noise"):
+        g = torch.Generator().manual_seed(int(rng.integers(2**31)))
+        x = x + torch.randn(x.shape, generator=g) * float(rng.uniform(0, aug["noise"]))
+    if rng.random() < aug.get("flip_lr", 0.0):
+        x = x.flip(2)
+    return x
+
+
+def multi_crop(volume: np.ndarray, rng, cfg: dict, img_size, normalization: dict) -> list[torch.Tensor]:
+    """``n_global`` crops at ``img_size`` then ``n_local`` crops at ``local_size``, each (1, 1, D, H, W)."""
+    x = normalize(volume.astype(np.float32)[..., None] / 255.0, normalization)[..., 0]
+    t = torch.from_numpy(np.ascontiguousarray(x))[None, None]
+    crops = []
+    for kind, n, size, scale in (("g", cfg["n_global"], img_size, cfg["global_scale"]),
+                                 ("l", cfg["n_local"], cfg["local_size"], cfg["local_scale"])):
+        for _ in range(int(n)):
+            starts, sides = _random_box(rng, x.shape, scale)
+            sub = t[:, :, starts[0]:starts[0] + sides[0], starts[1]:starts[1] + sides[1], starts[2]:starts[2] + sides[2]]
+            sub = F.interpolate(sub, size=tuple(int(s) for s in size), mode="trilinear", align_corners=False)
+            crops.append(_augment(rng, sub, cfg["augment"]))
+    return crops
+
+
+def make_views(images, seed: int, step: int, cfg: dict, img_size, normalization) -> list[torch.Tensor]:
+    """Views for one step: a list over crop index of batched tensors (B, 1, …)."""
+    rng = step_rng(seed, step, stream=1)
+    per_volume = []
+    for _ in range(int(cfg["batch_size"])):
+        i = int(rng.integers(images.shape[0]))
+        per_volume.append(multi_crop(images[i], rng, cfg, img_size, normalization))
+    n_views = len(per_volume[0])
+    return [torch.cat([pv[v] for pv in per_volume]) for v in range(n_views)]
+
+
+# --------------------------------------------------------------------------------------------
+# loss
+
+def dino_loss(student_out: torch.Tensor, teacher_out: torch.Tensor, center: torch.Tensor, *, n_views: int,
+              n_global: int, student_temp: float, teacher_temp: float) -> torch.Tensor:
+    """DINO cross-entropy over (teacher global view, different student view) pairs.
+
+    ``student_out`` is ``(n_views·B, K)`` grouped by view, ``teacher_out`` ``(n_global·B, K)``.
+    """
+    s = (student_out / student_temp).chunk(n_views)
+    t = F.softmax((teacher_out - center) / teacher_temp, dim=-1).detach().chunk(n_global)
+    total, n = 0.0, 0
+    for ti, tq in enumerate(t):
+        for si, sv in enumerate(s):
+            if si == ti:
+                continue
+            total = total + torch.sum(-tq * F.log_softmax(sv, dim=-1), dim=-1).mean()
+            n += 1
+    return total / n
+
+
+# --------------------------------------------------------------------------------------------
+# run
+
+def _spec(cfg: dict) -> ModelSpec:
+    d = dict(cfg["model"])
+    d.pop("weights", None)
+    spec = ModelSpec.from_dict(d)
+    if spec.architecture != "vit_seg":
+        raise TrainingError(f"DINO pre-training needs a vit_seg model, not {spec.architecture!r}")
+    return spec
+
+
+def train_dino(config: dict, out, *, data_dir=None, resume: bool = False, device=None, progress: bool = True,
+               max_steps: int | None = None) -> dict:
+    cfg = full_config(config)
+    out = Path(out)
+    prepare_run_dir(out, cfg, resume)
+    dev = pick_device(device)
+    seed = int(cfg["seed"])
+    seed_everything(seed)
+    spec = _spec(cfg)
+    net = build_network(spec)
+    hidden = int(net.hidden_size)
+    head = DINOHead(hidden, int(cfg["out_dim"]), int(cfg["head_hidden"]), int(cfg["head_bottleneck"]))
+    student = DINOModel(net, head).to(dev)
+    teacher = copy.deepcopy(student).to(dev)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    center = torch.zeros(1, int(cfg["out_dim"]), device=dev)
+    img_size = tuple(int(s) for s in net.img_size)
+    images, _ = ensure_bank(cfg["bank"], data_dir)
+    # only the encoder and the head are trained (the ViTSeg decoder gets no gradient here)
+    params = [p for n, p in student.named_parameters() if p.requires_grad and not n.startswith(("network.encoders",
+                                                                                                 "network.decoders",
+                                                                                                 "network.out"))]
+    decay = [p for p in params if p.ndim > 1]
+    no_decay = [p for p in params if p.ndim <= 1]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": float(cfg["weight_decay"])},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=float(cfg["lr"]))
+    step = 0
+    modules = {"student": student, "teacher": teacher}
+    if resume and (out / "ckpt.pt").exists():
+        step, extra = load_checkpoint(out / "ckpt.pt", modules=modules, optimizer=optimizer, device=dev)
+        center = torch.tensor(extra["center"], device=dev).view(1, -1)
+    total = int(cfg["steps"])
+    stop = total if max_steps is None else min(total, int(max_steps))
+    n_views = int(cfg["n_global"]) + int(cfg["n_local"])
+    logger = Logger(out)
+    bar = progress_bar(total, step, "train-dino", progress)
+    student.train()
+    teacher.train()
+    last = {}
+    while step < stop:
+        set_lr(optimizer, lr_at(step, lr=float(cfg["lr"]), warmup=int(cfg["warmup"]), total=total))
+        views = [v.to(dev) for v in make_views(images, seed, step, cfg, img_size, spec.normalization)]
+        n_g = int(cfg["n_global"])
+        with torch.no_grad():
+            t_out = teacher(views[:n_g])
+        s_out = student(views)
+        loss = dino_loss(s_out, t_out, center, n_views=n_views, n_global=n_g,
+                         student_temp=float(cfg["student_temp"]), teacher_temp=float(cfg["teacher_temp"]))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 3.0)
+        optimizer.step()
+        m = 1 - (1 - float(cfg["momentum"])) * (math.cos(math.pi * step / max(1, total)) + 1) / 2
+        with torch.no_grad():
+            for ps, pt in zip(student.parameters(), teacher.parameters()):
+                pt.mul_(m).add_(ps.detach(), alpha=1 - m)
+            cm = float(cfg["center_momentum"])
+            center.mul_(cm).add_(t_out.mean(0, keepdim=True), alpha=1 - cm)
+            tp = F.softmax((t_out - center) / float(cfg["teacher_temp"]), dim=-1)
+            t_entropy = float(-(tp * tp.clamp_min(1e-12).log()).sum(-1).mean())
+            t_mean = tp.mean(0)
+            batch_entropy = float(-(t_mean * t_mean.clamp_min(1e-12).log()).sum())
+        step += 1
+        last = {"step": step, "loss": round(float(loss.detach()), 5), "teacher_entropy": round(t_entropy, 4),
+                "teacher_batch_entropy": round(batch_entropy, 4), "momentum": round(m, 6)}
+        bar.update(1)
+        bar.set_postfix(loss=f"{last['loss']:.4f}")
+        if step % int(cfg["log_every"]) == 0 or step == stop:
+            logger.log(**last, lr=optimizer.param_groups[0]["lr"])
+        if step % int(cfg["checkpoint_every"]) == 0 or step == stop:
+            save_checkpoint(out / "ckpt.pt", step=step, modules=modules, optimizer=optimizer,
+                            extra={"center": center.flatten().tolist()})
+    bar.close()
+    save_safetensors(teacher.network, out / "backbone.safetensors",
+                     metadata={"step": str(step), "what": "DINO teacher ViTSeg (encoder pretrained, decoder untrained)"})
+    return {"step": step, "finished": step >= total, "last": last, "out": str(out)}
+
+
+__all__ = ["train_dino", "dino_loss", "encode_cls", "multi_crop", "DINOModel", "DEFAULTS"]

@@ -1,0 +1,126 @@
+"""Label maps from the real sample and label-to-image synthesis, against independent references."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage
+from skimage.filters import threshold_otsu
+
+from napari_vit3d.io.nifti import read_nifti
+from napari_vit3d.io.samples import sample_path
+from napari_vit3d.training import synthesis as S
+
+
+@pytest.fixture(scope="module")
+def colin():
+    t1 = read_nifti(sample_path("colin27_t1.nii.gz"))
+    mask = read_nifti(sample_path("colin27_brainmask.nii.gz"))
+    return t1.data.astype(np.float32), np.asarray(mask.data) > 0, t1.affine
+
+
+@pytest.fixture(scope="module")
+def colin_map(colin):
+    t1, mask, aff = colin
+    return S.label_map_from_arrays("colin27", t1, mask, aff, spacing_mm=4)
+
+
+def test_kmeans_recovers_known_centres():
+    rng = np.random.default_rng(0)
+    true = np.array([10.0, 50.0, 120.0])
+    v = np.concatenate([rng.normal(m, 3.0, 5000) for m in true])
+    rng.shuffle(v)
+    np.testing.assert_allclose(S.kmeans_1d(v, 3), true, atol=0.5)
+
+
+def test_otsu_matches_scikit_image(colin):
+    t1 = colin[0]
+    sub = t1[::3, ::3, ::3]
+    width = (sub.max() - sub.min()) / 256
+    assert S.otsu_threshold(sub) == pytest.approx(float(threshold_otsu(sub)), abs=1.5 * float(width))
+
+
+def test_block_mean_and_majority_match_naive_loops():
+    rng = np.random.default_rng(1)
+    a = rng.integers(0, 4, size=(5, 4, 6)).astype(np.uint8)
+    m = S.block_mean(a, 2)
+    maj = S.block_majority(a, 2, 4)
+    assert m.shape == maj.shape == (3, 2, 3)
+    for i in range(3):
+        for j in range(2):
+            for k in range(3):
+                blk = np.zeros((2, 2, 2))
+                src = a[2 * i:2 * i + 2, 2 * j:2 * j + 2, 2 * k:2 * k + 2]
+                blk[:src.shape[0], :src.shape[1], :src.shape[2]] = src  # zero padded at the far edge
+                assert m[i, j, k] == pytest.approx(blk.mean())
+                counts = np.bincount(src.astype(int).ravel(), minlength=4)  # padding votes for nobody
+                assert maj[i, j, k] == int(np.argmax(counts))
+
+
+def test_downsample_grid_keeps_the_field_of_view():
+    aff = np.diag([1.0, 1.0, 1.0, 1.0])
+    aff[:3, 3] = (-90, -125, -71)
+    new, shape = S.downsample_grid(aff, (181, 217, 181), 2)
+    assert shape == (91, 109, 91)
+    # the first 2 mm voxel is centred between the first two 1 mm voxel centres
+    np.testing.assert_allclose(new @ [0, 0, 0, 1], [-89.5, -124.5, -70.5, 1])
+    np.testing.assert_allclose(np.diag(new)[:3], [2, 2, 2])
+
+
+def test_label_map_from_the_real_sample(colin, colin_map):
+    t1, mask, _ = colin
+    lm = colin_map
+    assert lm.labels.shape == tuple(int(np.ceil(s / 4)) for s in t1.shape)
+    assert set(np.unique(lm.labels)) <= set(range(S.N_SUBLABELS))
+    brain_ds = S.block_mean(mask, 4) > 0.5
+    cls = lm.classes
+    inter = np.sum((cls > 0) & brain_ds)
+    dice = 2 * inter / (np.sum(cls > 0) + np.sum(brain_ds))
+    assert dice > 0.97
+    # tissue classes are intensity-ordered (T1: CSF < GM < WM) on the real image
+    means = [t1[::4, ::4, ::4][:lm.labels.shape[0], :lm.labels.shape[1], :lm.labels.shape[2]][cls == c].mean()
+             for c in (1, 2, 3)]
+    assert means[0] < means[1] < means[2]
+    # scalp/skull sub-labels only outside the brain, air outside the head
+    assert not np.any((lm.labels >= 4) & brain_ds & ndimage.binary_erosion(brain_ds))
+    assert lm.labels[0, 0, 0] == 0
+
+
+@pytest.mark.parametrize("real", [True, False])
+def test_synthesized_image_matches_its_labels(colin_map, real):
+    cfg = S.SynthConfig(out_shape=(48, 56, 48), p_real=1.0 if real else 0.0, p_t1_like=1.0, p_thick=0.0,
+                        noise_max=0.0, bias_max=0.0)
+    for seed in range(3):
+        img, cls = S.synthesize(colin_map, np.random.default_rng(seed), cfg)
+        assert img.shape == cls.shape == (48, 56, 48)
+        assert img.dtype == np.float32 and cls.dtype == np.uint8
+        assert 0.0 <= img.min() and img.max() <= 1.0
+        assert set(np.unique(cls)) <= {0, 1, 2, 3} and {1, 2, 3} <= set(np.unique(cls))
+        # image and labels share one spatial transform: tissue intensities keep the T1 order
+        inner = [ndimage.binary_erosion(cls == c) for c in (1, 2, 3)]
+        means = [img[m].mean() for m in inner if m.any()]
+        assert len(means) >= 2 and all(a < b for a, b in zip(means, means[1:])), means
+        assert means[-1] - means[0] > 0.15
+
+
+def test_synthesis_differs_between_seeds_and_repeats_with_the_same_seed(colin_map):
+    cfg = S.SynthConfig(out_shape=(40, 48, 40))
+    a = S.synthesize(colin_map, np.random.default_rng(7), cfg)
+    b = S.synthesize(colin_map, np.random.default_rng(7), cfg)
+    c = S.synthesize(colin_map, np.random.default_rng(8), cfg)
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+    assert not np.array_equal(a[1], c[1])
+    assert np.abs(a[0] - c[0]).mean() > 0.01
+
+
+def test_bank_roundtrip(colin_map, tmp_path):
+    cfg = S.SynthConfig(out_shape=(24, 24, 24))
+    path = S.build_bank(None, tmp_path / "b.npz", n=3, seed=2, cfg=cfg, maps=[colin_map])
+    images, labels, meta = S.load_bank(path)
+    assert images.shape == labels.shape == (3, 24, 24, 24)
+    assert images.dtype == labels.dtype == np.uint8
+    assert meta["n"] == 3 and meta["seed"] == 2 and meta["sources"] == ["colin27"] * 3
+    img0, cls0 = S.synthesize(colin_map, np.random.default_rng(2), cfg)
+    np.testing.assert_array_equal(labels[0], cls0)
+    np.testing.assert_array_equal(images[0], np.round(img0 * 255).astype(np.uint8))
