@@ -90,6 +90,10 @@ def test_identity_model_returns_the_input_mask():
 def test_bad_arch_kwargs_are_user_errors():
     with pytest.raises(ModelError, match="arch_kwargs"):
         build_network(spec("segformer3d", arch_kwargs={"no_such_argument": 1}))
+    with pytest.raises(ModelError, match="ROI divisible by 32"):
+        build_network(spec("segformer3d", roi_size=(32, 32, 40)))
+    with pytest.raises(ModelError, match="must equal roi_size"):
+        build_network(spec("unetr", arch_kwargs={"img_size": [64, 64, 64]}))
     with pytest.raises(ModelError, match="out_channels=3 but 2 labels"):
         build_network(spec("unetr", arch_kwargs={"out_channels": 3}))
 

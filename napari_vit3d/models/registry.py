@@ -84,6 +84,16 @@ def build_network(spec: ModelSpec) -> nn.Module:
             raise ModelError(f"model {spec.name!r}: a monai_bundle spec needs its bundle folder")
         return load_bundle(spec.root, weights=False).network
     out_ch = _out_channels(spec, kwargs)
+    multiple = {"segformer3d": 32, "swin_unetr": 32, "unetr": 16}.get(arch)
+    if multiple and any(int(r) % multiple for r in spec.roi_size):
+        raise ModelError(f"model {spec.name!r}: {arch} needs an ROI divisible by {multiple}, "
+                         f"got {tuple(spec.roi_size)}")
+    if arch in ("unetr", "vit_seg") and "img_size" in kwargs:
+        img = kwargs["img_size"]
+        img = (int(img),) * 3 if isinstance(img, (int, float)) else tuple(int(v) for v in img)
+        if img != tuple(spec.roi_size):
+            raise ModelError(f"model {spec.name!r}: {arch} img_size {img} must equal roi_size {tuple(spec.roi_size)} "
+                             "(its positional embedding fixes the window size)")
     try:
         if arch == "unetr":
             from monai.networks.nets import UNETR
