@@ -11,7 +11,7 @@ from napari.layers import Image, Labels
 
 from napari_vit3d._napari.reader import read_layers
 from napari_vit3d._napari.writer import write_image_layer, write_labels_layer
-from napari_vit3d.errors import Vit3dError, VolumeError
+from napari_vit3d.errors import Vit3dError
 
 
 def _layer_state(path, cls=None):
@@ -25,18 +25,18 @@ def test_refuses_to_overwrite_source_scan(odd_geometry_files, tmp_path):
     src = odd_geometry_files["lps"]["image"]
     before = src.read_bytes()
     d, state = _layer_state(src)
-    with pytest.raises(VolumeError, match="refusing to overwrite"):
+    with pytest.raises(Vit3dError, match="refusing to overwrite"):
         write_image_layer(str(src), d, state)
     # the same file through another name (a symlink) is refused too
     link = tmp_path / "link.nii.gz"
     link.symlink_to(src)
-    with pytest.raises(VolumeError, match="refusing to overwrite"):
+    with pytest.raises(Vit3dError, match="refusing to overwrite"):
         write_image_layer(str(link), d, state)
     # labels painted on a scan opened as labels may not replace that scan either
     labels = Labels(np.zeros(d.shape, np.uint8), **{k: state[k] for k in ("scale", "translate")},
                     metadata=state["metadata"])
     ld, lstate, _ = labels.as_layer_data_tuple()
-    with pytest.raises(VolumeError, match="refusing to overwrite"):
+    with pytest.raises(Vit3dError, match="refusing to overwrite"):
         write_labels_layer(str(src), ld, lstate)
     assert src.read_bytes() == before
 
@@ -85,11 +85,11 @@ def test_writer_rejects_bad_layers(odd_geometry_files, tmp_path):
     d, state = _layer_state(odd_geometry_files["ras_aniso"]["labels"])
     with pytest.raises(Vit3dError, match="no longer matches"):
         write_labels_layer(str(tmp_path / "crop.nii.gz"), d[1:], state)
-    with pytest.raises(VolumeError, match="folder"):
+    with pytest.raises(Vit3dError, match="folder"):
         write_labels_layer(str(tmp_path / "missing" / "x.nii.gz"), d, state)
     flat = Image(np.zeros((5, 6), np.float32))
     fd, fstate, _ = flat.as_layer_data_tuple()
-    with pytest.raises(VolumeError, match="3D"):
+    with pytest.raises(Vit3dError, match="3D"):
         write_image_layer(str(tmp_path / "flat.nii.gz"), fd, fstate)
 
 
@@ -115,3 +115,19 @@ def test_image_converted_to_labels_in_napari_saves_on_source_grid(odd_geometry_f
     assert np.array_equal(np.asanyarray(res.dataobj), np.asanyarray(ref.dataobj))
     np.testing.assert_allclose(res.affine, ref.affine)
     assert int(res.header["sform_code"]) == int(ref.header["sform_code"])
+
+
+def test_napari_save_shows_our_message(odd_geometry_files, tmp_path):
+    """napari's layer saving treats a ValueError from a writer as "no writer": ours must get through."""
+    from napari.components import ViewerModel
+    from napari.plugins import _initialize_plugins
+
+    _initialize_plugins()
+    viewer = ViewerModel()
+    src = odd_geometry_files["lps"]["image"]
+    viewer.open(str(src), plugin="napari-vit3d")
+    viewer.layers.selection = {viewer.layers[0]}
+    with pytest.raises(Vit3dError, match="refusing to overwrite the source scan"):
+        viewer.layers.save(str(src), selected=True)
+    out = tmp_path / "copy.nii.gz"
+    assert viewer.layers.save(str(out), selected=True) == [str(out)]

@@ -9,8 +9,10 @@ with the extra axis last). Files are written atomically and never over the scan 
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
+from ..errors import Vit3dError
 from ..io.layers import protected_paths
 from ..io.nifti import is_nifti_path, write_image, write_labels
 from .layers import volume_from_state
@@ -21,6 +23,23 @@ def _out_path(path) -> Path:
     return p if is_nifti_path(p) else p.with_name(p.name + ".nii.gz")
 
 
+def _visible_to_napari(fn):
+    """napari's save path treats a ValueError from a writer as "no writer found" and drops the
+    message; our errors are ValueErrors, so re-raise them as a plain Vit3dError (same one line)."""
+
+    @functools.wraps(fn)
+    def wrapper(path, data, meta):
+        try:
+            return fn(path, data, meta)
+        except Vit3dError as exc:
+            if isinstance(exc, ValueError):
+                raise Vit3dError(str(exc)) from exc
+            raise
+
+    return wrapper
+
+
+@_visible_to_napari
 def write_labels_layer(path: str, data, meta: dict) -> list[str]:
     """npe2 single-layer writer for Labels layers."""
     vol = volume_from_state(data, meta, kind="labels")
@@ -29,6 +48,7 @@ def write_labels_layer(path: str, data, meta: dict) -> list[str]:
     return [str(out)]
 
 
+@_visible_to_napari
 def write_image_layer(path: str, data, meta: dict) -> list[str]:
     """npe2 single-layer writer for Image layers (probability and explanation maps)."""
     vol = volume_from_state(data, meta, kind="image")
