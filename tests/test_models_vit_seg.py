@@ -86,3 +86,20 @@ def test_dino_head_matches_the_paper_formula():
     head(x).sum().backward()
     assert not head.last_layer.parametrizations.weight.original0.requires_grad
     assert v.grad is not None and v.grad.abs().sum() > 0
+
+
+def test_encoder_is_monai_vit_with_cls():
+    from monai.networks.nets import ViT
+
+    net = tiny(patch_size=8).eval()  # seeds 0, then builds the encoder first
+    torch.manual_seed(0)
+    ref = ViT(in_channels=1, img_size=(32, 32, 32), patch_size=8, hidden_size=48, mlp_dim=96, num_layers=2,
+              num_heads=4, classification=True).eval()
+    x = torch.randn(1, 1, 32, 32, 32)
+    with torch.no_grad():
+        tokens, hidden = net.forward_features(x)
+        _, ref_hidden = ref(x)
+    assert len(hidden) == len(ref_hidden) == 2
+    for h, r in zip(hidden, ref_hidden):
+        assert torch.equal(h, r)
+    torch.testing.assert_close(tokens, ref.norm(ref_hidden[-1]))
