@@ -57,3 +57,14 @@ def test_scaled_integer_file_is_read_as_float(tmp_path):
     nib.save(img, str(path))
     vol = read_nifti(path)
     np.testing.assert_allclose(vol.data, np.arange(60).reshape(5, 4, 3) * 0.5 + 10.0)
+
+
+def test_io_never_imports_napari_or_qt():
+    import subprocess
+    import sys
+
+    code = ("import sys, napari_vit3d.io, napari_vit3d.io.layers, napari_vit3d.io.samples, napari_vit3d.io.nifti; "
+            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('napari', 'qtpy', 'PyQt5', 'PyQt6', 'PySide6', 'vispy')); "
+            "print(bad); sys.exit(1 if bad else 0)")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
