@@ -69,7 +69,10 @@ def _list(args) -> int:
             classes = classes[:37] + "..."
         rows.append([mark, e.name, s.architecture, f"{s.n_classes} ({classes})", _fmt_spacing(s.spacing),
                      "×".join(map(str, s.roi_size)), e.source])
-    print(_table(rows, ["", "name", "architecture", "classes", "spacing mm", "ROI", "source"]))
+    header = ["", "name", "architecture", "classes", "spacing mm", "ROI", "source"]
+    if not any(e.is_default for e in entries):  # no marker column
+        header, rows = header[1:], [r[1:] for r in rows]
+    print(_table(rows, header))
     if any(e.is_default for e in entries):
         print("\n* default model (used when --model is not given)")
     return 0
