@@ -28,6 +28,9 @@ from torch import nn
 from ..errors import ModelError
 from .tokens import TokenGrid
 
+#: rows needing at most this many multiply-adds are computed with numpy (see AttentionCapture.rows)
+SMALL_WORK = 4_000_000
+
 
 @dataclass
 class LayerInfo:
@@ -343,6 +346,14 @@ class AttentionCapture:
         q, k = st["q"][:, tokens], st["k"]
         if st.get("dtype") is not None:
             q, k = q.to(st["dtype"]), k.to(st["dtype"])
+        if q.shape[0] * q.shape[1] * k.shape[1] * k.shape[2] <= SMALL_WORK:
+            # one click's rows: numpy, single-threaded. torch's thread pool costs tens of ms per tiny op
+            # on a busy machine (threads waiting for each other), more than the arithmetic itself.
+            qn, kn = q.detach().cpu().float().numpy(), k.detach().cpu().float().numpy()
+            logits = np.einsum("hqd,hkd->hqk", qn, kn) * np.float32(st["scale"])
+            logits -= logits.max(-1, keepdims=True)
+            e = np.exp(logits)
+            return torch.from_numpy(e / e.sum(-1, keepdims=True))
         return torch.softmax(torch.einsum("hqd,hkd->hqk", q, k) * st["scale"], dim=-1).float()
 
     @torch.no_grad()
@@ -386,18 +397,23 @@ class AttentionCapture:
         widx3, off = ps // ws, ps % ws
         w = int(np.ravel_multi_index(tuple(widx3), tuple(wgrid)))
         t = int(np.ravel_multi_index(tuple(off), tuple(ws)))
-        xw = st["x"][w]  # (n, C)
+        xw = st["x"][w].detach().cpu().float().numpy()  # (n, C); numpy: see rows()
         n, c = xw.shape
         h = attn.num_heads
-        qkv = attn.qkv(xw).reshape(n, 3, h, c // h).permute(1, 2, 0, 3)  # (3, h, n, d)
-        q, k = qkv[0, :, t] * attn.scale, qkv[1]
-        logits = torch.einsum("hd,hnd->hn", q, k)
+        wq = attn.qkv.weight.detach().cpu().float().numpy()
+        bq = attn.qkv.bias.detach().cpu().float().numpy() if attn.qkv.bias is not None else np.zeros(3 * c, np.float32)
+        d = c // h
+        q = (xw[t] @ wq[:c].T + bq[:c]).reshape(h, d) * np.float32(attn.scale)
+        k = (xw @ wq[c:2 * c].T + bq[c:2 * c]).reshape(n, h, d)
+        logits = np.einsum("hd,nhd->hn", q, k)
         rpi = attn.relative_position_index.clone()[:n, :n]
-        bias = attn.relative_position_bias_table[rpi[t].reshape(-1)]  # (n, h)
-        logits = logits + bias.transpose(0, 1)
+        bias = attn.relative_position_bias_table.detach()[rpi[t].reshape(-1)].cpu().float().numpy()  # (n, h)
+        logits = logits + bias.T
         if st["mask"] is not None:
-            logits = logits + st["mask"][w % st["mask"].shape[0], t][None]
-        wts = torch.softmax(logits, dim=-1)  # (h, n)
+            logits = logits + st["mask"][w % st["mask"].shape[0], t].cpu().float().numpy()[None]
+        logits -= logits.max(-1, keepdims=True)
+        e = np.exp(logits)
+        wts = torch.from_numpy(e / e.sum(-1, keepdims=True))  # (h, n)
         # window offsets -> shifted padded coordinates -> original stage coordinates
         offs = np.stack(np.unravel_index(np.arange(n), tuple(ws)), axis=1)
         orig = (widx3 * ws + offs + ss) % padded

@@ -71,17 +71,12 @@ def query_world(volume: Volume, *, voxel=None, world=None) -> np.ndarray:
     return w
 
 
-def _linear_weights(pos: np.ndarray, n: int) -> np.ndarray:
-    """(len(pos), n) weights of linear interpolation at token coordinates ``pos``, clamped to the ends."""
+def _linear_index(pos: np.ndarray, n: int):
+    """Linear interpolation at token coordinates ``pos`` (clamped to the ends): (i0, i1, weight of i1)."""
     p = np.clip(pos, 0, n - 1)
     i0 = np.minimum(np.floor(p).astype(int), n - 1)
     i1 = np.minimum(i0 + 1, n - 1)
-    f = (p - i0).astype(np.float32)
-    w = np.zeros((len(p), n), dtype=np.float32)
-    rows = np.arange(len(p))
-    np.add.at(w, (rows, i0), 1 - f)
-    np.add.at(w, (rows, i1), f)
-    return w
+    return i0, i1, (p - i0).astype(np.float32)
 
 
 class ExplainSession:
@@ -198,10 +193,15 @@ class ExplainSession:
             idx = [np.clip(np.floor(a + 0.5), 0, n - 1).astype(int) for a, n in zip(axes, grid.shape)]
             block = token_maps[np.ix_(*idx)]  # (*roi, C)
         else:
-            # trilinear interpolation is separable: one (window × tokens) matrix per axis
+            # trilinear interpolation is separable: interpolate along one axis at a time
             block = token_maps
             for ax, (a, n) in enumerate(zip(axes, grid.shape)):
-                block = np.moveaxis(np.tensordot(_linear_weights(a, n), block, axes=([1], [ax])), 0, ax)
+                i0, i1, f = _linear_index(a, n)
+                shape = [1] * block.ndim
+                shape[ax] = len(f)
+                f = f.reshape(shape)
+                lo = np.take(block, i0, axis=ax)
+                block = lo + (np.take(block, i1, axis=ax) - lo) * f
         sl = tuple(slice(s, s + r) for s, r in zip(start, self.roi))
         out[(slice(None),) + sl] = np.moveaxis(block, -1, 0)
         return out
