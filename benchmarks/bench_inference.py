@@ -1,0 +1,138 @@
+"""Inference cost per architecture on the bundled Colin27 T1 (181 × 217 × 181, 1 mm), default sizes.
+
+For each model (random weights: the cost does not depend on their values):
+
+* ``window``: median wall time of one forward pass of one ROI window (after one warm-up pass);
+* ``whole volume``: ``inference.segment`` on the scan at the model spacing given in the table
+  (preprocessing, every sliding window with gaussian blending, mapping back onto the scan grid,
+  labels and probabilities), no cache;
+* ``plain MONAI``: ``monai.inferers.sliding_window_inference`` on the same preprocessed tensor, same
+  network, ROI, overlap, batch size and blending: the network time alone;
+* ``overhead``: whole volume / plain MONAI (what preprocessing, progress/cancel checks, mapping back and
+  probabilities add on top of the windows).
+
+Run: ``.venv/bin/python benchmarks/bench_inference.py [--models unetr,swin_unetr,segformer3d,segformer3d_96,vit_seg]
+[--repeats 2] [--overlap 0.25] [--threads N] [--json out.json]``. The Markdown table it prints is the one
+in ``docs/performance.md`` (section "Inference").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+
+from napari_vit3d.inference import preprocess, segment
+from napari_vit3d.io import read_nifti
+from napari_vit3d.models import ModelSpec, build_network
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "resources" / "samples" / "colin27_t1.nii.gz"
+LABELS = [{"index": i, "name": n} for i, n in enumerate(("background", "grey matter", "white matter"))]
+
+#: default-size configurations (MONAI defaults; SegFormer3D from the paper; ViTSeg with patch 8) and the
+#: spacing used for the whole-volume run (2 mm for the two heavy models keeps this benchmark within minutes
+#: on 2 CPU cores: 2 windows instead of 27)
+MODELS = {
+    "unetr": dict(architecture="unetr", roi_size=(96, 96, 96), arch_kwargs={"feature_size": 16}, spacing=2.0),
+    "swin_unetr": dict(architecture="swin_unetr", roi_size=(96, 96, 96), arch_kwargs={"feature_size": 48},
+                       spacing=2.0),
+    "segformer3d": dict(architecture="segformer3d", roi_size=(128, 128, 128), arch_kwargs={}, spacing=1.0),
+    "segformer3d_96": dict(architecture="segformer3d", roi_size=(96, 96, 96), arch_kwargs={}, spacing=1.0),
+    "vit_seg": dict(architecture="vit_seg", roi_size=(96, 96, 96), arch_kwargs={"patch_size": 8}, spacing=1.5),
+}
+
+
+def make_model(name: str):
+    cfg = MODELS[name]
+    spec = ModelSpec(name=name, architecture=cfg["architecture"], arch_kwargs=dict(cfg["arch_kwargs"]),
+                     roi_size=cfg["roi_size"], spacing=(cfg["spacing"],) * 3, labels=LABELS,
+                     normalization={"kind": "zscore_nonzero"})
+    torch.manual_seed(0)
+    net = build_network(spec).eval()
+    return SimpleNamespace(network=net, spec=spec, weights_sha256=None)
+
+
+def timed(fn, repeats: int) -> list[float]:
+    out = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def bench(name: str, scan, *, repeats: int, overlap: float) -> dict:
+    from monai.inferers import sliding_window_inference
+
+    model = make_model(name)
+    spec, net = model.spec, model.network
+    n_params = sum(p.numel() for p in net.parameters())
+    x = torch.randn(1, 1, *spec.roi_size)
+    with torch.inference_mode():
+        net(x)  # warm-up
+        window = timed(lambda: net(x), repeats)
+    windows = []
+    t = time.perf_counter()
+    res = segment(scan, model, device="cpu", overlap=overlap, use_cache=False,
+                  progress=lambda d, n: windows.append((d, n)))
+    whole = time.perf_counter() - t
+    mi = preprocess(scan, spec)
+    t = time.perf_counter()
+    with torch.inference_mode():
+        ref = sliding_window_inference(mi.tensor, spec.roi_size, 1, net, overlap=overlap, mode="gaussian")
+    plain = time.perf_counter() - t
+    diff = float((ref[0] - res.logits).abs().max())
+    return {"model": name, "architecture": spec.architecture, "params_M": round(n_params / 1e6, 2),
+            "roi": list(spec.roi_size), "window_s": round(statistics.median(window), 3),
+            "window_runs": [round(v, 3) for v in window], "spacing_mm": spec.spacing[0],
+            "model_grid": list(mi.valid_shape), "n_windows": windows[-1][1] if windows else None,
+            "whole_volume_s": round(whole, 2), "plain_monai_s": round(plain, 2),
+            "overhead": round(whole / plain, 3), "max_abs_logit_diff_vs_monai": diff}
+
+
+def markdown(rows: list[dict]) -> str:
+    head = ("| model | params (M) | ROI | window (s) | model grid @ spacing | windows | whole volume (s) "
+            "| plain MONAI (s) | overhead | max abs logit diff |")
+    lines = [head, "|" + "---|" * 10]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['params_M']} | {'×'.join(map(str, r['roi']))} | {r['window_s']} "
+                     f"| {'×'.join(map(str, r['model_grid']))} @ {r['spacing_mm']:g} mm | {r['n_windows']} "
+                     f"| {r['whole_volume_s']} | {r['plain_monai_s']} | {r['overhead']:.2f} "
+                     f"| {r['max_abs_logit_diff_vs_monai']:.1e} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--repeats", type=int, default=2, help="timed window passes per model (after one warm-up)")
+    ap.add_argument("--overlap", type=float, default=0.25)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    ap.add_argument("--json", help="also write the results here")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    scan = read_nifti(SAMPLE)
+    rows = []
+    for name in args.models.split(","):
+        row = bench(name.strip(), scan, repeats=args.repeats, overlap=args.overlap)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    machine = (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
+               f"torch {torch.__version__}, Python {platform.python_version()}")
+    print(f"\nmachine: {machine}\noverlap {args.overlap}, gaussian blending, fp32, CPU, sw_batch_size 1\n")
+    print(markdown(rows))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"machine": machine, "rows": rows}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
