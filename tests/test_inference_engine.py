@@ -169,3 +169,39 @@ def test_provenance_and_bad_settings():
         segment(vol, model, roi_size=(48, 40, 32))
     with pytest.raises(ModelError, match="device"):
         segment(vol, model, device="tpu")
+
+
+def test_cuda_out_of_memory_halves_the_batch_then_falls_back_to_cpu():
+    """The retry policy, driven by a fake pass that runs out of GPU memory above a given batch size."""
+    from napari_vit3d.errors import ResourceLimitError
+    from napari_vit3d.inference.engine import DeviceFallbackWarning, run_with_memory_fallback
+
+    seen = []
+
+    def attempt(dev, bs, amp):
+        seen.append((dev.type, bs, amp))
+        if dev.type == "cuda":
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return torch.zeros(1)
+
+    with pytest.warns(DeviceFallbackWarning, match="CPU"):
+        run_with_memory_fallback(attempt, torch.device("cuda"), 8, torch.bfloat16)
+    assert seen == [("cuda", 8, torch.bfloat16), ("cuda", 4, torch.bfloat16), ("cuda", 2, torch.bfloat16),
+                    ("cuda", 1, torch.bfloat16), ("cpu", 1, None)]
+    seen.clear()
+
+    def fits_at_two(dev, bs, amp):
+        seen.append(bs)
+        if bs > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return torch.ones(1)
+
+    with pytest.warns(DeviceFallbackWarning, match="retrying with 2"):
+        assert run_with_memory_fallback(fits_at_two, torch.device("cuda"), 5, None).item() == 1
+    assert seen == [5, 2]
+
+    def cpu_full(dev, bs, amp):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory")
+
+    with pytest.raises(ResourceLimitError, match="not enough memory"):
+        run_with_memory_fallback(cpu_full, torch.device("cpu"), 1, None)

@@ -25,7 +25,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from ..errors import Cancelled, ModelError, Vit3dError
+from ..errors import Cancelled, ModelError, ResourceLimitError
 from ..io.nifti import label_dtype
 from ..io.volume import Volume
 from .cache import forward_cache, network_fingerprint
@@ -160,30 +160,49 @@ def sliding_window_logits(network: torch.nn.Module, tensor: torch.Tensor, roi_si
         raise ModelError(f"window batch size must be at least 1, got {sw_batch_size}")
     was_training = network.training
     network.eval()
+
+    def attempt(dev_: torch.device, bs_: int, amp_: torch.dtype | None) -> torch.Tensor:
+        predictor = _Predictor(network, total, progress, cancel, amp_, dev_, done=progress_offset)
+        network.to(dev_)
+        with torch.inference_mode():
+            out = sliding_window_inference(tensor, roi, bs_, predictor, overlap=overlap, mode=mode,
+                                           sw_device=dev_, device=torch.device("cpu"))
+        return out.float()
+
     try:
-        while True:
-            predictor = _Predictor(network, total, progress, cancel, amp_dtype, dev, done=progress_offset)
-            try:
-                network.to(dev)
-                with torch.inference_mode():
-                    out = sliding_window_inference(tensor, roi, bs, predictor, overlap=overlap, mode=mode,
-                                                   sw_device=dev, device=torch.device("cpu"))
-                return out.float()
-            except torch.OutOfMemoryError:
-                if dev.type != "cuda":
-                    raise
-                torch.cuda.empty_cache()
-                if bs > 1:
-                    bs = max(1, bs // 2)
-                    warnings.warn(f"GPU out of memory; retrying with {bs} window(s) per batch", DeviceFallbackWarning,
-                                  stacklevel=2)
-                else:
-                    warnings.warn("GPU out of memory even with one window per batch; continuing on the CPU (slower)",
-                                  DeviceFallbackWarning, stacklevel=2)
-                    dev, amp_dtype, bs = torch.device("cpu"), None, 1
+        return run_with_memory_fallback(attempt, dev, bs, amp_dtype)
     finally:
         network.to(home)
         network.train(was_training)
+
+
+def run_with_memory_fallback(attempt: Callable[[torch.device, int, torch.dtype | None], torch.Tensor],
+                             device: torch.device, batch_size: int, amp_dtype: torch.dtype | None) -> torch.Tensor:
+    """Call ``attempt(device, batch_size, amp_dtype)``; on CUDA out-of-memory halve the batch and retry, and
+    at one window per batch continue on the CPU (fp32) with a :class:`DeviceFallbackWarning`. Running out
+    of CPU memory is a :class:`~napari_vit3d.errors.ResourceLimitError` with a plain message."""
+    dev, bs = device, int(batch_size)
+    while True:
+        try:
+            return attempt(dev, bs, amp_dtype)
+        except torch.OutOfMemoryError:
+            if dev.type != "cuda":
+                raise ResourceLimitError(f"out of {dev.type} memory with {bs} window(s) per batch; "
+                                         "use a smaller ROI or another device") from None
+            torch.cuda.empty_cache()
+            if bs > 1:
+                bs = max(1, bs // 2)
+                warnings.warn(f"GPU out of memory; retrying with {bs} window(s) per batch", DeviceFallbackWarning,
+                              stacklevel=3)
+            else:
+                warnings.warn("GPU out of memory even with one window per batch; continuing on the CPU (slower)",
+                              DeviceFallbackWarning, stacklevel=3)
+                dev, amp_dtype, bs = torch.device("cpu"), None, 1
+        except (MemoryError, RuntimeError) as exc:
+            if isinstance(exc, RuntimeError) and "can't allocate memory" not in str(exc):
+                raise
+            raise ResourceLimitError(f"not enough memory on the {dev.type} for {bs} window(s) per batch; "
+                                     "close other programs, use --sw-batch-size 1 or a smaller ROI") from None
 
 
 # ------------------------------------------------------------------------------------------
@@ -428,4 +447,5 @@ def predict_tta(volume: Volume, model, *, flips: Sequence[Sequence[int]] = DEFAU
 
 __all__ = ["BLEND_MODES", "DEFAULT_TTA_FLIPS", "DeviceFallbackWarning", "ForwardPass", "SegmentationResult",
            "auto_batch_size", "autocast_dtype", "count_windows", "forward", "labels_from_logits", "logits_to_scan",
-           "pick_device", "predict_tta", "probabilities_from_logits", "segment", "sliding_window_logits"]
+           "pick_device", "predict_tta", "probabilities_from_logits", "run_with_memory_fallback", "segment",
+           "sliding_window_logits"]
