@@ -215,3 +215,17 @@ def test_separable_resampling_equals_scipy_map_coordinates():
         for c in range(2):
             ref = ndimage.map_coordinates(padded[..., c], coords, order=1, mode="constant", cval=0.0)
             np.testing.assert_allclose(ours[..., c].ravel(), ref, atol=1e-5)
+
+
+def test_non_finite_voxels_are_zeroed_with_a_warning():
+    from napari_vit3d.errors import VolumeWarning
+
+    data = np.ones((16, 16, 16), np.float32)
+    data[3, 4, 5] = np.nan
+    spec = ModelSpec(name="m", architecture="identity", spacing=(1, 1, 1), roi_size=(16, 16, 16),
+                     normalization={"kind": "none"}, labels=LABELS[:1])
+    with pytest.warns(VolumeWarning, match="1 NaN"):
+        mi = preprocess(Volume(data, np.eye(4)), spec)
+    assert torch.isfinite(mi.tensor).all() and mi.tensor[0, 0, 3, 4, 5] == 0
+    with pytest.raises(VolumeError, match="no finite"):
+        preprocess(Volume(np.full((16, 16, 16), np.nan, np.float32), np.eye(4)), spec)

@@ -27,6 +27,7 @@ logits/probabilities). Labels are the argmax of the resampled logits (see ``infe
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -34,7 +35,7 @@ import torch
 from nibabel.orientations import (apply_orientation, axcodes2ornt, inv_ornt_aff, io_orientation,
                                   ornt_transform)
 
-from ..errors import GeometryError, ModelError, VolumeError
+from ..errors import GeometryError, ModelError, VolumeError, VolumeWarning
 from ..io.geometry import voxel_spacing
 from ..io.resample import resample_array
 from ..io.volume import Volume
@@ -226,6 +227,13 @@ def preprocess(volume: Volume, spec, *, roi_size=None, channels=None) -> ModelIn
     """Prepare ``volume`` for the model described by ``spec`` (see the module docstring)."""
     roi = check_roi(spec, roi_size if roi_size is not None else spec.roi_size)
     data, channels = select_channels(volume, spec, channels)
+    finite = np.isfinite(data)
+    if not finite.all():
+        if not finite.any():
+            raise VolumeError(f"{volume.name} has no finite voxel values (all NaN/Inf)")
+        warnings.warn(f"{volume.name}: {int(data.size - finite.sum())} NaN/Inf voxels were set to 0 for the model",
+                      VolumeWarning, stacklevel=2)
+        data = np.where(finite, data, np.float32(0))
     shape = volume.spatial_shape
     ornt, affine_o = model_orientation(volume.affine, shape, spec.orientation)
     data = apply_orientation(data, ornt)  # exact permutation / flips; channel axis kept last
