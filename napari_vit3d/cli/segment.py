@@ -115,7 +115,9 @@ def run(args) -> int:
     labels = result.labels.data
     present = [int(v) for v in np.unique(labels)]
     names = result.metadata.get("label_names", {})
-    present_txt = ", ".join(f"{v} {names.get(v, '')}".strip() for v in present)
+    present_txt = ", ".join(f"{v} {names.get(v, '')}".strip() for v in present[:20])
+    if len(present) > 20:
+        present_txt += f", … ({len(present)} labels)"
     print(f"wrote {', '.join(str(w) for w in written)}  (model {result.metadata['model']}, "
           f"labels present: {present_txt})", file=sys.stderr)
     return 0
