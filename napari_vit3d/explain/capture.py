@@ -397,31 +397,36 @@ class AttentionCapture:
         widx3, off = ps // ws, ps % ws
         w = int(np.ravel_multi_index(tuple(widx3), tuple(wgrid)))
         t = int(np.ravel_multi_index(tuple(off), tuple(ws)))
-        xw = st["x"][w].detach().cpu().float().numpy()  # (n, C); numpy: see rows()
+        # numpy throughout: tiny torch ops (zeros, clone) stall for ~10 ms each on a busy CPU, see rows()
+        xw = st["x"][w].detach().cpu().float().numpy()  # (n, C)
         n, c = xw.shape
         h = attn.num_heads
-        wq = attn.qkv.weight.detach().cpu().float().numpy()
-        bq = attn.qkv.bias.detach().cpu().float().numpy() if attn.qkv.bias is not None else np.zeros(3 * c, np.float32)
+        if "np" not in st:
+            bq = attn.qkv.bias
+            st["np"] = {"w": attn.qkv.weight.detach().cpu().float().numpy(),
+                        "b": bq.detach().cpu().float().numpy() if bq is not None else np.zeros(3 * c, np.float32),
+                        "rpi": attn.relative_position_index.detach().cpu().numpy(),
+                        "table": attn.relative_position_bias_table.detach().cpu().float().numpy(),
+                        "mask": None if st["mask"] is None else st["mask"].detach().cpu().float().numpy()}
+        P = st["np"]
         d = c // h
-        q = (xw[t] @ wq[:c].T + bq[:c]).reshape(h, d) * np.float32(attn.scale)
-        k = (xw @ wq[c:2 * c].T + bq[c:2 * c]).reshape(n, h, d)
+        q = (xw[t] @ P["w"][:c].T + P["b"][:c]).reshape(h, d) * np.float32(attn.scale)
+        k = (xw @ P["w"][c:2 * c].T + P["b"][c:2 * c]).reshape(n, h, d)
         logits = np.einsum("hd,nhd->hn", q, k)
-        rpi = attn.relative_position_index.clone()[:n, :n]
-        bias = attn.relative_position_bias_table.detach()[rpi[t].reshape(-1)].cpu().float().numpy()  # (n, h)
-        logits = logits + bias.T
-        if st["mask"] is not None:
-            logits = logits + st["mask"][w % st["mask"].shape[0], t].cpu().float().numpy()[None]
+        logits = logits + P["table"][P["rpi"][:n, :n][t]].T  # relative position bias, (h, n)
+        if P["mask"] is not None:
+            logits = logits + P["mask"][w % P["mask"].shape[0], t][None]
         logits -= logits.max(-1, keepdims=True)
         e = np.exp(logits)
-        wts = torch.from_numpy(e / e.sum(-1, keepdims=True))  # (h, n)
+        wts = e / e.sum(-1, keepdims=True)  # (h, n)
         # window offsets -> shifted padded coordinates -> original stage coordinates
         offs = np.stack(np.unravel_index(np.arange(n), tuple(ws)), axis=1)
         orig = (widx3 * ws + offs + ss) % padded
         valid = np.all(orig < np.asarray(dims), axis=1)
-        spatial = torch.zeros(h, int(np.prod(dims)), dtype=wts.dtype)
-        flat = np.ravel_multi_index(tuple(orig[valid].T), tuple(dims))
-        spatial[:, torch.as_tensor(flat)] = wts[:, torch.as_tensor(np.nonzero(valid)[0])]
-        pad_mass = wts[:, torch.as_tensor(np.nonzero(~valid)[0], dtype=torch.long)].sum(-1)
+        spatial = np.zeros((h, int(np.prod(dims))), dtype=np.float32)
+        spatial[:, np.ravel_multi_index(tuple(orig[valid].T), tuple(dims))] = wts[:, valid]
+        pad_mass = torch.from_numpy(wts[:, ~valid].sum(-1).astype(np.float32))
+        spatial = torch.from_numpy(spatial)
         info = {"kind": "window", "stage": li.stage, "block": li.block, "name": li.name,
                 "window_index": tuple(int(v) for v in widx3), "window_size": tuple(int(v) for v in ws),
                 "shift": tuple(int(v) for v in ss), "shifted": bool(np.any(ss > 0)),
