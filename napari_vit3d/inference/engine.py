@@ -300,7 +300,11 @@ def forward(volume: Volume, model, *, device="auto", overlap: float = 0.25, sw_b
 
 @dataclass
 class SegmentationResult:
-    """Labels and probabilities on the scan's own grid, plus the model-space pass they came from."""
+    """Labels and probabilities on the scan's own grid, plus the model-space pass they came from.
+
+    ``logits`` (C, X, Y, Z, padded model grid) and ``model_input`` may be shared with the forward-pass
+    cache: read them, do not modify them in place.
+    """
 
     labels: Volume
     probabilities: Volume | None
