@@ -205,3 +205,18 @@ def test_cuda_out_of_memory_halves_the_batch_then_falls_back_to_cpu():
 
     with pytest.raises(ResourceLimitError, match="not enough memory"):
         run_with_memory_fallback(cpu_full, torch.device("cpu"), 1, None)
+
+
+def test_model_given_by_spec_path(tmp_path):
+    """segment() loads a spec .json through the registry (here the registry's pass-through architecture)."""
+    spec = ModelSpec(name="identity-path", architecture="identity", roi_size=(16, 16, 16), spacing=(1, 1, 1),
+                     normalization={"kind": "none"}, labels=LABELS)
+    path = tmp_path / "identity.json"
+    spec.to_json(path)
+    mask = np.zeros((20, 18, 17), np.float32)
+    mask[4:12, 3:9, 5:10] = 1
+    mask[14:18, 10:16, 2:6] = 2
+    with pytest.warns(UserWarning, match="random initialisation"):
+        res = segment(Volume(mask, np.diag([-1.0, 1.0, 1.0, 1.0])), str(path), device="cpu", use_cache=False)
+    np.testing.assert_array_equal(res.labels.data, mask.astype(np.uint8))
+    assert res.metadata["model"] == "identity-path"
