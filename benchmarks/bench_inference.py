@@ -9,8 +9,11 @@ For each model (random weights: the cost does not depend on their values):
   labels and probabilities), no cache;
 * ``plain MONAI``: ``monai.inferers.sliding_window_inference`` on the same preprocessed tensor, same
   network, ROI, overlap, batch size and blending: the network time alone;
-* ``overhead``: whole volume / plain MONAI (what preprocessing, progress/cancel checks, mapping back and
-  probabilities add on top of the windows).
+* ``ratio``: whole volume / plain MONAI (what preprocessing, progress/cancel checks, mapping back and
+  probabilities add on top of the windows; on a shared machine the noise of the window time dominates);
+* ``preprocess`` and ``map back``: the engine's own steps timed alone (orientation, resampling,
+  normalisation, padding; logits → scan grid → labels and probabilities);
+* ``max abs logit diff``: our model-space logits versus plain MONAI's (fp32, same windows).
 
 Run: ``.venv/bin/python benchmarks/bench_inference.py [--models unetr,swin_unetr,segformer3d,segformer3d_96,vit_seg]
 [--repeats 1] [--overlap 0.25] [--threads N] [--json out.json]``. The Markdown table it prints is the one
@@ -30,7 +33,8 @@ from types import SimpleNamespace
 
 import torch
 
-from napari_vit3d.inference import preprocess, segment
+from napari_vit3d.inference import (labels_from_logits, logits_to_scan, preprocess, probabilities_from_logits,
+                                    segment)
 from napari_vit3d.io import read_nifti
 from napari_vit3d.models import ModelSpec, build_network
 
@@ -93,6 +97,17 @@ def bench(name: str, scan, *, repeats: int, overlap: float) -> dict:
         with torch.inference_mode():
             ref = sliding_window_inference(mi.tensor, spec.roi_size, 1, net, overlap=overlap, mode="gaussian")
         plain = time.perf_counter() - t
+        # the engine's own work outside the windows, timed step by step (robust to a busy machine, unlike
+        # the ratio of two whole runs): preprocessing, and logits → scan grid → labels + probabilities
+        t = time.perf_counter()
+        preprocess(scan, spec)
+        t_pre = time.perf_counter() - t
+        t = time.perf_counter()
+        scan_logits = logits_to_scan(res.logits, res.model_input)
+        labels_from_logits(scan_logits, spec)
+        probabilities_from_logits(scan_logits)
+        t_back = time.perf_counter() - t
+        row.update({"preprocess_s": round(t_pre, 2), "map_back_s": round(t_back, 2)})
         row.update({"model_grid": list(mi.valid_shape), "n_windows": windows[-1][1] if windows else None,
                     "whole_volume_s": round(whole, 2), "plain_monai_s": round(plain, 2),
                     "overhead": round(whole / plain, 3),
@@ -118,16 +133,17 @@ def cpu_name() -> str:
 
 def markdown(rows: list[dict]) -> str:
     head = ("| model | params (M) | ROI | window (s) | model grid @ spacing | windows | whole volume (s) "
-            "| plain MONAI (s) | overhead | max abs logit diff |")
-    lines = [head, "|" + "---|" * 10]
+            "| plain MONAI (s) | ratio | preprocess (s) | map back (s) | max abs logit diff |")
+    lines = [head, "|" + "---|" * 12]
     for r in rows:
         if "whole_volume_s" not in r:
             lines.append(f"| {r['model']} | {r['params_M']} | {'×'.join(map(str, r['roi']))} | {r['window_s']} "
-                         "| – | – | – | – | – | – |")
+                         "| – | – | – | – | – | – | – | – |")
             continue
         lines.append(f"| {r['model']} | {r['params_M']} | {'×'.join(map(str, r['roi']))} | {r['window_s']} "
                      f"| {'×'.join(map(str, r['model_grid']))} @ {r['spacing_mm']:g} mm | {r['n_windows']} "
                      f"| {r['whole_volume_s']} | {r['plain_monai_s']} | {r['overhead']:.2f} "
+                     f"| {r['preprocess_s']} | {r['map_back_s']} "
                      f"| {r['max_abs_logit_diff_vs_monai']:.1e} |")
     return "\n".join(lines)
 
