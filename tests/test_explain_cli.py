@@ -123,3 +123,37 @@ def test_model_is_chosen_when_not_given(crop, spec_path, tmp_path, monkeypatch, 
     assert "model my-vit" in capsys.readouterr().err
     meta = json.loads(sidecar_path(out).read_text())
     assert meta["model"] == "my-vit" and meta["model_chosen_automatically"] is True
+
+
+TINY = {
+    "unetr": {"architecture": "unetr", "roi_size": [32, 32, 32],
+              "arch_kwargs": {"feature_size": 4, "hidden_size": 48, "mlp_dim": 64, "num_heads": 4}},
+    "swin_unetr": {"architecture": "swin_unetr", "roi_size": [64, 64, 64],  # 32³ leaves a 1³ bottleneck (InstanceNorm fails)
+                   "arch_kwargs": {"feature_size": 12, "num_heads": [1, 1, 2, 2]}},
+    "segformer3d": {"architecture": "segformer3d", "roi_size": [32, 32, 32],
+                    "arch_kwargs": {"embed_dims": [8, 16, 16, 16], "depths": [1, 1, 1, 1], "num_heads": [1, 2, 2, 2],
+                                    "decoder_dim": 16}},
+}
+
+
+@pytest.mark.parametrize("arch", sorted(TINY))
+def test_every_architecture_through_cli_on_real_scan(arch, crop, tmp_path, capsys):
+    spec = {"name": f"tiny-{arch}", "in_channels": 1, "channel_names": ["T1"], "spacing": [2.0, 2.0, 2.0],
+            "normalization": {"kind": "zscore_nonzero"},
+            "labels": [{"index": 0, "name": "background"}, {"index": 1, "name": "brain"}], **TINY[arch]}
+    sp = tmp_path / "spec.json"
+    sp.write_text(json.dumps(spec))
+    # ERF is architecture-agnostic (tested on every architecture in benchmarks/bench_explain.py): skip the
+    # slowest backward pass here
+    methods = ["attention"] + (["erf"] if arch != "swin_unetr" else []) + (["rollout"] if arch == "unetr" else [])
+    for method in methods:
+        out = tmp_path / f"{method}.nii.gz"
+        rc = main(["explain", str(crop), "--method", method, "--point-voxel", "24,20,18", "--model", str(sp),
+                   "-o", str(out)])
+        assert rc == 0, capsys.readouterr().err
+        _check_on_grid(out, crop)
+    meta = json.loads(sidecar_path(tmp_path / "attention.nii.gz").read_text())
+    if arch == "swin_unetr":
+        assert meta["swin"]["window_size"] and "stage" in meta
+    assert main(["explain", str(crop), "--method", "dino-heads", "--model", str(sp), "-o", str(tmp_path / "d.nii")]) == 2
+    assert "does not support dino-heads" in capsys.readouterr().err

@@ -65,7 +65,7 @@ def test_input_gradient_matches_finite_differences():
             out = net(xx)[0, cls]
             return float((out * region).sum() if use_region else out[q])
 
-    for p in [(16, 10, 21), (15, 11, 20), (3, 30, 2), (20, 8, 25)]:
+    for p in [(16, 10, 21), (15, 11, 20), (3, 30, 2)]:
         for grad, cls, use_region in ((g, 1, False), (gr, 0, True)):
             xp, xm = x.clone(), x.clone()
             xp[(0, 0) + p] += eps

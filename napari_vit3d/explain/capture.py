@@ -411,7 +411,10 @@ class AttentionCapture:
         P = st["np"]
         d = c // h
         q = (xw[t] @ P["w"][:c].T + P["b"][:c]).reshape(h, d) * np.float32(attn.scale)
-        k = (xw @ P["w"][c:2 * c].T + P["b"][c:2 * c]).reshape(n, h, d)
+        kc = P.setdefault("k", {})  # keys per window, computed on the first click in that window
+        if w not in kc:
+            kc[w] = (xw @ P["w"][c:2 * c].T + P["b"][c:2 * c]).reshape(n, h, d)
+        k = kc[w]
         logits = np.einsum("hd,nhd->hn", q, k)
         logits = logits + P["table"][P["rpi"][:n, :n][t]].T  # relative position bias, (h, n)
         if P["mask"] is not None:
