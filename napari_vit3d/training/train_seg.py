@@ -5,7 +5,8 @@ Config (JSON), every key written back to ``RUN/config.json``::
     {
       "seed": 0,
       "model": { ...ModelSpec fields without "weights"... },
-      "bank": {"path": "runs/bank/bank_s0_n200.npz", "n": 200, "seed": 0},  # built if missing
+      "bank": {"path": "runs/bank/bank_s0_n200.npz", "n": 200, "seed": 0,   # built if missing
+               "synth": {...SynthConfig fields...}},                          # or a list of banks
       "crop": [96, 96, 96], "batch_size": 2, "steps": 1500,
       "lr": 1e-3, "weight_decay": 1e-4, "warmup": 50,
       "dice_weight": 1.0, "ce_weight": 1.0,
@@ -77,7 +78,11 @@ def full_config(cfg: dict) -> dict:
 # --------------------------------------------------------------------------------------------
 # data
 
-def ensure_bank(bank_cfg: dict, data_dir) -> tuple[np.ndarray, np.ndarray]:
+def ensure_bank(bank_cfg, data_dir) -> tuple[np.ndarray, np.ndarray]:
+    """The bank's (images, labels), built first if missing; a list of banks is concatenated."""
+    if isinstance(bank_cfg, list):
+        parts = [ensure_bank(b, data_dir) for b in bank_cfg]
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
     path = Path(bank_cfg["path"])
     if not path.exists():
         if data_dir is None:
@@ -258,6 +263,23 @@ def train_seg(config: dict, out, *, data_dir=None, resume: bool = False, device=
     return {"step": step, "finished": step >= total, "last": last, "out": str(out)}
 
 
+def snapshot(run_dir, dest=None) -> Path:
+    """Write ``model.safetensors`` + ``model.json`` from the run's latest checkpoint (training may go on).
+
+    ``dest`` defaults to ``RUN/snapshot-<step>``; returns the folder (usable by :func:`export_bundled`).
+    """
+    run_dir = Path(run_dir)
+    cfg = json.loads((run_dir / "config.json").read_text())
+    spec = _spec_from_config(cfg)
+    network = build_network(spec)
+    state = torch.load(run_dir / "ckpt.pt", map_location="cpu", weights_only=True)
+    network.load_state_dict(state["modules"]["network"])
+    dest = Path(dest) if dest else run_dir / f"snapshot-{int(state['step'])}"
+    dest.mkdir(parents=True, exist_ok=True)
+    write_outputs(network, spec, dest, cfg=cfg, step=int(state["step"]))
+    return dest
+
+
 def export_bundled(run_dir, dest_dir, name: str, *, description: str = "", card: str | None = None,
                    extra: dict | None = None, half: bool = True) -> Path:
     """Copy a run's final weights into ``dest_dir/<name>.safetensors`` (fp16 floats when ``half``) + spec JSON."""
@@ -277,4 +299,4 @@ def export_bundled(run_dir, dest_dir, name: str, *, description: str = "", card:
     return dest_dir / f"{name}.json"
 
 
-__all__ = ["train_seg", "dice_ce_loss", "augment_and_crop", "make_batch", "export_bundled", "full_config", "DEFAULTS"]
+__all__ = ["train_seg", "snapshot", "dice_ce_loss", "augment_and_crop", "make_batch", "export_bundled", "full_config", "DEFAULTS"]
