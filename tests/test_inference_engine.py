@@ -220,3 +220,24 @@ def test_model_given_by_spec_path(tmp_path):
         res = segment(Volume(mask, np.diag([-1.0, 1.0, 1.0, 1.0])), str(path), device="cpu", use_cache=False)
     np.testing.assert_array_equal(res.labels.data, mask.astype(np.uint8))
     assert res.metadata["model"] == "identity-path"
+
+
+def test_cache_tells_apart_parameter_free_networks_of_different_configuration():
+    """Two pass-through models with 2 and 3 classes have no weights to hash; the cache must not mix them."""
+    from napari_vit3d.models.registry import IdentityNet
+    from napari_vit3d.models.spec import LabelInfo
+
+    mask = np.zeros((20, 18, 17), np.float32)
+    mask[4:12, 3:9, 5:10] = 1
+    mask[14:18, 10:16, 2:6] = 2
+    vol = Volume(mask, np.eye(4))
+    forward_cache().clear()
+    results = []
+    for n in (2, 3):
+        spec = ModelSpec(name="identity", architecture="identity", roi_size=(16, 16, 16), spacing=(1, 1, 1),
+                         normalization={"kind": "none"}, labels=[LabelInfo(i, f"c{i}") for i in range(n)])
+        model = SimpleNamespace(network=IdentityNet(out_channels=n), spec=spec, weights_sha256=None)
+        results.append(segment(vol, model, device="cpu"))
+    assert not results[1].from_cache
+    assert results[0].probabilities.data.shape[-1] == 2 and results[1].probabilities.data.shape[-1] == 3
+    np.testing.assert_array_equal(results[1].labels.data, mask.astype(np.uint8))

@@ -120,6 +120,7 @@ def network_fingerprint(network: torch.nn.Module) -> str:
 def _hash_network(network: torch.nn.Module) -> str:
     h = hashlib.sha256()
     h.update(type(network).__qualname__.encode())
+    h.update(repr(network).encode())  # configuration too: two parameter-free networks can differ
     for name, t in network.state_dict().items():
         h.update(name.encode())
         h.update(str(t.dtype).encode())

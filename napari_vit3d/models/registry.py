@@ -52,6 +52,9 @@ class IdentityNet(nn.Module):
             raise ModelError("identity model: needs in_channels == out_channels or a single input channel")
         self.in_channels, self.out_channels = in_channels, out_channels
 
+    def extra_repr(self) -> str:
+        return f"in_channels={self.in_channels}, out_channels={self.out_channels}"
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.in_channels == self.out_channels:
             return x.clone()
