@@ -5,6 +5,7 @@ For each model (random weights: cost does not depend on their values):
 * ``first click``: preprocessing + one captured forward pass of the window holding the query;
 * ``new click, row``: median time of one layer's attention row for a new query voxel in the captured
   window (the attention math only: ``AttentionCapture.row``), over 20 random voxels;
+* ``new click, token map``: the same with ``grid="tokens"`` (no placement, no resampling);
 * ``new click, map``: median time of ``point_attention`` for a new voxel in the same window,
   including placement at token centres and mapping onto the scan grid (``to_scan_grid``);
 * peak memory of each method: the largest growth of the process's resident set above its size
@@ -76,21 +77,22 @@ class PeakRSS:
         return False
 
 
-def _model(name):
+def _model(name, spacing=1.0):
     cfg = MODELS[name]
     spec = ModelSpec(name=f"{name}-default", architecture=cfg["architecture"], arch_kwargs=dict(cfg["arch_kwargs"]),
-                     roi_size=cfg["roi_size"], spacing=(1.0, 1.0, 1.0), normalization={"kind": "zscore_nonzero"},
+                     roi_size=cfg["roi_size"], spacing=(spacing,) * 3, normalization={"kind": "zscore_nonzero"},
                      labels=LABELS)
     torch.manual_seed(0)
     net = build_network(spec).eval()
     return SimpleNamespace(network=net, spec=spec, weights_sha256=None)
 
 
-def bench_model(name, scan, methods, rng):
-    model = _model(name)
+def bench_model(name, scan, methods, rng, spacing=1.0):
+    model = _model(name, spacing)
     net = model.network
     n_params = sum(p.numel() for p in net.parameters())
-    res = {"model": name, "params_M": round(n_params / 1e6, 1), "roi": list(model.spec.roi_size)}
+    res = {"model": name, "params_M": round(n_params / 1e6, 1), "roi": list(model.spec.roi_size),
+           "spacing_mm": spacing}
     centre = tuple(int(s) // 2 for s in scan.spatial_shape)
     t0 = time.perf_counter()
     with PeakRSS() as mem:
@@ -105,7 +107,7 @@ def bench_model(name, scan, methods, rng):
     start = np.asarray(vol.metadata["window"]["start_model_voxel"])
     roi = np.asarray(sess.roi)
     # new clicks inside the captured window: the row alone, and the full map on the scan grid
-    row_t, map_t = [], []
+    row_t, map_t, tok_t = [], [], []
     last = len(cap.layers) - 1
     for i in range(20):
         q = start + rng.integers(4, roi - 4)
@@ -120,8 +122,12 @@ def bench_model(name, scan, methods, rng):
             t = time.perf_counter()
             ex.point_attention(model, scan, voxel=tuple(int(v) for v in vox), session=sess, layer=last)
             map_t.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            ex.point_attention(model, scan, voxel=tuple(int(v) for v in vox), session=sess, layer=last, grid="tokens")
+            tok_t.append(time.perf_counter() - t)
     res["new_click_row_ms"] = round(1000 * statistics.median(row_t), 2)
     res["new_click_map_ms"] = round(1000 * statistics.median(map_t), 1)
+    res["new_click_tokens_ms"] = round(1000 * statistics.median(tok_t), 2)
     if "rollout" in methods and ex.supports(net, "rollout"):
         t = time.perf_counter()
         with PeakRSS() as mem:
@@ -147,9 +153,10 @@ def bench_model(name, scan, methods, rng):
 
 
 def table(rows) -> str:
-    cols = [("model", "model"), ("params_M", "params (M)"), ("roi", "window"), ("layers", "attn layers"),
+    cols = [("model", "model"), ("params_M", "params (M)"), ("roi", "window"), ("spacing_mm", "model spacing (mm)"),
+            ("layers", "attn layers"),
             ("first_click_s", "first click (s)"), ("new_click_row_ms", "new click: row (ms)"),
-            ("new_click_map_ms", "new click: map on scan (ms)"), ("capture_MiB", "capture held (MiB)"),
+            ("new_click_map_ms", "new click: map on scan (ms)"), ("new_click_tokens_ms", "new click: token map (ms)"), ("capture_MiB", "capture held (MiB)"),
             ("peak_attention_MiB", "peak attention (MiB)"), ("estimate_attention_MiB", "estimate (MiB)"),
             ("rollout_s", "rollout (s)"), ("peak_rollout_MiB", "peak rollout (MiB)"), ("dino_s", "DINO (s)"),
             ("peak_dino_MiB", "peak DINO (MiB)"), ("erf_s", "ERF (s)"), ("peak_erf_MiB", "peak ERF (MiB)"),
@@ -169,6 +176,8 @@ def main():
     ap.add_argument("--models", default="unetr,vit_seg,segformer3d,swin_unetr")
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    ap.add_argument("--spacing", type=float, default=1.0,
+                    help="model spacing in mm (1 = the scan's: the map needs no resampling; 2 = trilinear back)")
     ap.add_argument("--json", default=None)
     ap.add_argument("--guard", action="store_true",
                     help="keep the engine's memory refusal on (off by default so the real peak can be measured)")
@@ -183,7 +192,7 @@ def main():
     methods = tuple(args.methods.split(","))
     rows = []
     for name in args.models.split(","):
-        r = bench_model(name, scan, methods, rng)
+        r = bench_model(name, scan, methods, rng, args.spacing)
         print(json.dumps(r), flush=True)
         rows.append(r)
     print(f"\nscan {scan.name} {scan.spatial_shape}, torch {torch.__version__}, {torch.get_num_threads()} threads, "

@@ -134,6 +134,10 @@ def test_one_hot_attention_peaks_at_token_centre_in_world():
     # one-hot: 1 at the token centre, which lies between model voxels: (1 - 0.5 / 8)³ at the nearest ones
     assert abs(d.max() - (1 - 0.5 / 8) ** 3) < 0.01
     assert vol.metadata["layer"] == 1 and vol.metadata["head"] == 0 and vol.metadata["method"] == "attention"
+    # the raw token map: its affine puts token (2, 1, 2) on the same world point
+    tok = point_attention(model, scan, voxel=(20, 18, 22), layer=1, head=0, session=sess, grid="tokens")
+    assert tok.data.shape == (4, 4, 4) and np.unravel_index(np.argmax(tok.data), tok.data.shape) == target
+    np.testing.assert_allclose(apply_affine(tok.affine, target), expect, atol=1e-6)
     # the query token is the one holding the clicked voxel
     qc = np.asarray(vol.metadata["query"]["token_centre_world_mm"])
     clicked = apply_affine(scan.affine, (20, 18, 22))

@@ -49,7 +49,7 @@ def _grid_meta(grid, window_affine) -> dict:
 
 
 def point_attention(model, volume: Volume, *, voxel=None, world=None, layer=None, head="mean",
-                    session: ExplainSession | None = None, reuse_window: bool = True,
+                    session: ExplainSession | None = None, reuse_window: bool = True, grid: str = "scan",
                     progress=None, cancel=None) -> Volume:
     """Attention from the token holding the query voxel to every key token of one layer.
 
@@ -57,6 +57,10 @@ def point_attention(model, volume: Volume, *, voxel=None, world=None, layer=None
     Swin-UNETR: attention within the query's (shifted) window of that block; the window, stage and
     the mass on padding tokens are in the metadata. SegFormer3D: attention to the spatially reduced
     keys, placed at the reduced tokens' centres.
+
+    ``grid="scan"`` (default) returns the map on the scan's grid; ``grid="tokens"`` returns the raw
+    token map with its token-index → world affine (token centres), which a viewer can show without
+    any resampling (a new click then costs only the row).
     """
     sess = _session(model, volume, session)
     w = query_world(volume, voxel=voxel, world=world)
@@ -69,8 +73,8 @@ def point_attention(model, volume: Volume, *, voxel=None, world=None, layer=None
     row = cap.row(L, token)
     maps, head_used = _select_heads(row.spatial, head)
     waff = sess.window_affine(start)
-    model_maps = sess.place_tokens(maps, row.key_grid, start)
-    scan = sess.to_scan(model_maps)
+    if grid not in ("scan", "tokens"):
+        raise ModelError(f"grid must be 'scan' or 'tokens', got {grid!r}")
     meta = {
         "method": "attention", "layer": L, "layer_name": row.info["name"], "stage": row.info["stage"],
         "head": head_used, "n_heads": row.heads, "units": ATTENTION_UNITS,
@@ -84,6 +88,12 @@ def point_attention(model, volume: Volume, *, voxel=None, world=None, layer=None
         if k in row.info:
             meta.setdefault("swin", {})[k] = row.info[k]
     name = f"attention L{L} " + (f"h{head_used}" if head_used not in ("mean", "all") else str(head_used))
+    if grid == "tokens":
+        data = maps[..., 0] if maps.shape[-1] == 1 else maps
+        return Volume(data=np.ascontiguousarray(data, dtype=np.float32), affine=row.key_grid.affine(waff),
+                      name=f"{volume.name} · {name} (tokens)",
+                      metadata={"kind": "image", "model": sess.model_name, "grid": "tokens", **meta})
+    scan = sess.to_scan(sess.place_tokens(maps, row.key_grid, start))
     return sess.make_volume(scan, name=name, metadata=meta)
 
 
