@@ -104,3 +104,25 @@ def shared_data() -> Path:
         pytest.fail(f"{SHARED_DATA} is missing; the tests need the shared real scans")
     return SHARED_DATA
 
+
+
+COLIN27 = SHARED_DATA / "colin27" / "ch2.nii.gz"
+#: file voxel order flipped along x and y: an LPS-like file of a RAS scan
+LPS_FROM_RAS = np.array([[0, -1], [1, -1], [2, 1]])
+
+
+def colin27_crop(folder: Path, slices: tuple, name: str = "colin_crop.nii.gz") -> Path:
+    """Write the Colin27 crop ``slices`` (a tuple of 3 ``slice``) re-oriented LPS-like (x and y flipped)."""
+    img = nib.load(str(COLIN27))
+    out = Path(folder) / name
+    nib.save(img.slicer[slices].as_reoriented(LPS_FROM_RAS), str(out))
+    return out
+
+
+def write_spec(folder: Path, spec: dict, name: str | None = None) -> Path:
+    """Write a model spec dict as ``<name or spec['name']>.json`` in ``folder``; returns the path."""
+    import json
+
+    p = Path(folder) / f"{name or spec['name']}.json"
+    p.write_text(json.dumps(spec))
+    return p

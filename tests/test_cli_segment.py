@@ -9,20 +9,14 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from conftest import colin27_crop, write_spec
 from napari_vit3d.cli import main
-
-DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "colin27" / "ch2.nii.gz"
 
 
 @pytest.fixture(scope="module")
 def crop(tmp_path_factory) -> Path:
     """A 44×40×34 crop of Colin27, re-oriented to LPS-like voxel order (x and y flipped) on disk."""
-    img = nib.load(str(DATA))
-    small = img.slicer[70:114, 90:130, 70:104]
-    lps = small.as_reoriented(np.array([[0, -1], [1, -1], [2, 1]]))
-    out = tmp_path_factory.mktemp("scan") / "colin_crop.nii.gz"
-    nib.save(lps, str(out))
-    return out
+    return colin27_crop(tmp_path_factory.mktemp("scan"), np.s_[70:114, 90:130, 70:104])
 
 
 @pytest.fixture(scope="module")
@@ -33,9 +27,7 @@ def spec_path(tmp_path_factory) -> Path:
                             "decoder_dim": 16},
             "labels": [{"index": 0, "name": "background"}, {"index": 1, "name": "brain"},
                        {"index": 2, "name": "csf"}]}
-    p = tmp_path_factory.mktemp("model") / "tiny.json"
-    p.write_text(json.dumps(spec))
-    return p
+    return write_spec(tmp_path_factory.mktemp("model"), spec, "tiny")
 
 
 def test_segment_output_lands_on_input(crop, spec_path, tmp_path, capsys):

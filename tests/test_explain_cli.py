@@ -10,21 +10,16 @@ import numpy as np
 import pytest
 from nibabel.affines import apply_affine
 
+from conftest import colin27_crop, write_spec
 from napari_vit3d.cli import main
 from napari_vit3d.cli.explain import sidecar_path
 
-DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "colin27" / "ch2.nii.gz"
 
 
 @pytest.fixture(scope="module")
 def crop(tmp_path_factory) -> Path:
     """A 50×44×40 crop of Colin27 stored LPS-like (x and y flipped) on disk."""
-    img = nib.load(str(DATA))
-    small = img.slicer[66:116, 88:132, 70:110]
-    lps = small.as_reoriented(np.array([[0, -1], [1, -1], [2, 1]]))
-    out = tmp_path_factory.mktemp("scan") / "colin_crop.nii.gz"
-    nib.save(lps, str(out))
-    return out
+    return colin27_crop(tmp_path_factory.mktemp("scan"), np.s_[66:116, 88:132, 70:110])
 
 
 @pytest.fixture(scope="module")
@@ -34,9 +29,7 @@ def spec_path(tmp_path_factory) -> Path:
             "arch_kwargs": {"patch_size": 8, "hidden_size": 32, "mlp_dim": 64, "num_layers": 3, "num_heads": 4,
                             "feature_size": 4},
             "labels": [{"index": 0, "name": "background"}, {"index": 1, "name": "brain"}]}
-    p = tmp_path_factory.mktemp("model") / "tiny-vit.json"
-    p.write_text(json.dumps(spec))
-    return p
+    return write_spec(tmp_path_factory.mktemp("model"), spec, "tiny-vit")
 
 
 def _check_on_grid(out: Path, src: Path, n4=None):
@@ -141,8 +134,7 @@ def test_every_architecture_through_cli_on_real_scan(arch, crop, tmp_path, capsy
     spec = {"name": f"tiny-{arch}", "in_channels": 1, "channel_names": ["T1"], "spacing": [2.0, 2.0, 2.0],
             "normalization": {"kind": "zscore_nonzero"},
             "labels": [{"index": 0, "name": "background"}, {"index": 1, "name": "brain"}], **TINY[arch]}
-    sp = tmp_path / "spec.json"
-    sp.write_text(json.dumps(spec))
+    sp = write_spec(tmp_path, spec, "spec")
     # ERF is architecture-agnostic (tested on every architecture in benchmarks/bench_explain.py): skip the
     # slowest backward pass here
     methods = ["attention"] + (["erf"] if arch != "swin_unetr" else []) + (["rollout"] if arch == "unetr" else [])

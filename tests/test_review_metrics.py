@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import warnings
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -14,11 +13,12 @@ from nibabel.affines import apply_affine
 from scipy import ndimage
 from scipy.spatial.distance import cdist
 
+from conftest import SHARED_DATA
 from napari_vit3d.errors import GeometryError, VolumeError
 from napari_vit3d.io.volume import Volume
 from napari_vit3d.review.metrics import average_precision, binary_metrics, evaluate
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATA = SHARED_DATA
 
 
 # -- independent references ------------------------------------------------------------------------

@@ -19,13 +19,13 @@ Exit codes: 0 done, 2 user error (one line on stderr), 130 cancelled.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import GeometryError, ModelError, VolumeError
+from ._common import check_output_paths
 
 METHODS = ("attention", "rollout", "dino-heads", "erf")
 #: architectures (ModelSpec.architecture) each method can explain
@@ -109,42 +109,18 @@ def choose_model(method: str) -> str:
 
 
 def _check_outputs(args) -> None:
-    from ..io.nifti import is_nifti_path
-
     inp = Path(args.input).resolve()
-    outs = [Path(p) for p in (args.output, args.masks_output) if p]
-    for out in outs:
-        if not is_nifti_path(out):
-            raise VolumeError(f"{out}: output must end in .nii or .nii.gz")
-        if out.resolve() == inp:
-            raise VolumeError(f"{out}: refusing to overwrite the input scan; choose another file name")
-        if not out.resolve().parent.is_dir():
-            raise VolumeError(f"{out}: folder {out.parent} does not exist")
-    if len(outs) == 2 and outs[0].resolve() == outs[1].resolve():
-        raise VolumeError(f"{outs[0]}: used for two outputs")
+    outs = check_output_paths(args.input, (args.output, args.masks_output))
     side = sidecar_path(args.output).resolve()
     for extra in (args.stats,):
         if extra and Path(extra).resolve() in (side, inp, *(o.resolve() for o in outs)):
             raise VolumeError(f"{extra}: this name is taken by another output (the JSON sidecar is {side.name})")
 
 
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (np.floating,)):
-        return float(obj)
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    return obj
-
-
 def run(args) -> int:
     from .. import explain as ex
     from ..inference.engine import pick_device
+    from ..io.atomic import write_json_atomic
     from ..io.nifti import read_nifti, write_image, write_labels
     from ..models.registry import load_model
 
@@ -219,10 +195,10 @@ def run(args) -> int:
         written.append(str(args.masks_output))
     if stats is not None:
         meta["statistics"] = stats
-        Path(args.stats).write_text(json.dumps(_jsonable(stats), indent=2))
+        write_json_atomic(args.stats, stats)
         written.append(str(args.stats))
     side = sidecar_path(args.output)
-    side.write_text(json.dumps(_jsonable(meta), indent=2))
+    write_json_atomic(side, meta)
     written.append(str(side))
     print(f"wrote {', '.join(written)}", file=sys.stderr)
     return 0

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import VolumeError
+from ._common import check_output_paths
 
 
 def register(subparsers) -> None:
@@ -48,22 +48,7 @@ def register(subparsers) -> None:
 
 
 def _check_outputs(args) -> list[Path]:
-    from ..io.nifti import is_nifti_path
-
-    inp = Path(args.input).resolve()
-    outs = [Path(p) for p in (args.output, args.save_probabilities, args.save_uncertainty) if p]
-    seen = set()
-    for out in outs:
-        if not is_nifti_path(out):
-            raise VolumeError(f"{out}: output must end in .nii or .nii.gz")
-        if out.resolve() == inp:
-            raise VolumeError(f"{out}: refusing to overwrite the input scan; choose another file name")
-        if out.resolve() in seen:
-            raise VolumeError(f"{out}: used for two outputs")
-        seen.add(out.resolve())
-        if not out.resolve().parent.is_dir():
-            raise VolumeError(f"{out}: folder {out.parent} does not exist")
-    return outs
+    return check_output_paths(args.input, (args.output, args.save_probabilities, args.save_uncertainty))
 
 
 def run(args) -> int:

@@ -16,15 +16,14 @@ from __future__ import annotations
 
 import colorsys
 import json
-import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import VolumeError
+from .atomic import write_text_atomic
 
 JSON_FORMAT = "napari-vit3d label table"
 JSON_VERSION = 1
@@ -221,21 +220,4 @@ class LabelTable:
         return cls.read_json(path) if str(path).lower().endswith(".json") else cls.read_itksnap(path)
 
 
-def write_text_atomic(path, text: str) -> Path:
-    path = Path(path)
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.exists():
-        raise VolumeError(f"{path}: folder {folder} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(folder))
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-__all__ = ["LabelEntry", "LabelTable", "write_text_atomic"]
+__all__ = ["LabelEntry", "LabelTable"]

@@ -2,7 +2,7 @@
 
 Reading never allocates more than the header honestly promises (checked against a limit first), never
 hangs on a truncated file and turns every failure into a :class:`VolumeError` with one plain line.
-Writing is atomic (temporary file in the same folder, then ``os.replace``) and refuses to write over
+Writing is atomic (:func:`.atomic.atomic_write`: temporary file in the same folder, then ``os.replace``) and refuses to write over
 the scan a label map came from.
 """
 
@@ -11,7 +11,6 @@ from __future__ import annotations
 import gzip
 import os
 import re
-import tempfile
 import warnings
 import zlib
 from pathlib import Path
@@ -20,6 +19,7 @@ import nibabel as nib
 import numpy as np
 
 from ..errors import VolumeError, VolumeWarning
+from .atomic import atomic_write
 from .volume import Volume
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -235,41 +235,12 @@ def _same_file(a, b) -> bool:
         return os.path.abspath(a) == os.path.abspath(b)
 
 
-def _read_umask() -> int:
-    umask = os.umask(0o022)  # os.umask can only be read by setting it; done once, at import
-    os.umask(umask)
-    return umask
-
-
-_UMASK = _read_umask()
-
-
-def _new_file_mode(path: Path) -> int:
-    """The mode a plainly created file would get (0666 minus umask), or the existing file's mode."""
-    try:
-        return os.stat(path).st_mode & 0o777
-    except OSError:
-        return 0o666 & ~_UMASK
-
-
 def _atomic_save(img, path: Path) -> Path:
     path = Path(path)
     if not is_nifti_path(path):
         raise VolumeError(f"{path}: output must end in .nii or .nii.gz")
-    if path.parent and not path.parent.exists():
-        raise VolumeError(f"{path}: folder {path.parent} does not exist")
     suffix = ".nii.gz" if path.name.lower().endswith(".gz") else ".nii"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=str(path.parent or "."))
-    os.close(fd)
-    try:
-        nib.save(img, tmp)
-        os.chmod(tmp, _new_file_mode(path))  # mkstemp makes 0600 files; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_write(path, lambda tmp: nib.save(img, tmp), suffix=suffix)
 
 
 def _guard_source(path, source_path, protect: tuple = ()):

@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import pickle
 import re
 import warnings
@@ -24,6 +23,8 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError
+from ..io.atomic import atomic_write
+from ..io.atomic import sha256_file as file_sha256  # one home for file hashing (re-exported)
 
 __all__ = ["load_state_dict", "apply_state_dict", "save_safetensors", "file_sha256", "PICKLE_SUFFIXES",
            "CONVERT_HINT"]
@@ -70,14 +71,6 @@ def _numpy_safe_globals() -> dict[str, object]:
                 safe[f"numpy.dtypes.{name}"] = obj
         _NUMPY_SAFE = safe
     return _NUMPY_SAFE
-
-
-def file_sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _refuse(path: Path, bad: list[str]) -> CheckpointError:
@@ -239,14 +232,12 @@ def apply_state_dict(network: nn.Module, state: dict[str, torch.Tensor], *, sour
 
 
 def save_safetensors(network_or_state, path, *, metadata: dict[str, str] | None = None) -> Path:
-    """Save a network's (or a state dict's) tensors to ``path`` as safetensors; returns the path."""
+    """Save a network's (or a state dict's) tensors to ``path`` as safetensors, atomically; returns the path."""
     from safetensors.torch import save_file
 
     state = network_or_state.state_dict() if isinstance(network_or_state, nn.Module) else network_or_state
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={str(k): str(v) for k, v in (metadata or {}).items()})
-    tmp.replace(path)
-    return path
+    meta = {str(k): str(v) for k, v in (metadata or {}).items()}
+    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta), suffix=".safetensors")

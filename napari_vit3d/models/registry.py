@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from ..errors import ModelError
+from ..io.atomic import write_json_atomic
 from .spec import ModelSpec
 
 __all__ = ["build_network", "list_models", "get_spec", "add_model", "remove_model", "default_model_name",
@@ -199,9 +200,7 @@ def _read_registry() -> dict[str, dict]:
 def _write_registry(models: dict[str, dict]) -> None:
     p = _registry_path()
     p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.name + ".tmp")
-    tmp.write_text(json.dumps({"version": 1, "models": models}, indent=2))
-    tmp.replace(p)
+    write_json_atomic(p, {"version": 1, "models": models})
 
 
 def _spec_from_path(path: Path) -> ModelSpec:

@@ -96,5 +96,8 @@ class ModelSpec:
             raise ModelError(f"{path}: cannot read model spec ({exc})") from None
         return cls.from_dict(d, root=str(path.parent))
 
-    def to_json(self, path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2))
+    def to_json(self, path) -> Path:
+        """Write the spec as JSON (atomically) to ``path``."""
+        from ..io.atomic import write_json_atomic
+
+        return write_json_atomic(path, self.to_dict())

@@ -2,38 +2,26 @@
 
 :func:`build_provenance` returns a JSON-ready dict (format described in ``docs/review.md``);
 :func:`write_json_atomic` writes it (temporary file in the same folder, then rename; NaN/inf refused).
+``sha256_file``, ``to_json`` and ``write_json_atomic`` live in :mod:`napari_vit3d.io.atomic` and are
+re-exported here.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
-import json
-import math
 from pathlib import Path
 
 import numpy as np
 
 from .. import __version__
 from ..errors import GeometryError, VolumeError
-from ..io.labels import LabelTable, write_text_atomic
+from ..io.atomic import sha256_file, to_json, write_json_atomic
+from ..io.labels import LabelTable
 from ..io.volume import Volume
 from .corrections import diff
 
 FORMAT = "napari-vit3d provenance"
 FORMAT_VERSION = 1
-
-
-def sha256_file(path, chunk: int = 1 << 20) -> str:
-    """sha256 of a file's bytes (streamed)."""
-    h = hashlib.sha256()
-    try:
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(chunk), b""):
-                h.update(block)
-    except OSError as exc:
-        raise VolumeError(f"{path}: cannot read to hash it ({exc.strerror or exc})") from None
-    return h.hexdigest()
 
 
 def _array(x, what):
@@ -100,37 +88,6 @@ def build_provenance(scan: Volume, model_info: dict, settings: dict, model_label
                         "voxels_relabelled": int(np.count_nonzero(d.map == 3))},
     }
     return record
-
-
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, (np.bool_,)):
-        return bool(obj)
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        f = float(obj)
-        if not math.isfinite(f):
-            raise VolumeError(f"cannot write {f} to JSON (not a finite number)")
-        return f
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
-
-
-def to_json(obj, *, indent: int | None = 2) -> str:
-    """Strict JSON (numpy scalars/arrays converted; NaN and inf refused)."""
-    return json.dumps(_jsonable(obj), indent=indent, allow_nan=False)
-
-
-def write_json_atomic(path, obj) -> Path:
-    """Write ``obj`` as strict JSON to ``path`` atomically (temporary file, then rename)."""
-    return write_text_atomic(path, to_json(obj) + "\n")
 
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "build_provenance", "sha256_file", "to_json", "utc_now_iso",
