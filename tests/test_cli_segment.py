@@ -94,3 +94,49 @@ def test_info_reports_geometry(crop, spec_path, capsys):
     assert main(["info", str(crop)]) == 0
     assert "LPS" in capsys.readouterr().out
     assert main(["info", str(crop.parent / "missing.nii.gz")]) == 2
+
+
+BAD_SPECS = {
+    "binary": b"\xcb\x00\xff" * 100,
+    "list": b"[1, 2]",
+    "list_of_objects": b'[{"a": 1}]',
+    "spacing_text": b'{"name": "x", "architecture": "unetr", "spacing": "abc", "labels": []}',
+    "spacing_two": b'{"name": "x", "architecture": "unetr", "spacing": [1, 1], "labels": []}',
+    "label_without_index": b'{"name": "x", "architecture": "unetr", "labels": [{"name": "b"}]}',
+    "roi_two": b'{"name": "x", "architecture": "unetr", "roi_size": [96, 96], "labels": []}',
+    "roi_fraction": b'{"name": "x", "architecture": "unetr", "roi_size": [96, 96, 95.5], "labels": []}',
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_SPECS))
+def test_broken_spec_files_are_one_line_errors(kind, crop, tmp_path, capsys):
+    """A hand-written spec with wrong content is a user error (exit 2, one line), never a traceback."""
+    spec = tmp_path / f"{kind}.json"
+    spec.write_bytes(BAD_SPECS[kind])
+    for argv in (["info", str(crop), "--model", str(spec)], ["models", "--card", str(spec)],
+                 ["segment", str(crop), "-o", str(tmp_path / "o.nii.gz"), "--model", str(spec), "--quiet"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
+    assert not (tmp_path / "o.nii.gz").exists()
+
+
+def test_zero_window_batch_is_refused(crop, spec_path, tmp_path, capsys):
+    """``--sw-batch-size 0`` used to fall back silently to the automatic size."""
+    out = tmp_path / "o.nii.gz"
+    assert main(["segment", str(crop), "-o", str(out), "--model", str(spec_path), "--sw-batch-size", "0",
+                 "--quiet"]) == 2
+    assert "window batch size must be at least 1" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_no_model_and_no_bundled_default_says_what_to_do(crop, tmp_path, monkeypatch, capsys):
+    from napari_vit3d.models import registry
+
+    empty = tmp_path / "no_models"
+    empty.mkdir()
+    monkeypatch.setattr(registry, "bundled_models_dir", lambda: empty)
+    monkeypatch.setenv("NAPARI_VIT3D_CONFIG_DIR", str(tmp_path / "cfg"))
+    assert main(["segment", str(crop), "-o", str(tmp_path / "o.nii.gz"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: no bundled default model yet; pass --model") and "\n" not in err

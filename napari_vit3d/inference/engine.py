@@ -155,7 +155,8 @@ def sliding_window_logits(network: torch.nn.Module, tensor: torch.Tensor, roi_si
     except StopIteration:
         home = torch.device("cpu")
     amp_dtype = autocast_dtype(dev, amp)
-    bs = int(sw_batch_size) if sw_batch_size else auto_batch_size(dev, roi, tensor.shape[1], n_windows, amp_dtype)
+    bs = int(sw_batch_size) if sw_batch_size is not None else auto_batch_size(dev, roi, tensor.shape[1], n_windows,
+                                                                              amp_dtype)
     if bs < 1:
         raise ModelError(f"window batch size must be at least 1, got {sw_batch_size}")
     was_training = network.training

@@ -172,8 +172,8 @@ def _bundled_specs() -> dict[str, Path]:
     out = {}
     for p in sorted(d.glob("*.json")):
         try:
-            data = json.loads(p.read_text())
-        except (OSError, json.JSONDecodeError):
+            data = json.loads(p.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
             out[p.stem] = p  # listed as broken
             continue
         if isinstance(data, dict) and "architecture" in data:  # other JSON (metrics, logs) is not a spec
@@ -190,8 +190,8 @@ def _read_registry() -> dict[str, dict]:
     if not p.is_file():
         return {}
     try:
-        data = json.loads(p.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ModelError(f"{p}: the model registry is unreadable ({exc}); fix or delete it") from None
     models = data.get("models", {}) if isinstance(data, dict) else {}
     return {str(k): v for k, v in models.items() if isinstance(v, dict) and "path" in v}
@@ -265,11 +265,12 @@ def default_model_name() -> str:
     """The bundled model whose spec has ``"extra": {"default": true}``."""
     for name, path in _bundled_specs().items():
         try:
-            if json.loads(path.read_text()).get("extra", {}).get("default") is True:
+            if json.loads(path.read_text(encoding="utf-8")).get("extra", {}).get("default") is True:
                 return name
-        except (OSError, json.JSONDecodeError, AttributeError):
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
             continue
-    raise ModelError("no bundled default model yet; pass --model")
+    raise ModelError("no bundled default model yet; pass --model (a registered name, a spec .json, a checkpoint "
+                     "or a MONAI bundle folder; `napari-vit3d models` lists what is registered)")
 
 
 def list_models() -> list[ModelEntry]:

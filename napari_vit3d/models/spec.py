@@ -8,12 +8,27 @@ A spec is stored as JSON beside its weights (``<name>.json`` + ``<name>.safetens
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..errors import ModelError
 
 ARCHITECTURES = ("unetr", "swin_unetr", "segformer3d", "vit_seg", "monai_bundle", "identity")
+
+
+def _whole(v) -> int:
+    """An integer from an int or a whole float (JSON has no integer type); anything else is refused."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or float(v) != int(v):
+        raise ValueError(f"{v!r} is not an integer")
+    return int(v)
+
+
+def _label(entry) -> "LabelInfo":
+    if not isinstance(entry, dict):
+        raise ValueError(f"each label must be an object with index and name, got {entry!r}")
+    color = tuple(float(c) for c in entry.get("color", (1, 1, 1, 1)))
+    return LabelInfo(_whole(entry["index"]), str(entry["name"]), color)
 
 
 @dataclass(frozen=True)
@@ -47,13 +62,29 @@ class ModelSpec:
     def __post_init__(self):
         if self.architecture not in ARCHITECTURES:
             raise ModelError(f"model {self.name!r}: unknown architecture {self.architecture!r}; known: {', '.join(ARCHITECTURES)}")
-        self.channel_names = tuple(self.channel_names)
-        self.spacing = tuple(float(s) for s in self.spacing)
-        self.roi_size = tuple(int(s) for s in self.roi_size)
-        self.labels = tuple(l if isinstance(l, LabelInfo) else LabelInfo(int(l["index"]), str(l["name"]),
-                                                                         tuple(float(c) for c in l.get("color", (1, 1, 1, 1))))
-                            for l in self.labels)
-        self.arch_kwargs = dict(self.arch_kwargs)
+        what = "channel_names"
+        try:  # a hand-written spec can hold anything: every conversion failure is one plain line
+            self.channel_names = tuple(str(c) for c in self.channel_names)
+            what = "spacing"
+            self.spacing = tuple(float(s) for s in self.spacing)
+            if len(self.spacing) != 3 or not all(math.isfinite(s) and s > 0 for s in self.spacing):
+                raise ValueError("expected three positive numbers (mm)")
+            what = "roi_size"
+            self.roi_size = tuple(_whole(s) for s in self.roi_size)
+            if len(self.roi_size) != 3 or min(self.roi_size) <= 0:
+                raise ValueError("expected three positive integers")
+            what = "labels"
+            self.labels = tuple(l if isinstance(l, LabelInfo) else _label(l) for l in self.labels)
+            what = "arch_kwargs"
+            self.arch_kwargs = dict(self.arch_kwargs)
+            what = "normalization"
+            if not isinstance(self.normalization, dict):
+                raise ValueError("expected an object such as {\"kind\": \"zscore_nonzero\"}")
+            what = "in_channels"
+            self.in_channels = _whole(self.in_channels)
+        except (TypeError, ValueError, KeyError, AttributeError) as exc:
+            detail = f"missing key {exc}" if isinstance(exc, KeyError) else str(exc)
+            raise ModelError(f"model {self.name!r}: invalid {what} ({detail})") from None
         if self.architecture == "segformer3d":
             # the attention scale changes the outputs of trained weights: always record it
             self.arch_kwargs.setdefault("attn_scale", "head_dim")
@@ -78,8 +109,11 @@ class ModelSpec:
 
     @classmethod
     def from_dict(cls, d: dict, root: str | None = None) -> "ModelSpec":
+        if not isinstance(d, dict):
+            raise ModelError(f"a model spec must be a JSON object (name, architecture, labels, ...), "
+                             f"got a {type(d).__name__}")
         known = set(cls.__dataclass_fields__)
-        unknown = set(d) - known
+        unknown = {str(k) for k in d} - known
         if unknown:
             raise ModelError(f"model spec has unknown keys: {', '.join(sorted(unknown))}")
         try:
@@ -91,8 +125,8 @@ class ModelSpec:
     def from_json(cls, path) -> "ModelSpec":
         path = Path(path)
         try:
-            d = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
+            d = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ModelError(f"{path}: cannot read model spec ({exc})") from None
         return cls.from_dict(d, root=str(path.parent))
 
