@@ -144,3 +144,24 @@ def test_export_review_lands_on_the_source_scan(tmp_path):
     assert prov["scan"]["content_sha256"] == scan.content_hash()
     with pytest.raises(VolumeError, match="overwrite the source scan"):
         export_review(scan_path, scan, corrected)
+
+
+def test_export_review_writes_nothing_when_the_record_fails(tmp_path):
+    """A provenance problem (model labels on another grid, a NaN setting) used to surface only after
+    the label file and label tables were written, leaving labels without their provenance."""
+    from napari_vit3d.errors import GeometryError
+    from napari_vit3d.review.export import export_review
+
+    aff = np.diag([1.2, 1.0, 2.0, 1.0])
+    scan = Volume(data=np.zeros((8, 7, 5), np.float32), affine=aff, name="scan")
+    corrected = np.zeros(scan.spatial_shape, np.uint8)
+    corrected[2:5, 2:5, 1:3] = 1
+    with pytest.raises(GeometryError):
+        export_review(tmp_path / "a.nii.gz", scan, corrected, model_labels=np.zeros((8, 7, 4), np.uint8))
+    with pytest.raises(VolumeError, match="finite"):
+        export_review(tmp_path / "b.nii.gz", scan, corrected, settings={"overlap": float("nan")})
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    paths = export_review(tmp_path / "c.nii", scan, corrected)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.itksnap.txt", "c.labels.json", "c.nii",
+                                                          "c.provenance.json"]
+    assert json.loads(paths["provenance"].read_text())["exported_labels"] == "c.nii"

@@ -84,12 +84,10 @@ def _triple(text: str, what: str, as_int: bool) -> tuple:
 
 
 def sidecar_path(output) -> Path:
+    from ..io.nifti import nifti_stem
+
     out = Path(output)
-    name = out.name
-    for suf in (".nii.gz", ".nii"):
-        if name.lower().endswith(suf):
-            return out.with_name(name[: -len(suf)] + ".json")
-    return out.with_suffix(".json")
+    return out.with_name(nifti_stem(out) + ".json")
 
 
 def choose_model(method: str) -> str:

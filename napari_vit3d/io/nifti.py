@@ -34,12 +34,17 @@ def is_nifti_path(path) -> bool:
     return str(path).lower().endswith(NIFTI_SUFFIXES)
 
 
-def _stem(path: Path) -> str:
+def nifti_stem(path) -> str:
+    """The file name without ``.nii``/``.nii.gz`` (any case); other names lose their last suffix."""
+    path = Path(path)
     name = path.name
     for suf in (".nii.gz", ".nii"):
         if name.lower().endswith(suf):
             return name[: -len(suf)]
     return path.stem
+
+
+_stem = nifti_stem
 
 
 def looks_like_labels_name(path) -> bool:

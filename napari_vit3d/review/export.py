@@ -19,17 +19,10 @@ import numpy as np
 
 from ..errors import GeometryError, VolumeError
 from ..io.labels import LabelTable
-from ..io.nifti import is_nifti_path, write_labels
+from ..io.nifti import is_nifti_path, nifti_stem, write_labels
 from ..io.volume import Volume
-from .provenance import build_provenance, write_json_atomic
-
-
-def _stem(path: Path) -> str:
-    name = path.name
-    for suf in (".nii.gz", ".nii"):
-        if name.lower().endswith(suf):
-            return name[: -len(suf)]
-    return name
+from ..io.atomic import to_json, write_text_atomic
+from .provenance import build_provenance
 
 
 def export_review(path, scan: Volume, corrected, *, model_labels=None, model_info: dict | None = None,
@@ -45,16 +38,19 @@ def export_review(path, scan: Volume, corrected, *, model_labels=None, model_inf
         raise GeometryError("the corrected labels' affine differs from the scan's; they would not land on the scan")
     present = np.unique(data)
     table = (label_table or LabelTable.from_array(present)).with_missing(present.tolist())
-    stem = _stem(path)
+    stem = nifti_stem(path)
+    # the record first: a problem with it (model labels on another grid, an unreadable checkpoint, a
+    # value JSON cannot hold) must not leave a label file behind without its provenance
+    base = model_labels if model_labels is not None else data
+    record = build_provenance(scan, model_info or {}, settings or {}, base, data, table)
+    record["exported_labels"] = path.name
+    if model_labels is None:
+        record["edits_note"] = "no model output was given: edits are relative to the exported labels themselves"
+    provenance_text = to_json(record) + "\n"  # strict JSON checked before anything is written
     out = {"labels": write_labels(path, data, scan.affine, header=scan.header, source_path=scan.source_path)}
     out["label_table_json"] = table.write_json(path.with_name(f"{stem}.labels.json"))
     out["label_table_itksnap"] = table.write_itksnap(path.with_name(f"{stem}.itksnap.txt"))
-    base = model_labels if model_labels is not None else data
-    record = build_provenance(scan, model_info or {}, settings or {}, base, data, table)
-    record["exported_labels"] = str(out["labels"].name)
-    if model_labels is None:
-        record["edits_note"] = "no model output was given: edits are relative to the exported labels themselves"
-    out["provenance"] = write_json_atomic(path.with_name(f"{stem}.provenance.json"), record)
+    out["provenance"] = write_text_atomic(path.with_name(f"{stem}.provenance.json"), provenance_text)
     return out
 
 
