@@ -104,3 +104,34 @@ def test_regions_ranked_with_centroids_in_world_mm():
     only_peak = uncertain_regions(u, 0.99)
     assert len(only_peak) == 1 and only_peak[0].peak_voxel == (25, 25, 5)
     assert uncertain_regions(u, 0.99, min_voxels=2) == []
+
+
+def test_uncertain_regions_match_a_per_region_reference_on_a_noisy_map():
+    """Many small regions and tied values (the worst case): every field against a plain per-region loop."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(3)
+    u = np.round(rng.random((23, 19, 17)), 1).astype(np.float32)
+    aff = np.array([[0.0, 0, 2.0, 4], [0.9, 0, 0, -3], [0, 1.1, 0, 7], [0, 0, 0, 1]])
+    regions = uncertain_regions(u, 0.75, aff, min_voxels=2)
+    lab, n = ndimage.label(u > 0.75)  # face connectivity
+    ref = []
+    for i in range(1, n + 1):
+        pos = np.argwhere(lab == i)
+        if len(pos) < 2:
+            continue
+        vals = u[tuple(pos.T)]
+        mean = float(vals.astype(np.float64).mean())
+        peak = pos[int(np.argmax(vals))]  # argwhere is in C order: the first maximum
+        ref.append({"n": len(pos), "mean": mean, "score": mean * len(pos) * 0.9 * 1.1 * 2.0 / 1000,
+                    "centroid": pos.mean(0), "peak": tuple(int(v) for v in peak), "max": float(vals.max()),
+                    "lo": tuple(pos.min(0)), "hi": tuple(pos.max(0))})
+    ref.sort(key=lambda r: -r["score"])
+    assert len(regions) == len(ref) > 50
+    for got, want in zip(regions, ref):
+        assert got.n_voxels == want["n"] and got.peak_voxel == want["peak"]
+        assert got.mean_uncertainty == pytest.approx(want["mean"], rel=1e-6)
+        assert got.max_uncertainty == pytest.approx(want["max"])
+        assert got.centroid_voxel == pytest.approx(tuple(want["centroid"]), abs=1e-9)
+        assert got.peak_ras == pytest.approx(tuple(apply_affine(aff, want["peak"])))
+        assert got.bbox_min == want["lo"] and got.bbox_max == want["hi"]

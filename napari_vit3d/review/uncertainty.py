@@ -129,7 +129,7 @@ def uncertain_regions(uncertainty, threshold: float, affine=None, min_voxels: in
     ``score`` = mean uncertainty × volume in mL (or × voxels when no affine is known) – a large,
     very uncertain region comes first. ``centroid_*`` is the region's mean position (it can lie
     outside a curved region); ``peak_*`` is its most uncertain voxel (always inside: the place to
-    jump to). ``bbox_max`` is inclusive. ``connectivity`` 1 = faces, 2 = edges, 3 = corners.
+    jump to; on ties the first in C order). ``bbox_max`` is inclusive. ``connectivity`` 1 = faces, 2 = edges, 3 = corners.
     ``uncertainty`` may be a Volume (its affine is used when ``affine`` is None).
     """
     if isinstance(uncertainty, Volume):
@@ -157,22 +157,34 @@ def uncertain_regions(uncertainty, threshold: float, affine=None, min_voxels: in
     order = keep[np.argsort(-scores[keep], kind="stable")]
     if max_regions is not None:
         order = order[: int(max_regions)]
+    ids = order + 1  # label numbers of the kept regions, in rank order
     slices = ndimage.find_objects(lab)
+    # centroids, peaks and maxima for all kept regions at once (a per-region loop over tens of thousands of
+    # small regions, as on a noisy map, costs seconds)
+    inside = np.flatnonzero(flat)
+    region_of = flat[inside]
+    coords = np.unravel_index(inside, u.shape)
+    centroids = np.stack([np.bincount(region_of, weights=c.astype(np.float64), minlength=n + 1)[ids]
+                          for c in coords], axis=1) / counts[order][:, None]
+    maxima = np.asarray(ndimage.maximum(u, lab, ids), dtype=np.float64).reshape(-1)
+    # peak: the region's first voxel (C order) holding its maximum
+    best = np.full(n + 1, np.inf, dtype=np.float64)
+    best[ids] = maxima
+    at_max = u.ravel()[inside].astype(np.float64) == best[region_of]
+    first_region, first_at = np.unique(region_of[at_max], return_index=True)
+    peak_flat = np.empty(n + 1, dtype=np.int64)
+    peak_flat[first_region] = inside[at_max][first_at]
+    peaks = np.stack(np.unravel_index(peak_flat[ids], u.shape), axis=1)
+    ras = apply_affine(aff, np.concatenate([centroids, peaks.astype(np.float64)]))
+    c_ras, p_ras = ras[: len(ids)], ras[len(ids):]
     regions = []
-    for rank, i in enumerate(order, 1):
+    for rank, (i, centroid, peak, cr, pr, mx) in enumerate(zip(order, centroids, peaks, c_ras, p_ras, maxima), 1):
         sl = slices[i]
-        inside = lab[sl] == i + 1
-        pos = np.argwhere(inside)
-        origin = np.array([q.start for q in sl])
-        centroid = pos.mean(axis=0) + origin
-        vals = np.where(inside, u[sl], -np.inf)
-        peak = np.array(np.unravel_index(int(np.argmax(vals)), vals.shape)) + origin
-        c_ras, p_ras = apply_affine(aff, np.stack([centroid, peak.astype(np.float64)]))
         regions.append(UncertainRegion(
             rank=rank, n_voxels=int(counts[i]), volume_ml=float(counts[i] * vox_ml),
-            mean_uncertainty=float(means[i]), max_uncertainty=float(vals.max()), score=float(scores[i]),
-            centroid_voxel=tuple(float(v) for v in centroid), centroid_ras=tuple(float(v) for v in c_ras),
-            peak_voxel=tuple(int(v) for v in peak), peak_ras=tuple(float(v) for v in p_ras),
+            mean_uncertainty=float(means[i]), max_uncertainty=float(mx), score=float(scores[i]),
+            centroid_voxel=tuple(float(v) for v in centroid), centroid_ras=tuple(float(v) for v in cr),
+            peak_voxel=tuple(int(v) for v in peak), peak_ras=tuple(float(v) for v in pr),
             bbox_min=tuple(int(q.start) for q in sl), bbox_max=tuple(int(q.stop) - 1 for q in sl)))
     return regions
 
