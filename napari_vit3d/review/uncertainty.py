@@ -161,16 +161,20 @@ def uncertain_regions(uncertainty, threshold: float, affine=None, min_voxels: in
     slices = ndimage.find_objects(lab)
     # centroids, peaks and maxima for all kept regions at once (a per-region loop over tens of thousands of
     # small regions, as on a noisy map, costs seconds)
+    kept = np.zeros(n + 1, bool)
+    kept[ids] = True
     inside = np.flatnonzero(flat)
+    inside = inside[kept[flat[inside]]]  # voxels of the kept regions, in C order
     region_of = flat[inside]
+    vals = u.ravel()[inside].astype(np.float64)
     coords = np.unravel_index(inside, u.shape)
     centroids = np.stack([np.bincount(region_of, weights=c.astype(np.float64), minlength=n + 1)[ids]
                           for c in coords], axis=1) / counts[order][:, None]
-    maxima = np.asarray(ndimage.maximum(u, lab, ids), dtype=np.float64).reshape(-1)
+    best = np.full(n + 1, -np.inf)
+    np.maximum.at(best, region_of, vals)
+    maxima = best[ids]
     # peak: the region's first voxel (C order) holding its maximum
-    best = np.full(n + 1, np.inf, dtype=np.float64)
-    best[ids] = maxima
-    at_max = u.ravel()[inside].astype(np.float64) == best[region_of]
+    at_max = vals == best[region_of]
     first_region, first_at = np.unique(region_of[at_max], return_index=True)
     peak_flat = np.empty(n + 1, dtype=np.int64)
     peak_flat[first_region] = inside[at_max][first_at]
