@@ -115,3 +115,16 @@ def test_model_erf_averages_aligned_queries_and_cancels():
     np.testing.assert_allclose(k.data, ref, rtol=1e-4, atol=1e-8)
     with pytest.raises(Cancelled):
         model_erf(model, scan, n_samples=3, session=sess, cancel=lambda: True)
+
+
+def test_erf_class_is_an_output_channel_named_by_its_label():
+    """``target_class`` is the output channel; with label values that are not 0..C-1 (0 and 3 here) the
+    metadata used to look the name up by label value and reported "1" instead of the label's name."""
+    model = _tiny()
+    model.spec = ModelSpec(name="tiny-erf", architecture="segformer3d", roi_size=(32, 32, 32),
+                           spacing=(1.0, 1.0, 1.0), normalization={"kind": "none"},
+                           labels=[{"index": 0, "name": "background"}, {"index": 3, "name": "tumour"}])
+    scan = Volume(data=np.random.default_rng(1).normal(size=(32, 32, 32)).astype(np.float32), affine=np.eye(4))
+    vol = erf_map(model, scan, voxel=(10, 11, 12), target_class=1)
+    assert vol.metadata["target_class"] == 1
+    assert vol.metadata["class_name"] == "tumour" and vol.metadata["label_value"] == 3

@@ -115,8 +115,11 @@ def erf_map(model, volume: Volume, *, voxel=None, world=None, region: Volume | N
         progress(1, 1)
     m = _display(g, absolute, log1p)
     scan = sess.to_scan(sess.place_window(m[None], start))
+    labels = list(sess.spec.labels or ())
     meta = {"method": "erf", "layer": "input", "head": None, "target_class": cls,
-            "class_name": next((l.name for l in sess.spec.labels if l.index == cls), str(cls)),
+            # the class is an output channel: channel c is the spec's c-th label (as in inference)
+            "class_name": labels[cls].name if 0 <= cls < len(labels) else str(cls),
+            "label_value": int(labels[cls].index) if 0 <= cls < len(labels) else cls,
             "units": ("log(1 + " + ERF_UNITS + ")") if log1p else (ERF_UNITS if absolute else ERF_UNITS.replace("|", "")),
             "query": {"world_mm": np.round(w, 4).tolist(), "window_voxel": None if qv is None else list(qv),
                       "region_voxels": None if rt is None else int(rt.sum())},
