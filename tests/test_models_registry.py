@@ -170,3 +170,28 @@ def test_random_init_warns_and_unknown_names_list_known_ones(no_bundled):
     with pytest.raises(Vit3dError, match="unknown device 'gpu9'"):
         load_model(loaded.spec, device="gpu9")
     assert load_model(loaded.spec, device="auto").device.type in ("cuda", "mps", "cpu")
+
+
+def test_one_device_choice_for_inference_and_loading(monkeypatch):
+    """``inference.pick_device`` is ``registry.resolve_device`` with "auto" as default: same answers, same
+    messages; a GPU index that does not exist is refused in one line instead of failing inside torch."""
+    import torch
+
+    from napari_vit3d.errors import ModelError
+    from napari_vit3d.inference import pick_device
+    from napari_vit3d.models.registry import resolve_device
+
+    assert pick_device() == resolve_device("auto")
+    assert pick_device(None) == resolve_device("auto") and resolve_device(None) == torch.device("cpu")
+    assert pick_device("CPU") == resolve_device(torch.device("cpu")) == torch.device("cpu")
+    for bad in ("gpu9", "meta"):
+        with pytest.raises(ModelError, match=f"unknown device '{bad}'"):
+            pick_device(bad)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert pick_device("cuda:0") == torch.device("cuda:0")
+    with pytest.raises(ModelError, match="only 1 CUDA GPU"):
+        pick_device("cuda:3")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ModelError, match="no CUDA GPU is available"):
+        resolve_device(torch.device("cuda"))

@@ -45,31 +45,13 @@ class DeviceFallbackWarning(UserWarning):
 # devices
 
 def pick_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` → CUDA if available, else MPS, else CPU; an explicit device must be available."""
-    if isinstance(device, torch.device):
-        name = device.type
-    else:
-        name = str(device or "auto").lower()
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        mps = getattr(torch.backends, "mps", None)
-        if mps is not None and mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    base = name.split(":")[0]
-    if base == "cpu":
-        return torch.device("cpu")
-    if base == "cuda":
-        if not torch.cuda.is_available():
-            raise ModelError("device 'cuda' was asked for but no CUDA GPU is available; use --device cpu or auto")
-        return torch.device(name if isinstance(device, str) else device)
-    if base == "mps":
-        mps = getattr(torch.backends, "mps", None)
-        if mps is None or not mps.is_available():
-            raise ModelError("device 'mps' was asked for but Apple MPS is not available; use --device cpu or auto")
-        return torch.device("mps")
-    raise ModelError(f"unknown device {device!r}; use auto, cpu, cuda or mps")
+    """``"auto"`` → CUDA if available, else MPS, else CPU; an explicit device must be available.
+
+    :func:`napari_vit3d.models.registry.resolve_device` with ``"auto"`` as the default (one home for
+    choosing devices)."""
+    from ..models.registry import resolve_device
+
+    return resolve_device("auto" if device is None or device == "" else device)
 
 
 def autocast_dtype(device: torch.device, amp: bool = True) -> torch.dtype | None:

@@ -346,10 +346,15 @@ class LoadedModel:
 
 
 def resolve_device(device="cpu") -> torch.device:
-    """``"auto"`` → CUDA > MPS > CPU; otherwise the named device (``ModelError`` if unknown or unavailable)."""
+    """``"auto"`` → CUDA > MPS > CPU; otherwise the named device (``cpu``, ``cuda``, ``cuda:N``, ``mps``),
+    which must be available (:class:`ModelError` with a plain message if it is unknown or unavailable).
+
+    The one place devices are chosen: ``inference.pick_device`` is this with ``"auto"`` as default.
+    """
     if isinstance(device, torch.device):
-        return device
-    name = str(device or "cpu").lower()
+        name = str(device)
+    else:
+        name = str(device or "cpu").strip().lower()
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -357,12 +362,17 @@ def resolve_device(device="cpu") -> torch.device:
         return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
     try:
         dev = torch.device(name)
-    except RuntimeError:
+    except (RuntimeError, ValueError):
         raise ModelError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ModelError(f"device {device!r} requested but CUDA is not available; use --device cpu")
+        raise ModelError(f"device {name!r} was asked for but no CUDA GPU is available; use --device cpu or auto")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ModelError(f"device {name!r} was asked for but there are only {torch.cuda.device_count()} CUDA GPU(s) "
+                         f"(cuda:0..cuda:{torch.cuda.device_count() - 1})")
     if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ModelError(f"device {device!r} requested but MPS is not available; use --device cpu")
+        raise ModelError(f"device {name!r} was asked for but Apple MPS is not available; use --device cpu or auto")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ModelError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps")
     return dev
 
 
