@@ -15,6 +15,12 @@ class VolumeError(Vit3dError, ValueError):
     """A file or array cannot be used as a scan or label map (corrupt, wrong dimensions, ...)."""
 
 
+class FileWriteError(Vit3dError, OSError):
+    """The file system refused a write (no permission, disk full, name too long): one plain line, and
+    still the ``OSError`` it came from for code that catches that (not a ``ValueError``: napari's save
+    path would take a ``ValueError`` for "no writer" and drop the message)."""
+
+
 class GeometryError(Vit3dError, ValueError):
     """Two volumes are not on the same grid, or an affine is unusable."""
 

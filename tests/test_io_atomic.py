@@ -9,7 +9,7 @@ import stat
 import numpy as np
 import pytest
 
-from napari_vit3d.errors import VolumeError
+from napari_vit3d.errors import FileWriteError, VolumeError
 from napari_vit3d.io.atomic import atomic_write, sha256_file, write_json_atomic, write_text_atomic
 from napari_vit3d.io.labels import LabelTable
 from napari_vit3d.review.provenance import write_json_atomic as provenance_write_json
@@ -74,3 +74,41 @@ def test_one_home(tmp_path):
     assert checkpoints.file_sha256 is sha256_file is provenance.sha256_file
     p = write_text_atomic(tmp_path / "h.txt", "hello")
     assert sha256_file(p) == hashlib.sha256(b"hello").hexdigest()
+
+
+def test_file_system_refusals_are_one_line_errors(tmp_path):
+    """A name the file system refuses used to escape as a raw OSError (a traceback in the CLI); a legal
+    name near the limit failed on the longer temporary name."""
+    near_limit = tmp_path / ("b" * 245 + ".json")
+    assert json.loads(write_json_atomic(near_limit, {"a": 1}).read_text()) == {"a": 1}
+    too_long = tmp_path / ("a" * 300 + ".json")
+    with pytest.raises(FileWriteError, match="cannot write") as info:
+        write_json_atomic(too_long, {"a": 1})
+    assert isinstance(info.value, OSError) and "\n" not in str(info.value)
+
+    def refuse(tmp):
+        raise PermissionError(13, "Permission denied", tmp)
+
+    with pytest.raises(FileWriteError, match=r"x\.txt: cannot write \(Permission denied\)"):
+        atomic_write(tmp_path / "x.txt", refuse)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [near_limit.name]
+
+
+def test_reading_a_name_the_file_system_refuses(tmp_path):
+    from napari_vit3d.io.nifti import read_nifti
+
+    with pytest.raises(VolumeError, match="cannot be opened"):
+        read_nifti(tmp_path / ("a" * 300 + ".nii.gz"))
+
+
+def test_cli_turns_os_errors_into_one_line(monkeypatch, capsys, tmp_path):
+    from napari_vit3d import cli
+    from napari_vit3d.cli import info
+
+    def boom(args):
+        raise PermissionError(13, "Permission denied", str(tmp_path / "out.nii.gz"))
+
+    monkeypatch.setattr(info, "run", boom)
+    assert cli.main(["info", "whatever.nii.gz"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: {tmp_path / 'out.nii.gz'}: Permission denied"

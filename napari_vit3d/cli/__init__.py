@@ -2,8 +2,9 @@
 
 A command module defines ``register(subparsers)`` which adds its parser and sets ``func`` (a callable
 taking the parsed ``argparse.Namespace`` and returning an exit code). User errors
-(:class:`~napari_vit3d.errors.Vit3dError`) become one line on stderr and exit code 2; a cancelled run
-exits 130.
+(:class:`~napari_vit3d.errors.Vit3dError`) and refusals of the file system (``OSError``: permission,
+disk full, ...) become one line on stderr and exit code 2; a cancelled run exits 130. Anything else is
+a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -55,6 +56,10 @@ def main(argv=None) -> int:
         return EXIT_CANCELLED
     except Vit3dError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE_OR_INPUT
+    except OSError as exc:  # the file system said no (permission, disk full, ...): the user's to fix, not a bug
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
         return EXIT_USAGE_OR_INPUT
     except KeyboardInterrupt:
         print("cancelled", file=sys.stderr)

@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..errors import VolumeError
+from ..errors import FileWriteError, VolumeError
 
 
 def _read_umask() -> int:
@@ -50,23 +50,34 @@ def atomic_write(path, writer: Callable[[str], Any], *, suffix: str = "") -> Pat
     ``suffix`` ends the temporary file's name (after ``.tmp``); give the real extension when the writer decides the
     format from it (``nib.save`` compresses ``.nii.gz``, ``np.savez`` appends ``.npz`` otherwise).
     The folder must exist (:class:`~napari_vit3d.errors.VolumeError` otherwise). On any error,
-    including ``KeyboardInterrupt``, the temporary file is removed and ``path`` is left untouched.
+    including ``KeyboardInterrupt``, the temporary file is removed and ``path`` is left untouched; an
+    ``OSError`` (no permission, disk full, name too long) becomes a one-line
+    :class:`~napari_vit3d.errors.FileWriteError` (a ``Vit3dError`` that is still an ``OSError``).
     """
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise VolumeError(f"{path}: folder {folder} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=str(folder))
+    try:  # a short prefix: a target name near the file-system limit must not fail on the temporary name
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:64]}.", suffix=f".tmp{suffix}", dir=str(folder))
+    except OSError as exc:
+        raise _write_error(path, exc) from None
     os.close(fd)
     try:
         writer(tmp)
         os.chmod(tmp, new_file_mode(path))
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(exc, OSError):  # permission, disk full, name too long, ...: the user's to fix
+            raise _write_error(path, exc) from None
         raise
     return path
+
+
+def _write_error(path: Path, exc: OSError) -> FileWriteError:
+    return FileWriteError(f"{path}: cannot write ({exc.strerror or exc or type(exc).__name__})")
 
 
 def write_text_atomic(path, text: str) -> Path:

@@ -58,8 +58,12 @@ def _fail(path, msg) -> VolumeError:
 
 
 def _load_header(path: Path):
-    if not path.exists():
-        raise _fail(path, "no such file")
+    try:
+        path.stat()
+    except FileNotFoundError:
+        raise _fail(path, "no such file") from None
+    except OSError as exc:  # name too long, not a directory, too many links, ...
+        raise _fail(path, f"cannot be opened ({exc.strerror or type(exc).__name__})") from None
     if path.is_dir():
         raise _fail(path, "is a folder, not a NIfTI file")
     if not path.is_file():  # a FIFO or device would block or never end
