@@ -38,6 +38,11 @@ from napari_vit3d.inference import (labels_from_logits, logits_to_scan, preproce
 from napari_vit3d.io import read_nifti
 from napari_vit3d.models import ModelSpec, build_network
 
+try:  # run as a script (benchmarks/ on sys.path) or as benchmarks.<name>
+    from _machine import cpu_name, load_average
+except ImportError:  # pragma: no cover
+    from ._machine import cpu_name, load_average
+
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "resources" / "samples" / "colin27_t1.nii.gz"
 LABELS = [{"index": i, "name": n} for i, n in enumerate(("background", "grey matter", "white matter"))]
@@ -121,16 +126,6 @@ def bench(name: str, scan, *, repeats: int, overlap: float) -> dict:
     return row
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def markdown(rows: list[dict]) -> str:
     head = ("| model | params (M) | ROI | window (s) | model grid @ spacing | windows | whole volume (s) "
             "| plain MONAI (s) | ratio | preprocess (s) | map back (s) | max abs logit diff |")
@@ -164,7 +159,7 @@ def main(argv=None) -> int:
         row = bench(name.strip(), scan, repeats=args.repeats, overlap=args.overlap)
         rows.append(row)
         print(json.dumps(row), flush=True)
-    load = " ".join(f"{v:.1f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
+    load = load_average()
     machine = (f"{cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} "
                f"torch threads, torch {torch.__version__}, Python {platform.python_version()}, load average at the "
                f"end {load}")

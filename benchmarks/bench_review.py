@@ -42,6 +42,11 @@ from napari_vit3d.io.samples import sample_path
 from napari_vit3d.review.metrics import evaluate
 from napari_vit3d.review.uncertainty import softmax_entropy, uncertain_regions
 
+try:  # run as a script (benchmarks/ on sys.path) or as benchmarks.<name>
+    from _machine import cpu_name, load_average
+except ImportError:  # pragma: no cover
+    from ._machine import cpu_name, load_average
+
 
 def inputs() -> dict:
     ref = read_nifti(sample_path("colin27_brainmask"), as_labels=True)
@@ -106,16 +111,6 @@ def describe(name: str, out, counter) -> str:
     return ""
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3, help="timed runs per case (after one warm-up)")
@@ -138,7 +133,7 @@ def main(argv=None) -> int:
                "runs_s": [round(t, 3) for t in times], "result": describe(name, out, counter)}
         rows.append(row)
         print(json.dumps(row), flush=True)
-    load = " ".join(f"{v:.1f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
+    load = load_average()
     machine = (f"{cpu_name()}, {os.cpu_count()} cores, numpy {np.__version__}, Python {platform.python_version()}, "
                f"load average at the end {load}")
     shape = d["ref"].spatial_shape
