@@ -246,16 +246,20 @@ def _check_args(overlap, mode):
         raise ModelError(f"blend mode must be one of {', '.join(BLEND_MODES)}, got {mode!r}")
 
 
+def _prepare(model, device, overlap, mode, roi_size, what: str):
+    """Checked arguments of a model-space pass: (model parts, spec, device, ROI); bundles are refused."""
+    _check_args(overlap, mode)
+    parts = _resolve_model(model, device)
+    _no_bundle(parts, what)
+    spec = parts.spec
+    return parts, spec, pick_device(device), check_roi(spec, roi_size if roi_size is not None else spec.roi_size)
+
+
 def forward(volume: Volume, model, *, device="auto", overlap: float = 0.25, sw_batch_size: int | None = None,
             mode: str = "gaussian", roi_size=None, channels=None, amp: bool = True,
             progress: ProgressFn | None = None, cancel: CancelFn | None = None, use_cache: bool = True) -> ForwardPass:
     """Preprocess ``volume`` and run the sliding-window forward pass (or take it from the cache)."""
-    _check_args(overlap, mode)
-    parts = _resolve_model(model, device)
-    _no_bundle(parts, "the model-space forward pass")
-    spec = parts.spec
-    dev = pick_device(device)
-    roi = check_roi(spec, roi_size if roi_size is not None else spec.roi_size)
+    parts, spec, dev, roi = _prepare(model, device, overlap, mode, roi_size, "the model-space forward pass")
     settings = _settings(spec, roi, overlap, mode, dev, amp, channels)
     fingerprint = network_fingerprint(parts.network)
     key = None
@@ -396,12 +400,7 @@ def predict_tta(volume: Volume, model, *, flips: Sequence[Sequence[int]] = DEFAU
     flip; the input is flipped, segmented, and the logits flipped back before mapping onto the scan.
     ``()`` is the plain prediction. ``progress`` counts windows over all flips.
     """
-    _check_args(overlap, mode)
-    parts = _resolve_model(model, device)
-    _no_bundle(parts, "test-time augmentation")
-    spec = parts.spec
-    dev = pick_device(device)
-    roi = check_roi(spec, roi_size if roi_size is not None else spec.roi_size)
+    parts, spec, dev, roi = _prepare(model, device, overlap, mode, roi_size, "test-time augmentation")
     flips = [tuple(int(a) for a in f) for f in flips]
     if not flips:
         raise ModelError("test-time augmentation needs at least one flip (use () for the plain prediction)")
