@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import sys
 
-from ..errors import ModelError
-
 
 def format_table(result: dict) -> str:
     s = result["summary"]
@@ -65,13 +63,7 @@ def run_models(args) -> int:
     from ..io.nifti import read_nifti
     from ..review.compare import compare_labels
 
-    try:
-        from ..inference import segment
-    except ImportError:
-        try:
-            from ..inference.engine import segment
-        except ImportError:
-            raise ModelError("the inference engine is not available in this installation") from None
+    from ..inference import segment
     scan = read_nifti(args.scan, as_labels=False)
     progress = None if args.json else (lambda done, total: print(f"\r  {done}/{total} windows", end="", file=sys.stderr))
     results = []

@@ -118,7 +118,7 @@ def _check_outputs(args) -> None:
 def run(args) -> int:
     from .. import explain as ex
     from ..inference.engine import pick_device
-    from ..io.atomic import write_json_atomic
+    from ..io.atomic import to_json, write_text_atomic
     from ..io.nifti import read_nifti, write_image, write_labels
     from ..models.registry import load_model
 
@@ -180,23 +180,29 @@ def run(args) -> int:
     if header is not None:
         header["descrip"] = f"napari-vit3d {args.method} {model.spec.name}"[:79].encode()
         header["intent_name"] = b""
-    write_image(args.output, vol.data, scan.affine, header=header, source_path=scan.source_path)
-    written = [str(args.output)]
     meta = {k: v for k, v in vol.metadata.items() if k != "protect_path"}
     meta.update({"input": str(Path(args.input).resolve()), "output": str(Path(args.output).resolve()),
                  "model": model.spec.name, "model_chosen_automatically": not bool(args.model)})
+    labels = None
     if masks is not None:
         labels = ex.head_mask_labels(masks, vol)
-        write_labels(args.masks_output, labels.data, scan.affine, header=scan.header, source_path=scan.source_path)
         meta["masks"] = {"path": str(Path(args.masks_output).resolve()), "labels": "head + 1 (0 = no head keeps it)",
                          **masks.metadata.get("parameters", {})}
-        written.append(str(args.masks_output))
     if stats is not None:
         meta["statistics"] = stats
-        write_json_atomic(args.stats, stats)
-        written.append(str(args.stats))
+    # the JSON first: a value JSON cannot hold must not leave a map behind without its sidecar
     side = sidecar_path(args.output)
-    write_json_atomic(side, meta)
+    side_text = to_json(meta) + "\n"
+    stats_text = to_json(stats) + "\n" if stats is not None else None
+    write_image(args.output, vol.data, scan.affine, header=header, source_path=scan.source_path)
+    written = [str(args.output)]
+    if labels is not None:
+        write_labels(args.masks_output, labels.data, scan.affine, header=scan.header, source_path=scan.source_path)
+        written.append(str(args.masks_output))
+    if stats_text is not None:
+        write_text_atomic(args.stats, stats_text)
+        written.append(str(args.stats))
+    write_text_atomic(side, side_text)
     written.append(str(side))
     print(f"wrote {', '.join(written)}", file=sys.stderr)
     return 0
