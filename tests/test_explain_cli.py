@@ -149,3 +149,19 @@ def test_every_architecture_through_cli_on_real_scan(arch, crop, tmp_path, capsy
         assert meta["swin"]["window_size"] and "stage" in meta
     assert main(["explain", str(crop), "--method", "dino-heads", "--model", str(sp), "-o", str(tmp_path / "d.nii")]) == 2
     assert "does not support dino-heads" in capsys.readouterr().err
+
+
+def test_negative_world_coordinates_are_values_not_options(crop, spec_path, tmp_path, capsys):
+    """``--point-world -12.5,3,4`` (a point left of the origin) used to fail in argparse: "expected one
+    argument"; only ``--point-world=-12.5,...`` worked."""
+    aff = nib.load(str(crop)).affine
+    vox = next(v for v in np.ndindex(50, 44, 40) if apply_affine(aff, v)[0] < -1 and apply_affine(aff, v)[1] < -1)
+    world = apply_affine(aff, vox)
+    text = ",".join(f"{v:.3f}" for v in world)
+    assert text.startswith("-")
+    out = tmp_path / "att.nii.gz"
+    rc = main(["explain", str(crop), "--method", "attention", "--point-world", text, "--model", str(spec_path),
+               "-o", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    meta = json.loads(sidecar_path(out).read_text())
+    np.testing.assert_allclose(meta["query"]["world_mm"], np.round(world, 3), atol=1e-3)

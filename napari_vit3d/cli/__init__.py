@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 import warnings
 
@@ -42,9 +43,31 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
     print(f"warning: {message}", file=sys.stderr)
 
 
+#: options whose value is a comma-separated list of numbers that may start with a minus sign
+_NUMBER_LIST_OPTIONS = ("--point-world", "--point-voxel")
+_NUMBER_LIST = re.compile(r"-\s*[\d.]+(?:[eE][+-]?\d+)?(?:\s*,\s*-?\s*[\d.]+(?:[eE][+-]?\d+)?)*")
+
+
+def _attach_negative_values(argv: list[str]) -> list[str]:
+    """``--point-world -10,0,5`` → ``--point-world=-10,0,5``: argparse would take ``-10,0,5`` for an
+    option (it only accepts plain negative numbers as values), and a point left of or behind the
+    origin is an ordinary query."""
+    out, i = [], 0
+    while i < len(argv):
+        a = argv[i]
+        if a in _NUMBER_LIST_OPTIONS and i + 1 < len(argv) and _NUMBER_LIST.fullmatch(argv[i + 1]):
+            out.append(f"{a}={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(a)
+        i += 1
+    return out
+
+
 def main(argv=None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(_attach_negative_values(argv))
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USAGE_OR_INPUT
