@@ -132,3 +132,26 @@ def test_compare_runs_two_models_on_one_scan(tmp_path, capsys):
     assert res["summary"]["voxels_different_labels"] == int((scan == 2).sum())
     assert res["labels"]["2"]["voxels_a"] == 0 and res["labels"]["2"]["voxels_b"] == int((scan == 2).sum())
     assert res["labels"]["1"]["name"] == "class 1"
+
+
+def test_compare_checks_both_models_and_the_output_before_running(tmp_path, capsys, monkeypatch):
+    """A wrong model B, a bad output name or an unknown device used to surface only after model A had
+    segmented the whole scan."""
+    import napari_vit3d.inference as inference
+
+    spec = {"name": "id2", "architecture": "identity", "spacing": [1, 1, 1], "normalization": {"kind": "none"},
+            "roi_size": [16, 16, 16], "labels": [{"index": i, "name": f"class {i}"} for i in range(2)]}
+    (tmp_path / "a.json").write_text(json.dumps(spec))
+    scan_path = _save(tmp_path / "scan.nii.gz", np.zeros((20, 18, 12), np.float32), np.eye(4))
+    calls = []
+    monkeypatch.setattr(inference, "segment", lambda *a, **k: calls.append(1) or pytest.fail("segment ran"))
+    base = ["compare", scan_path, "--model-a", str(tmp_path / "a.json"), "--device", "cpu"]
+    cases = [(["--model-b", str(tmp_path / "missing.json"), "-o", str(tmp_path / "d.nii.gz")], "no such file"),
+             (["--model-b", str(tmp_path / "a.json"), "-o", str(tmp_path / "d.txt")], "must end in .nii"),
+             (["--model-b", str(tmp_path / "a.json"), "-o", str(tmp_path / "d.nii.gz"), "--device", "gpu7"],
+              "unknown device")]
+    for extra, message in cases:
+        assert main(base + extra) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err
+    assert calls == []

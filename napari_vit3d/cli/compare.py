@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import sys
 
+from ._common import check_output_paths
+
 
 def format_table(result: dict) -> str:
     s = result["summary"]
@@ -63,14 +65,21 @@ def run_models(args) -> int:
     from ..io.nifti import read_nifti
     from ..review.compare import compare_labels
 
-    from ..inference import segment
+    from ..inference import pick_device, segment
+    from ..models.registry import get_spec
+
+    # fail fast, before the first (slow) model run: output path, device, both models' specs
+    check_output_paths(args.scan, [args.output])
+    device = pick_device(args.device)
+    for ref in (args.model_a, args.model_b):
+        get_spec(ref)
     scan = read_nifti(args.scan, as_labels=False)
     progress = None if args.json else (lambda done, total: print(f"\r  {done}/{total} windows", end="", file=sys.stderr))
     results = []
     for which, model in (("A", args.model_a), ("B", args.model_b)):
         if not args.json:
             print(f"model {which}: {model}", file=sys.stderr)
-        results.append(segment(scan, model, device=args.device, overlap=args.overlap, progress=progress,
+        results.append(segment(scan, model, device=device, overlap=args.overlap, progress=progress,
                                return_probabilities=False, use_cache=False))  # one-shot: nothing to reuse
         if progress:
             print(file=sys.stderr)
