@@ -14,7 +14,8 @@ Config (JSON), every key written back to ``RUN/config.json``::
       "augment": {"gamma": 0.3, "contrast": 0.2, "noise": 0.03, "flip_lr": 0.5,
                   "foreground_crop": 0.8},  # share of crops centred near a random brain voxel
       "init": null,                      # or {"path": "...safetensors", "prefix": "encoder."}
-      "freeze_init_steps": 0             # keep the initialised part frozen for this many steps
+      "freeze_init_steps": 0,            # keep the initialised part frozen for this many steps
+      "freeze_prefixes": null            # or: freeze only parameters starting with these (e.g. ["encoder."])
     }
 
 A bank path that is relative is taken relative to the current folder; ``--data-dir`` gives the
@@ -58,6 +59,7 @@ DEFAULTS = {
     "augment": {"gamma": 0.3, "contrast": 0.2, "noise": 0.03, "flip_lr": 0.5, "foreground_crop": 0.0},
     "init": None,
     "freeze_init_steps": 0,
+    "freeze_prefixes": None,
 }
 
 
@@ -231,6 +233,8 @@ def train_seg(config: dict, out, *, data_dir=None, resume: bool = False, device=
     total = int(cfg["steps"])
     stop = total if max_steps is None else min(total, int(max_steps))
     frozen = set(init_keys)
+    if cfg.get("freeze_prefixes"):
+        frozen = {k for k, _ in network.named_parameters() if k.startswith(tuple(cfg["freeze_prefixes"]))}
     named = dict(network.named_parameters())
     logger = Logger(out)
     bar = progress_bar(total, step, "train-seg", progress)
