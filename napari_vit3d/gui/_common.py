@@ -174,3 +174,14 @@ def robust_limits(data: np.ndarray, lo: float = 1.0, hi: float = 99.7) -> tuple[
     if b <= a:
         b = a + (abs(a) or 1.0) * 1e-3 + 1e-6
     return (float(a), float(b))
+
+
+def unwrap(obj):
+    """The object behind napari's ``PublicOnlyProxy`` (npe2 widgets receive the viewer wrapped).
+
+    The proxy makes a new wrapper on every attribute access, so ``is`` and ``id()`` on layers taken
+    through it never match; the widgets keep the real viewer and use only its public API.
+    """
+    while hasattr(obj, "__wrapped__"):
+        obj = obj.__wrapped__
+    return obj

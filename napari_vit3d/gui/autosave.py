@@ -11,6 +11,7 @@ from napari.qt.threading import create_worker
 from qtpy.QtCore import QTimer
 
 from . import recovery
+from ._common import unwrap
 from .session import now_iso
 
 EDITS_PER_SAVE = 5
@@ -86,6 +87,7 @@ class Autosaver:
 
 
 def attach(layer, scan_hash: str, info: dict, **kw) -> Autosaver:
+    layer = unwrap(layer)
     old = _savers.pop(id(layer), None)
     if old is not None:
         old.stop()
@@ -95,10 +97,10 @@ def attach(layer, scan_hash: str, info: dict, **kw) -> Autosaver:
 
 
 def saver_of(layer) -> Autosaver | None:
-    return _savers.get(id(layer))
+    return _savers.get(id(unwrap(layer)))
 
 
 def detach(layer) -> None:
-    saver = _savers.pop(id(layer), None)
+    saver = _savers.pop(id(unwrap(layer)), None)
     if saver is not None:
         saver.stop()

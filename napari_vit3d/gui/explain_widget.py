@@ -19,19 +19,20 @@ from qtpy.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, Q
                             QPushButton, QSpinBox, QVBoxLayout, QWidget)
 
 from ..errors import GeometryError, VolumeError
-from ._common import SEP, LayerCombo, find_layer, info, report_error, robust_limits, scan_layers, unique_name
+from ._common import SEP, LayerCombo, find_layer, info, report_error, robust_limits, scan_layers, unique_name, unwrap
 from ._layers import file_voxel_to_world, inside, layer_kwargs, volume_from_layer, world_to_file_voxel
 from .session import load_model_cached, run_of
-from .styles import MAP_STYLE, labels_colormap
+from .styles import MAP_STYLE, labels_colormap, labels_features
 
 #: (key, label shown, explain function name, uses layer, uses head)
 METHODS = [
     ("point_attention", "Point attention (clicked voxel)", "point_attention", True, True),
-    ("rollout", "Attention rollout (clicked voxel)", "attention_rollout", False, False),
-    ("dino_heads", "DINO heads (CLS attention per head)", "dino_heads", True, False),
-    ("erf", "Effective receptive field (clicked voxel)", "erf", False, False),
+    ("rollout", "Attention rollout (clicked voxel; ViT/UNETR)", "attention_rollout", False, False),
+    ("dino_heads", "DINO heads (CLS attention per head; ViT)", "dino_heads", True, False),
+    ("erf", "Effective receptive field (clicked voxel)", "erf_map", False, False),
 ]
 _BY_KEY = {m[0]: m for m in METHODS}
+_FIXED_OPTIONS = {"erf": {"log1p": True}}
 
 
 class _Progress(QObject):
@@ -40,25 +41,34 @@ class _Progress(QObject):
 
 def _explain_job(session_holder: dict, key: tuple, model_key: str, volume, device: str, method: str,
                  voxel, options: dict, progress, cancel):
-    """Worker thread: reuse or build the ExplainSession, then run one explanation method."""
+    """Worker thread: reuse or build the ExplainSession, then run one explanation method.
+
+    ``method`` "dino_masks" returns the per-head masks as one 3D label map (``head_mask_labels``).
+    """
     from .. import explain
     from ..inference import pick_device
 
     dev = str(pick_device(device))
+    loaded = load_model_cached(model_key, dev)
     session = session_holder.get(key)
     if session is None:
-        loaded = load_model_cached(model_key, dev)
-        session = explain.ExplainSession(loaded, volume, device=dev)
-        session_holder.clear()  # one scan/model at a time: windows are large
+        session = explain.ExplainSession(loaded, volume)
+        session_holder.clear()  # one scan/model at a time: captured windows are large
         session_holder[key] = session
+    common = dict(voxel=tuple(int(v) for v in voxel), session=session, progress=progress, cancel=cancel)
+    if method == "dino_masks":
+        keep = float(options.pop("keep_mass", 0.6))
+        heads = explain.dino_heads(loaded, volume, **common, **options)
+        masks = explain.dino_head_masks(loaded, volume, keep_mass=keep, **common, **options)
+        return explain.head_mask_labels(masks, heads)
     fn = getattr(explain, _BY_KEY[method][2])
-    return fn(session, voxel=tuple(int(v) for v in voxel), progress=progress, cancel=cancel, **options)
+    return fn(loaded, volume, **common, **_FIXED_OPTIONS.get(method, {}), **options)
 
 
 class ExplainWidget(QWidget):
     def __init__(self, napari_viewer, parent=None):
         super().__init__(parent)
-        self.viewer = napari_viewer
+        self.viewer = unwrap(napari_viewer)
         self._worker = None
         self._pending = None
         self._sessions: dict = {}
@@ -69,7 +79,7 @@ class ExplainWidget(QWidget):
         self.last_layer = None
         self._build()
         self.set_active(True)
-        self.destroyed.connect(lambda *_: self._remove_callback(napari_viewer))
+        self.destroyed.connect(lambda *_: self._remove_callback(self.viewer))
 
     # -- UI -------------------------------------------------------------------------------------
     def _build(self):
@@ -237,11 +247,11 @@ class ExplainWidget(QWidget):
         opts = {}
         if _BY_KEY[m][3] and self.layer_spin.value() >= 0:
             opts["layer"] = int(self.layer_spin.value())
-        if _BY_KEY[m][4] and self.head_spin.value() >= 0:
-            opts["head"] = int(self.head_spin.value())
+        if _BY_KEY[m][4]:
+            opts["head"] = int(self.head_spin.value()) if self.head_spin.value() >= 0 else "mean"
         return opts
 
-    def explain(self):
+    def explain(self, method: str | None = None):
         """Run the chosen method at the query voxel in a worker (a newer click waits for the running one)."""
         scan = self.scan_combo.layer()
         if scan is None:
@@ -262,7 +272,8 @@ class ExplainWidget(QWidget):
         except Exception as exc:
             report_error(exc, "Explain")
             return None
-        method = self.method()
+        method = method or self.method()
+        options = self.options() if method != "dino_masks" else {**self.options(), "keep_mass": self.mass_spin.value()}
         key = (scan.name, volume.content_hash(), model_key, "auto")
         self._cancel.clear()
         bridge, cancel_event, holder = self._bridge, self._cancel, {}
@@ -275,7 +286,7 @@ class ExplainWidget(QWidget):
             return cancel_event.is_set() or (w is not None and w.abort_requested)
 
         worker = create_worker(_explain_job, self._sessions, key, model_key, volume, "auto", method,
-                               self.query_voxel, self.options(), progress, cancel, _start_thread=False,
+                               self.query_voxel, options, progress, cancel, _start_thread=False,
                                _ignore_errors=True)
         holder["worker"] = worker
         scan_name = scan.name
@@ -325,6 +336,8 @@ class ExplainWidget(QWidget):
             report_error(exc, "Explain")
 
     def _put_map(self, vol, scan_name, method):
+        if method == "dino_masks":
+            return self._put_masks(vol, scan_name)
         meta = dict(vol.metadata)
         data, kw = layer_kwargs(vol, metadata={"vit3d_map": meta})
         lo, hi = robust_limits(data)
@@ -353,22 +366,20 @@ class ExplainWidget(QWidget):
         return lyr
 
     def masks_to_labels(self):
-        """The current DINO heads map → a labels layer (one label per head, top ``mass`` of attention)."""
-        from .. import explain
+        """DINO head masks (top ``keep mass`` of each head's CLS attention) → one labels layer (head + 1)."""
+        return self.explain(method="dino_masks")
+
+    def _put_masks(self, vol, scan_name):
         from ..io.labels import LabelTable
 
-        scan = self.scan_combo.layer()
-        lyr = find_layer(self.viewer, self.layer_name(scan.name, "dino_heads")) if scan is not None else None
-        if not isinstance(lyr, Image):
-            report_error(VolumeError("compute DINO heads first"), "DINO masks")
-            return None
-        try:
-            vol = volume_from_layer(lyr)
-            masks = explain.dino_head_masks(vol, mass=float(self.mass_spin.value()))
-            data, kw = layer_kwargs(masks, kind="labels", metadata={"vit3d_map": dict(masks.metadata)})
-            table = LabelTable.from_array(data)
-            name = unique_name(self.viewer, f"{scan.name}{SEP}dino masks")
-            return self.viewer.add_labels(data, name=name, colormap=labels_colormap(table), opacity=0.6, **kw)
-        except Exception as exc:
-            report_error(exc, "DINO masks")
-            return None
+        data, kw = layer_kwargs(vol, kind="labels", metadata={"vit3d_map": dict(vol.metadata)})
+        n_heads = int(vol.metadata.get("n_heads") or int(data.max()))
+        table = LabelTable.default(range(n_heads + 1), {h + 1: f"head {h}" for h in range(n_heads)})
+        name = f"{scan_name}{SEP}dino head masks"
+        existing = find_layer(self.viewer, name)
+        if existing is not None:
+            self.viewer.layers.remove(existing)
+        lyr = self.viewer.add_labels(data, name=name, colormap=labels_colormap(table), opacity=0.6,
+                                     features=labels_features(table), **kw)
+        self.status.setText(f"{name}: label h+1 = voxels head h attends to most")
+        return lyr

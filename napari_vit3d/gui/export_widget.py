@@ -19,7 +19,7 @@ from qtpy.QtWidgets import (QCheckBox, QFileDialog, QFormLayout, QHBoxLayout, QL
 
 from ..errors import VolumeError
 from . import recovery
-from ._common import SEP, LayerCombo, find_layer, info, report_error
+from ._common import SEP, LayerCombo, find_layer, info, report_error, unwrap
 from ._layers import volume_from_layer
 from .review_widget import label_table_of
 from .session import run_of
@@ -65,7 +65,7 @@ def export_files(labels_vol, table, out_dir: Path, stem: str, *, scan_vol=None, 
 class ExportWidget(QWidget):
     def __init__(self, napari_viewer, parent=None):
         super().__init__(parent)
-        self.viewer = napari_viewer
+        self.viewer = unwrap(napari_viewer)
         self._worker = None
         self.last_written: list[Path] = []
         lay = QVBoxLayout(self)

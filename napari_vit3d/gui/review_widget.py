@@ -22,7 +22,7 @@ from qtpy.QtWidgets import (QCheckBox, QDoubleSpinBox, QFormLayout, QGroupBox, Q
 
 from ..errors import VolumeError
 from ..io.labels import LabelTable
-from ._common import SEP, LayerCombo, find_layer, info, report_error
+from ._common import SEP, LayerCombo, find_layer, info, report_error, unwrap
 from ._layers import display_geometry, display_spacing, ras_to_world
 from .session import run_of
 from .styles import labels_colormap
@@ -62,11 +62,12 @@ def apply_labels(layer: Labels, new: np.ndarray) -> int:
 class ReviewWidget(QWidget):
     def __init__(self, napari_viewer, parent=None):
         super().__init__(parent)
-        self.viewer = napari_viewer
+        self.viewer = unwrap(napari_viewer)
         self._worker = None
         self._watched = None
         self._last_crc = None
         self._hidden: set[int] = set()
+        self._create_diff = False
         self._debounce = QTimer(self)
         self._debounce.setSingleShot(True)
         self._debounce.setInterval(300)
@@ -132,7 +133,7 @@ class ReviewWidget(QWidget):
 
         self.diff_check = QCheckBox("Show changes vs the model (green added, red removed, yellow relabelled)")
         self.diff_check.setChecked(True)
-        self.diff_check.toggled.connect(lambda on: self.refresh(force=True))
+        self.diff_check.toggled.connect(self._on_diff_toggled)
         lay.addWidget(self.diff_check)
         self.diff_summary = QLabel("")
         self.diff_summary.setWordWrap(True)
@@ -171,6 +172,7 @@ class ReviewWidget(QWidget):
         self._watched = lyr
         self._hidden = set()
         self._last_crc = None
+        self._create_diff = False  # the changes layer appears with the first edit (or the checkbox)
         rec = run_of(lyr)
         n = len(rec.regions) if rec is not None else 0
         self.next_button.setEnabled(n > 0)
@@ -178,13 +180,19 @@ class ReviewWidget(QWidget):
                                   else "run Segment with the uncertainty layer on")
         self.refresh(force=True)
 
-    def _schedule(self, *_):
+    def _schedule(self, event=None):
+        if event is not None and getattr(event, "type", "") == "paint":
+            self._create_diff = True
         self._debounce.start()
+
+    def _on_diff_toggled(self, on):
+        self._create_diff = bool(on)
+        self.refresh(force=True)
 
     def refresh(self, force: bool = False):
         """Recompute the label list and the changes layer (skipped when the data did not change)."""
         lyr = self.layer()
-        if lyr is None:
+        if lyr is None or lyr not in self.viewer.layers:
             self.table.setRowCount(0)
             return
         data = np.asarray(lyr.data)
@@ -285,7 +293,7 @@ class ReviewWidget(QWidget):
         if isinstance(existing, Labels) and existing.data.shape == d.map.shape:
             existing.data = d.map
             existing.visible = True
-        else:
+        elif self._create_diff and existing is None:
             kw = {k: getattr(lyr, k) for k in ("scale", "translate", "units", "axis_labels")}
             if not np.allclose(lyr.affine.affine_matrix, np.eye(lyr.ndim + 1)):
                 kw["affine"] = lyr.affine.affine_matrix
@@ -318,6 +326,7 @@ class ReviewWidget(QWidget):
             if lyr.data.shape != new.shape:
                 return
             n = apply_labels(lyr, new)
+            self._create_diff = self._create_diff or n > 0
             self.status.setText(f"{what}: {n} voxel(s) changed" + (f" ({detail})" if detail else "")
                                 + ("; Undo reverts it" if n else ""))
             self.refresh(force=True)

@@ -20,7 +20,7 @@ from qtpy.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, Q
 from ..errors import VolumeError
 from ..io import Volume, same_grid
 from . import autosave, recovery
-from ._common import SEP, LayerCombo, ask_yes_no_cancel, find_layer, info, report_error, scan_layers, unique_name
+from ._common import SEP, LayerCombo, ask_yes_no_cancel, find_layer, info, report_error, scan_layers, unique_name, unwrap
 from ._layers import layer_kwargs, volume_from_layer
 from .session import RUN_KEY, RunRecord, load_model_cached, now_iso, run_of
 from .styles import labels_colormap, labels_features
@@ -79,7 +79,7 @@ class SegmentWidget(QWidget):
 
     def __init__(self, napari_viewer, parent=None):
         super().__init__(parent)
-        self.viewer = napari_viewer
+        self.viewer = unwrap(napari_viewer)
         self._worker = None
         self._cancel_event = threading.Event()
         self._bridge = _Progress()
@@ -88,7 +88,7 @@ class SegmentWidget(QWidget):
         self._build()
         self.viewer.layers.events.inserted.connect(self._on_layer_inserted)
         self.viewer.layers.events.removed.connect(self._on_layer_removed)
-        self.destroyed.connect(lambda *_: self._disconnect(napari_viewer))
+        self.destroyed.connect(lambda *_: self._disconnect(self.viewer))
         self._refresh_models()
         for layer in list(self.viewer.layers):
             self._offer_recovery(layer)

@@ -1,0 +1,173 @@
+"""Is the viewer responsive while a segmentation or an explanation runs? An event-loop heartbeat.
+
+A ``QTimer`` fires every 10 ms on the GUI thread and records when it actually ran. While the Segment
+widget's worker runs the model (and then the Explain widget's worker computes point attention at a
+clicked voxel), the gaps between heartbeats show how long the event loop was blocked: a gap of
+100 ms or more is a visible freeze. The GUI thread is also used to add the result layers at the
+end; that part is reported separately ("show result"), as it is the only work the widgets do on
+the GUI thread.
+
+Columns: ``phase`` (idle viewer, segmentation in the worker, explanation in the worker),
+``seconds`` (wall time of the phase), ``beats`` (heartbeats seen), ``max gap`` and ``p95 gap`` (ms
+between consecutive heartbeats; 10 ms is perfect), ``gaps ≥ 100 ms`` (how many).
+
+Run (needs an X server; ``make bench`` arranges one through ``benchmarks/run_all.py`` under xvfb)::
+
+    xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python benchmarks/bench_gui_responsiveness.py \
+        [--model NAME_OR_SPEC] [--json out.json] [--threads N]
+
+Without ``--model`` the bundled default model is used when there is one, else a small random
+SegFormer3D (4.5 M parameters, the paper's configuration) at 1 mm with 96³ windows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+RANDOM_SPEC = {
+    "name": "bench-segformer3d-random", "architecture": "segformer3d", "arch_kwargs": {},
+    "in_channels": 1, "channel_names": ["T1"], "spacing": [1.0, 1.0, 1.0], "roi_size": [96, 96, 96],
+    "labels": [{"index": 0, "name": "background", "color": [0, 0, 0, 0]},
+               {"index": 1, "name": "brain", "color": [1.0, 0.4, 0.2, 1.0]}],
+}
+
+
+class Heartbeat:
+    def __init__(self, interval_ms: int = 10):
+        from qtpy.QtCore import QTimer
+
+        self.times: list[float] = []
+        self.timer = QTimer()
+        self.timer.setInterval(interval_ms)
+        self.timer.timeout.connect(lambda: self.times.append(time.perf_counter()))
+
+    def start(self):
+        self.times = [time.perf_counter()]
+        self.timer.start()
+
+    def stop(self) -> dict:
+        self.timer.stop()
+        self.times.append(time.perf_counter())
+        t = np.asarray(self.times)
+        gaps = np.diff(t) * 1000.0
+        return {"seconds": round(float(t[-1] - t[0]), 2), "beats": int(len(t) - 2),
+                "max_gap_ms": round(float(gaps.max()), 1), "p95_gap_ms": round(float(np.percentile(gaps, 95)), 1),
+                "gaps_over_100ms": int(np.count_nonzero(gaps >= 100.0))}
+
+
+def run_phase(app, beat: Heartbeat, start, done, timeout_s: float = 1800) -> dict:
+    beat.start()
+    start()
+    t0 = time.perf_counter()
+    while not done():
+        app.processEvents()
+        time.sleep(0.001)
+        if time.perf_counter() - t0 > timeout_s:
+            raise TimeoutError("phase did not finish")
+    return beat.stop()
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", help="registered model name or spec .json (default: bundled default, else random)")
+    ap.add_argument("--json", help="write the results here as JSON")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    args = ap.parse_args(argv)
+
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    tmp = Path(tempfile.mkdtemp(prefix="bench_gui_"))
+    os.environ.setdefault("NAPARI_VIT3D_RECOVERY_DIR", str(tmp / "recovery"))
+    import napari
+    from qtpy.QtWidgets import QApplication
+
+    from napari_vit3d.gui.explain_widget import ExplainWidget
+    from napari_vit3d.gui.segment_widget import SegmentWidget
+    from napari_vit3d.models import registry
+
+    model = args.model
+    if model is None:
+        try:
+            model = registry.default_model_name()
+        except Exception:
+            os.environ["NAPARI_VIT3D_CONFIG_DIR"] = str(tmp / "config")
+            spec = tmp / "bench-segformer3d-random.json"
+            spec.write_text(json.dumps(RANDOM_SPEC))
+            model = str(spec)
+
+    viewer = napari.Viewer(show=True)
+    app = QApplication.instance()
+    viewer.open_sample("napari-vit3d", "colin27_t1")
+    seg = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(seg, name="Segment")
+    if Path(model).suffix == ".json":
+        seg.add_model(model)
+    else:
+        seg.model_combo.setCurrentText(model)
+    model_name = seg.model_combo.currentText()
+    beat = Heartbeat(10)
+    rows = []
+    rows.append({"phase": "idle viewer (2 s)",
+                 **run_phase(app, beat, lambda: None, (lambda t=time.perf_counter(): time.perf_counter() - t > 2.0))})
+    # what the GUI thread itself spends on showing the result (layers), measured inside the run
+    shown = {}
+    orig = seg._show_result
+
+    def timed_show(*a, **k):
+        t = time.perf_counter()
+        out = orig(*a, **k)
+        shown["s"] = time.perf_counter() - t
+        return out
+
+    seg._show_result = timed_show
+    from napari_vit3d.inference import forward_cache
+
+    forward_cache().clear()
+    rows.append({"phase": f"Segment ({model_name}) in the worker, incl. showing the layers",
+                 **run_phase(app, beat, seg.run, lambda: not seg.running)})
+    rows[-1]["show_result_s"] = round(shown.get("s", float("nan")), 2)
+    labels = [l for l in viewer.layers if l.name.endswith("· labels")]
+    if not labels:
+        print("segmentation failed; see the messages above", file=sys.stderr)
+        return 1
+    ex = ExplainWidget(viewer)
+    viewer.window.add_dock_widget(ex, name="Explain")
+    ex.model_combo.setCurrentText(model_name)
+    scan = viewer.layers["colin27_t1"]
+    world = scan.data_to_world(tuple(s // 2 for s in scan.data.shape))
+    rows.append({"phase": "Explain: point attention at a click (first: forward pass) in the worker",
+                 **run_phase(app, beat, lambda: ex.click_world(world), lambda: ex._worker is None)})
+    world2 = scan.data_to_world(tuple(s // 2 + 5 for s in scan.data.shape))
+    rows.append({"phase": "Explain: second click (cached forward pass)",
+                 **run_phase(app, beat, lambda: ex.click_world(world2), lambda: ex._worker is None)})
+    viewer.close()
+
+    meta = {"date": time.strftime("%Y-%m-%d"), "python": platform.python_version(), "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(), "load_average": os.getloadavg(),
+            "qt_api": os.environ.get("QT_API", "pyqt5"), "model": model_name}
+    print(f"\n{meta}\n")
+    print("| phase | seconds | beats | max gap (ms) | p95 gap (ms) | gaps ≥ 100 ms |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['phase']} | {r['seconds']} | {r['beats']} | {r['max_gap_ms']} | {r['p95_gap_ms']} | "
+              f"{r['gaps_over_100ms']} |")
+    if "show_result_s" in rows[1]:
+        print(f"\nshowing the segmentation layers on the GUI thread took {rows[1]['show_result_s']} s")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,205 @@
+"""The napari workflow in a real viewer: sample → Segment → Explain (click) → paint → changes → Export.
+
+A tiny random SegFormer3D (4 mm model spacing, 32³ windows) keeps the run to seconds; what is checked
+is the GUI contract, not the model's quality: layers lie on the scan, a click gives an aligned map,
+an edit shows in the changes layer and survives export at the same world position (nibabel).
+"""
+
+from __future__ import annotations
+
+import json
+import types
+
+import nibabel as nib
+import numpy as np
+import pytest
+from napari.layers import Image, Labels, Points
+
+from napari_vit3d.gui import autosave, recovery
+from napari_vit3d.gui.session import run_of
+
+TINY_SPEC = {
+    "name": "tiny-gui-test", "architecture": "segformer3d",
+    "arch_kwargs": {"embed_dims": [8, 16, 16, 16], "depths": [1, 1, 1, 1], "num_heads": [1, 1, 2, 2],
+                    "sr_ratios": [2, 1, 1, 1], "decoder_dim": 16},
+    "in_channels": 1, "channel_names": ["T1"], "spacing": [4.0, 4.0, 4.0], "roi_size": [32, 32, 32],
+    "labels": [{"index": 0, "name": "background", "color": [0, 0, 0, 0]},
+               {"index": 1, "name": "tissue A", "color": [1.0, 0.4, 0.2, 1.0]},
+               {"index": 2, "name": "tissue B", "color": [0.2, 0.6, 1.0, 1.0]}],
+}
+WAIT_MS = 120_000
+
+
+@pytest.fixture
+def gui_env(tmp_path, monkeypatch):
+    """Private model registry and recovery folder; the tiny model's spec on disk; notifications recorded."""
+    monkeypatch.setenv("NAPARI_VIT3D_CONFIG_DIR", str(tmp_path / "config"))
+    monkeypatch.setenv(recovery.ENV_VAR, str(tmp_path / "recovery"))
+    spec = tmp_path / "tiny-gui-test.json"
+    spec.write_text(json.dumps(TINY_SPEC))
+    messages = {"error": [], "info": []}
+    from napari_vit3d.gui import _common
+
+    monkeypatch.setattr(_common, "show_error", lambda m: messages["error"].append(str(m)))
+    monkeypatch.setattr(_common, "show_info", lambda m: messages["info"].append(str(m)))
+    return types.SimpleNamespace(spec=spec, messages=messages, tmp=tmp_path)
+
+
+def dock(viewer, name):
+    _, widget = viewer.window.add_plugin_dock_widget("napari-vit3d", name)
+    return widget
+
+
+def world_to_file_voxel(img, world_sar):
+    ras = np.asarray(world_sar, float)[::-1]  # napari world is (S, A, R)
+    return tuple(int(v) for v in np.round(nib.affines.apply_affine(np.linalg.inv(img.affine), ras)))
+
+
+def test_segment_explain_correct_export(make_napari_viewer, qtbot, gui_env, monkeypatch):
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-vit3d", "colin27_t1")
+    scan = viewer.layers["colin27_t1"]
+
+    seg = dock(viewer, "1 Segment")
+    assert seg.add_model(str(gui_env.spec)), gui_env.messages
+    assert seg.model_combo.currentText() == "tiny-gui-test"
+    assert seg.scan_combo.currentText() == "colin27_t1"
+    seg.run()
+    qtbot.waitUntil(lambda: not seg.running, timeout=WAIT_MS)
+    assert not gui_env.messages["error"]
+
+    # -- a labels layer lying exactly on the scan, with the model's names and colours
+    labels = viewer.layers["colin27_t1 · labels"]
+    assert isinstance(labels, Labels)
+    assert labels.data.shape == scan.data.shape
+    np.testing.assert_allclose(labels.extent.world, scan.extent.world)
+    np.testing.assert_allclose(labels.affine.affine_matrix, scan.affine.affine_matrix)
+    np.testing.assert_allclose(labels.scale, scan.scale)
+    np.testing.assert_allclose(labels.translate, scan.translate)
+    np.testing.assert_allclose(labels.colormap.map(np.array([2]))[0], [0.2, 0.6, 1.0, 1.0], atol=1e-6)
+    assert list(labels.features["name"]) == ["background", "tissue A", "tissue B"]
+    assert labels.editable
+    assert isinstance(viewer.layers["colin27_t1 · uncertainty"], Image)
+    model_output = run_of(labels).model_labels.copy()
+
+    # -- Explain: a click (press + release, no drag) on a voxel sets the query and shows an aligned map
+    ex = dock(viewer, "2 Explain")
+    assert ex.model_combo.currentText() == "tiny-gui-test"  # the model that segmented this scan
+    ex.method_combo.setCurrentIndex(0)  # point attention
+    ex.layer_spin.setValue(0)  # the first stage: finest tokens, so two clicks have different rows
+    viewer.layers.selection.active = scan
+    voxel_display = (90, 110, 95)
+    world = np.asarray(scan.data_to_world(voxel_display))
+    press = types.SimpleNamespace(position=tuple(world), pos=(200, 200), type="mouse_press", modifiers=(), button=1)
+    gen = ex._on_mouse(viewer, press)
+    next(gen)
+    press.type = "mouse_release"
+    with pytest.raises(StopIteration):
+        next(gen)
+    qtbot.waitUntil(lambda: ex._worker is None and ex.last_layer is not None, timeout=WAIT_MS)
+    att = viewer.layers["colin27_t1 · point attention"]
+    assert att.blending == "additive"
+    np.testing.assert_allclose(att.extent.world, scan.extent.world)
+    assert att.contrast_limits[1] > att.contrast_limits[0]
+    assert np.nanmax(att.data) > 0
+    query = viewer.layers["colin27_t1 · query"]
+    assert isinstance(query, Points)
+    np.testing.assert_allclose(query.data[0], world, atol=1e-6)  # the marker sits on the clicked voxel centre
+    # the engine was asked about that voxel: its world position (RAS) is in the map's metadata
+    np.testing.assert_allclose(att.metadata["vit3d_map"]["query"]["world_mm"], world[::-1], atol=1e-3)
+    first_map = np.array(att.data, copy=True)
+    # a drag (the mouse moves while pressed) pans: it is not a query
+    drag = types.SimpleNamespace(position=tuple(world), pos=(10, 10), type="mouse_press", modifiers=(), button=1)
+    gen = ex._on_mouse(viewer, drag)
+    next(gen)
+    drag.type, drag.pos = "mouse_move", (60, 60)
+    with pytest.raises(StopIteration):
+        next(gen)
+    assert ex._worker is None
+    # a second click elsewhere updates the same layer in place
+    ex.click_world(scan.data_to_world((90, 60, 40)))
+    qtbot.waitUntil(lambda: ex._worker is None, timeout=WAIT_MS)
+    assert viewer.layers["colin27_t1 · point attention"] is att
+    assert not np.array_equal(att.data, first_map)
+
+    # -- Review: paint a stroke where the model said background; the changes layer shows it
+    review = dock(viewer, "3 Review & correct")
+    review.labels_combo.select(labels.name)
+    bg = np.argwhere(model_output[90] == 0)
+    target = (90, *(int(v) for v in bg[len(bg) // 2]))
+    labels.brush_size = 3
+    labels.paint(target, 2)
+    qtbot.waitUntil(lambda: "colin27_t1 · labels · changes" in viewer.layers
+                    and viewer.layers["colin27_t1 · labels · changes"].data[target] == 1, timeout=WAIT_MS)
+    changes = viewer.layers["colin27_t1 · labels · changes"]
+    np.testing.assert_allclose(changes.extent.world, scan.extent.world)
+    assert "added" in review.diff_summary.text()
+    vols = review.volumes_ml()
+    assert set(vols) == {1, 2}
+    assert vols[2] == pytest.approx(np.count_nonzero(labels.data == 2) * 1e-3, abs=0.01)  # 1 mm voxels
+
+    # a correction is ONE undo step
+    painted = np.array(labels.data, copy=True)
+    review.remove_small()
+    qtbot.waitUntil(lambda: review._worker is None, timeout=WAIT_MS)
+    assert "voxel(s) changed" in review.status.text()
+    after = np.array(labels.data, copy=True)
+    review.undo()
+    np.testing.assert_array_equal(labels.data, painted)
+    review.redo()
+    np.testing.assert_array_equal(labels.data, after)
+    review.undo()
+    assert labels.data[target] == 2
+
+    # uncertainty: jump to the most uncertain region
+    rec = run_of(labels)
+    assert rec.regions
+    w = review.next_region()
+    np.testing.assert_allclose(viewer.dims.point[-3:], w, atol=1.0)
+
+    # -- autosave: a recovery file holds the painted labels
+    saver = autosave.saver_of(labels)
+    saver.pending = max(saver.pending, 1)
+    saver.save_now()
+    qtbot.waitUntil(lambda: saver._worker is None and saver.saves >= 1, timeout=WAIT_MS)
+    saved, saved_info = recovery.load_recovery(rec.scan_hash)
+    np.testing.assert_array_equal(saved, labels.data)
+    assert saved_info["model"] == "tiny-gui-test"
+
+    # -- Export: NIfTI on the source grid; the painted voxel is at the same world position
+    exp = dock(viewer, "4 Export")
+    exp.labels_combo.select(labels.name)
+    out = gui_env.tmp / "export"
+    out.mkdir()
+    exp.folder.setText(str(out))
+    exp.stem.setText("colin27_corrected")
+    exp.maps_check.setChecked(True)
+    exp.export()
+    qtbot.waitUntil(lambda: exp._worker is None, timeout=WAIT_MS)
+    assert not gui_env.messages["error"], gui_env.messages["error"]
+    img = nib.load(out / "colin27_corrected.nii.gz")
+    src = nib.load(scan.metadata["vit3d"]["source_path"])
+    np.testing.assert_allclose(img.affine, src.affine)
+    assert img.shape == src.shape
+    assert np.issubdtype(img.get_data_dtype(), np.integer)
+    data = np.asarray(img.dataobj)
+    painted_world = scan.data_to_world(target)
+    assert data[world_to_file_voxel(img, painted_world)] == 2
+    assert np.count_nonzero(data == 2) == np.count_nonzero(labels.data == 2)
+    table = json.loads((out / "colin27_corrected.labels.json").read_text())
+    assert [l["name"] for l in table["labels"]] == ["background", "tissue A", "tissue B"]
+    assert '"tissue B"' in (out / "colin27_corrected.itksnap.txt").read_text()
+    prov = json.loads((out / "colin27_corrected.provenance.json").read_text())
+    assert prov["scan"]["content_sha256"] == rec.scan_hash
+    assert prov["model"]["name"] == "tiny-gui-test"
+    edit_b = next(e for e in prov["edits"] if e["label"] == 2)
+    assert edit_b["voxels_added"] > 0
+    assert (out / "colin27_t1_point_attention.nii.gz").is_file()
+    assert recovery.load_recovery(rec.scan_hash) is None  # exported: the recovery file is gone
+
+    # -- running again asks first; "cancel" keeps everything as it is
+    asked = []
+    monkeypatch.setattr(seg, "ask_replace", lambda name: asked.append(name) or "cancel")
+    assert seg.run() is None
+    assert asked == ["colin27_t1 · labels"]
+    assert labels.data[target] == 2
