@@ -40,7 +40,7 @@ def seg_config(bank_path, **over):
                                   "sr_ratios": [2, 1, 1, 1], "mlp_ratio": 2, "decoder_dim": 16},
                   "spacing": [4.0, 4.0, 4.0], "normalization": NORM, "roi_size": [32, 32, 32], "labels": LABELS},
         "bank": {"path": str(bank_path), "n": 4, "seed": 0},
-        "crop": [32, 32, 32], "batch_size": 2, "steps": 30, "lr": 0.01, "warmup": 2,
+        "crop": [32, 32, 32], "batch_size": 2, "steps": 20, "lr": 0.01, "warmup": 2,
         "checkpoint_every": 5, "log_every": 1,
         "augment": {"gamma": 0.0, "contrast": 0.0, "noise": 0.0, "flip_lr": 0.0},
     }
@@ -56,7 +56,7 @@ def dino_config(bank_path, **over):
                                   "num_layers": 2, "num_heads": 2, "feature_size": 4},
                   "spacing": [4.0, 4.0, 4.0], "normalization": NORM, "roi_size": [16, 16, 16], "labels": LABELS},
         "bank": {"path": str(bank_path), "n": 4, "seed": 0},
-        "batch_size": 2, "steps": 6, "out_dim": 64, "head_hidden": 32, "head_bottleneck": 16,
+        "batch_size": 2, "steps": 4, "out_dim": 64, "head_hidden": 32, "head_bottleneck": 16,
         "n_global": 2, "n_local": 2, "local_size": [8, 8, 8], "checkpoint_every": 3, "log_every": 1,
     }
     cfg.update(over)
@@ -83,11 +83,11 @@ def test_dice_ce_loss_matches_hand_computation():
 def test_seg_training_loss_goes_down_and_outputs_load(tiny_bank, tmp_path):
     run = tmp_path / "run"
     summary = train_seg(seg_config(tiny_bank), run, progress=False)
-    assert summary["finished"] and summary["step"] == 30
+    assert summary["finished"] and summary["step"] == 20
     losses = [r["loss"] for r in _log(run)]
-    assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5])
+    assert np.mean(losses[-4:]) < 0.8 * np.mean(losses[:4])
     saved = json.loads((run / "config.json").read_text())
-    assert saved["seed"] == 3 and saved["steps"] == 30
+    assert saved["seed"] == 3 and saved["steps"] == 20
     # the run's spec + weights load through the real registry code and give the same logits
     loaded = load_model(str(run / "model.json"), device="cpu")
     x = torch.rand(1, 1, 32, 32, 32)
@@ -107,24 +107,23 @@ def test_seg_training_loss_goes_down_and_outputs_load(tiny_bank, tmp_path):
 
 
 def test_seg_resume_is_exact(tiny_bank, tmp_path):
-    cfg = seg_config(tiny_bank, steps=8, checkpoint_every=2)
+    cfg = seg_config(tiny_bank, steps=6, checkpoint_every=2)
     straight, halves = tmp_path / "straight", tmp_path / "halves"
     train_seg(cfg, straight, progress=False)
-    first = train_seg(cfg, halves, progress=False, max_steps=4)
-    assert first["step"] == 4 and not first["finished"]
+    first = train_seg(cfg, halves, progress=False, max_steps=3)
+    assert first["step"] == 3 and not first["finished"]
+    mid = torch.load(halves / "ckpt.pt", weights_only=True)
     with pytest.raises(Exception, match="--resume"):
         train_seg(cfg, halves, progress=False)
     train_seg(cfg, halves, progress=False, resume=True)
     a = torch.load(straight / "ckpt.pt", weights_only=True)
     b = torch.load(halves / "ckpt.pt", weights_only=True)
-    assert a["step"] == b["step"] == 8
+    assert a["step"] == b["step"] == 6
     for k, v in a["modules"]["network"].items():
         assert torch.equal(v, b["modules"]["network"][k]), k
-    # and a run with another seed differs (the comparison above can fail)
-    other = tmp_path / "other"
-    train_seg(seg_config(tiny_bank, steps=8, checkpoint_every=2, seed=4), other, progress=False)
-    c = torch.load(other / "ckpt.pt", weights_only=True)
-    assert any(not torch.equal(v, c["modules"]["network"][k]) for k, v in a["modules"]["network"].items())
+    # the comparison can fail: the weights after 3 steps differ from those after 6
+    assert any(not torch.equal(v, mid["modules"]["network"][k]) for k, v in a["modules"]["network"].items()
+               if v.is_floating_point())
 
 
 def test_dino_loss_matches_numpy_reference():
@@ -164,7 +163,7 @@ def test_dino_training_runs_and_resumes_exactly(tiny_bank, tmp_path):
     assert summary["finished"] and (straight / "backbone.safetensors").exists()
     losses = [r["loss"] for r in _log(straight)]
     assert all(np.isfinite(losses))
-    train_dino(cfg, halves, progress=False, max_steps=3)
+    train_dino(cfg, halves, progress=False, max_steps=2)
     train_dino(cfg, halves, progress=False, resume=True)
     a = torch.load(straight / "ckpt.pt", weights_only=True)
     b = torch.load(halves / "ckpt.pt", weights_only=True)
@@ -179,7 +178,7 @@ def test_dino_training_runs_and_resumes_exactly(tiny_bank, tmp_path):
 
 def test_dino_backbone_initialises_segmentation_finetune(tiny_bank, tmp_path):
     dino = tmp_path / "dino"
-    train_dino(dino_config(tiny_bank, steps=2), dino, progress=False)
+    train_dino(dino_config(tiny_bank, steps=1), dino, progress=False)
     cfg = dino_config(tiny_bank)
     seg = {"seed": 1, "model": cfg["model"], "bank": cfg["bank"], "crop": [16, 16, 16], "batch_size": 1,
            "steps": 2, "warmup": 1, "freeze_init_steps": 2, "init": {"path": str(dino / "backbone.safetensors"), "source_prefix": "encoder.", "prefix": "encoder."}}
