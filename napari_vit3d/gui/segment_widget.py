@@ -483,12 +483,12 @@ class SegmentWidget(QWidget):
             h = vol.content_hash()
         except Exception:
             return
-        if h in self._checked_recovery:
+        if h in self._checked_recovery:  # offered once per session
             return
-        self._checked_recovery.add(h)
         saved = recovery.load_recovery(h)
         if saved is None:
             return
+        self._checked_recovery.add(h)
         labels, saved_info = saved
         if tuple(labels.shape) != tuple(np.shape(layer.data)):
             return
