@@ -123,7 +123,7 @@ def test_segment_explain_correct_export(make_napari_viewer, qtbot, gui_env, monk
     assert not np.array_equal(att.data, first_map)
 
     # -- Review: paint a stroke where the model said background; the changes layer shows it
-    review = dock(viewer, "3 Review & correct")
+    review = dock(viewer, "3 Review and correct")
     review.labels_combo.select(labels.name)
     bg = np.argwhere(model_output[90] == 0)
     target = (90, *(int(v) for v in bg[len(bg) // 2]))

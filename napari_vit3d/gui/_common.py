@@ -170,7 +170,6 @@ def robust_limits(data: np.ndarray, lo: float = 1.0, hi: float = 99.7) -> tuple[
     if nz.size == 0:
         return (0.0, 1.0)
     a, b = np.percentile(nz, [lo, hi])
-    a = min(float(a), 0.0) if float(nz.min()) >= 0 else float(a)
     if b <= a:
         b = a + (abs(a) or 1.0) * 1e-3 + 1e-6
     return (float(a), float(b))

@@ -340,7 +340,7 @@ class ExplainWidget(QWidget):
             return self._put_masks(vol, scan_name)
         meta = dict(vol.metadata)
         data, kw = layer_kwargs(vol, metadata={"vit3d_map": meta})
-        lo, hi = robust_limits(data)
+        lo, hi = robust_limits(data, lo=60.0)  # the weakest 60 % of the map fade out: peaks stand out
         name = self.layer_name(scan_name, method)
         existing = find_layer(self.viewer, name)
         active = self.viewer.layers.selection.active
@@ -361,7 +361,8 @@ class ExplainWidget(QWidget):
         pts = find_layer(self.viewer, f"{scan_name}{SEP}query")
         if pts is not None:  # keep the marker on top of the new map
             self.viewer.layers.move(self.viewer.layers.index(pts), len(self.viewer.layers))
-        desc = ", ".join(f"{k} {meta[k]}" for k in ("layer", "head", "units") if meta.get(k) is not None)
+        desc = ", ".join(f"{k} {meta[k]}" for k in ("layer", "head") if meta.get(k) is not None)
+        lyr.help = str(meta.get("units", ""))
         self.status.setText(f"{name}" + (f" ({desc})" if desc else "") + " — click another voxel to update")
         return lyr
 
