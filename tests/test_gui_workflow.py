@@ -13,6 +13,7 @@ import types
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 from napari.layers import Image, Labels, Points
 
 from napari_vit3d.gui import autosave, recovery
@@ -64,6 +65,7 @@ def test_segment_explain_correct_export(make_napari_viewer, qtbot, gui_env, monk
     assert seg.add_model(str(gui_env.spec)), gui_env.messages
     assert seg.model_combo.currentText() == "tiny-gui-test"
     assert seg.scan_combo.currentText() == "colin27_t1"
+    torch.manual_seed(0)  # the tiny model has random weights: make its output the same every run
     seg.run()
     qtbot.waitUntil(lambda: not seg.running, timeout=WAIT_MS)
     assert not gui_env.messages["error"]
@@ -125,8 +127,11 @@ def test_segment_explain_correct_export(make_napari_viewer, qtbot, gui_env, monk
     # -- Review: paint a stroke where the model said background; the changes layer shows it
     review = dock(viewer, "3 Review and correct")
     review.labels_combo.select(labels.name)
-    bg = np.argwhere(model_output[90] == 0)
-    target = (90, *(int(v) for v in bg[len(bg) // 2]))
+    z = int(np.argmax((model_output == 0).sum(axis=(1, 2))))  # the slice with most model background
+    bg = np.argwhere(model_output[z] == 0)
+    assert len(bg), "the model labelled every voxel: no background to paint on"
+    target = (z, *(int(v) for v in bg[len(bg) // 2]))
+    viewer.dims.set_point(0, scan.data_to_world(target)[0])
     labels.brush_size = 3
     labels.paint(target, 2)
     qtbot.waitUntil(lambda: "colin27_t1 · labels · changes" in viewer.layers
@@ -150,6 +155,21 @@ def test_segment_explain_correct_export(make_napari_viewer, qtbot, gui_env, monk
     np.testing.assert_array_equal(labels.data, after)
     review.undo()
     assert labels.data[target] == 2
+
+    # interpolation between two drawn slices (along the axis being scrolled: display axis 0 here) of a
+    # label the model does not have (the engine fills gaps between the slices where the label is drawn)
+    idx = np.mgrid[80:85, 5:15, 5:15].reshape(3, -1)
+    labels.data_setitem(tuple(idx), np.where(np.isin(idx[0], (80, 84)), 3, 0).astype(labels.data.dtype))
+    labels.selected_label = 3
+    review.refresh(force=True)
+    assert viewer.dims.not_displayed == (0,)
+    review.interpolate()
+    qtbot.waitUntil(lambda: review._worker is None, timeout=WAIT_MS)
+    assert labels.data[82, 10, 10] == 3 and labels.data[81, 6, 13] == 3
+    assert "label 3" in review.status.text()
+    review.undo()
+    assert labels.data[82, 10, 10] == 0
+    labels.data_setitem(tuple(idx), np.zeros(idx.shape[1], labels.data.dtype))  # erase the test squares
 
     # uncertainty: jump to the most uncertain region
     rec = run_of(labels)

@@ -242,11 +242,7 @@ class ReviewWidget(QWidget):
         return out
 
     def _selected_label(self) -> int:
-        rows = self.table.selectionModel().selectedRows() if self.table.selectionModel() else []
-        if rows:
-            item = self.table.item(rows[0].row(), 0)
-            if item is not None:
-                return int(item.data(Qt.UserRole))
+        """The label the tools act on: the layer's selected label (a table row selects it)."""
         lyr = self.layer()
         return int(lyr.selected_label) if lyr is not None else 1
 
