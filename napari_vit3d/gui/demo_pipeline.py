@@ -52,11 +52,31 @@ def query_voxel_in_labels(labels_layer) -> tuple[int, int, int]:
     return tuple(int(v) for v in inside[np.argmin(((inside - centre) ** 2).sum(1))])
 
 
+def widgets_from_docked(docked) -> dict:
+    """The same dict as :func:`dock_widgets` from ``(dock widget, widget)`` pairs docked elsewhere
+    (``napari_vit3d.demo`` docks every manifest widget itself)."""
+    from .explain_widget import ExplainWidget
+    from .export_widget import ExportWidget
+    from .review_widget import ReviewWidget
+    from .segment_widget import SegmentWidget
+
+    kinds = {SegmentWidget: "segment", ExplainWidget: "explain", ReviewWidget: "review", ExportWidget: "export"}
+    out = {}
+    for dw, widget in docked:
+        for cls, key in kinds.items():
+            if isinstance(widget, cls):
+                out[key], out[f"{key}_dock"] = widget, dw
+    return out
+
+
 def run_demo_pipeline(viewer, *, headless: bool = True, scan_name: str | None = None, model: str | None = None,
-                      method_index: int = 0) -> dict:
+                      method_index: int = 0, docked=None) -> dict:
     """Segment the scan (default: the newest one) with ``model`` (default: the bundled default) and
-    show point attention at a voxel inside the largest label."""
-    widgets = dock_widgets(viewer)
+    show point attention at a voxel inside the largest label. ``docked``: the ``(dock, widget)`` pairs
+    already docked (else the four widgets are docked here)."""
+    widgets = widgets_from_docked(docked) if docked else {}
+    if not {"segment", "explain"} <= set(widgets):
+        widgets = dock_widgets(viewer)
     seg, ex = widgets["segment"], widgets["explain"]
     scans = scan_layers(viewer)
     if not scans:

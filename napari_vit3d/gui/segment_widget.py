@@ -447,7 +447,7 @@ class SegmentWidget(QWidget):
         n_lab = len([v for v in np.unique(data) if v != 0])
         self.status.setText(f"done: {n_lab} label(s) in '{labels_layer.name}'"
                             + (f"; {len(regions)} uncertain region(s)" if unc is not None else ""))
-        info(f"'{labels_layer.name}' added: paint to correct it, then use Review & correct and Export")
+        info(f"'{labels_layer.name}' added: paint to correct it, then use Review and correct, and Export")
         return labels_layer
 
     def _put_image(self, name, data, kwargs):
