@@ -223,3 +223,21 @@ def test_segment_explain_correct_export(make_napari_viewer, qtbot, gui_env, monk
     assert seg.run() is None
     assert asked == ["colin27_t1 · labels"]
     assert labels.data[target] == 2
+
+    # -- DINO heads with the bundled DINO ViT: one map per head on a slider, aligned; masks → labels
+    ex.model_combo.setCurrentText("dino-vit-brain")
+    ex.method_combo.setCurrentIndex(2)
+    ex.layer_spin.setValue(-1)
+    ex.click_world(world)
+    qtbot.waitUntil(lambda: ex._worker is None, timeout=WAIT_MS)
+    assert not gui_env.messages["error"], gui_env.messages["error"]
+    heads = viewer.layers["colin27_t1 · dino heads"]
+    n_heads = heads.metadata["vit3d_map"]["n_heads"]
+    assert heads.data.shape == (n_heads, *scan.data.shape)
+    np.testing.assert_allclose(heads.extent.world[:, -3:], scan.extent.world)
+    ex.masks_to_labels()
+    qtbot.waitUntil(lambda: ex._worker is None, timeout=WAIT_MS)
+    assert not gui_env.messages["error"], gui_env.messages["error"]
+    masks = viewer.layers["colin27_t1 · dino head masks"]
+    assert isinstance(masks, Labels) and masks.data.shape == scan.data.shape
+    assert 0 < masks.data.max() <= n_heads

@@ -155,14 +155,15 @@ class ExplainWidget(QWidget):
     def _suggest_model(self, *_):
         """Preselect the model that segmented this scan (the one whose labels the user is reviewing)."""
         scan = self.scan_combo.layer()
-        if scan is None:
-            return
+        if scan is None or (scan.name == getattr(self, "_suggested_for", None) and self.model_combo.currentText()):
+            return  # only when the scan changes: never override the user's choice on other layer events
         for lyr in reversed(list(self.viewer.layers)):
             rec = run_of(lyr)
             if rec is not None and rec.scan_layer == scan.name:
                 if self.model_combo.findText(rec.model_key) < 0:
                     self.model_combo.addItem(rec.model_key)
                 self.model_combo.setCurrentText(rec.model_key)
+                self._suggested_for = scan.name
                 return
 
     def method(self) -> str:
