@@ -58,11 +58,11 @@ def _tabify(viewer, docks) -> None:
         pass
 
 
-def save_screenshot(viewer, out_dir) -> Path:
-    """Show the window, let Qt draw it, and save ``out_dir/demo.png`` (the whole window)."""
+def save_screenshot(viewer, out_dir, name: str = "demo.png") -> Path:
+    """Show the window, let Qt draw it, and save ``out_dir/name`` (the whole window)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / "demo.png"
+    path = out / name
     from qtpy.QtWidgets import QApplication
 
     viewer.show()  # napari sets the window geometry when it shows the window: resize afterwards
@@ -95,7 +95,8 @@ def _close_notification_toasts() -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m napari_vit3d.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--headless", action="store_true", help="save a screenshot and exit (use Xvfb without a display)")
-    parser.add_argument("--out", default="demo-output", help="folder for demo.png (default: demo-output)")
+    parser.add_argument("--out", default="demo-output", help="folder for the screenshots (default: demo-output)")
+    parser.add_argument("--no-segment", action="store_true", help="only open the sample and dock the widgets")
     args = parser.parse_args(argv)
 
     import napari
@@ -104,18 +105,31 @@ def main(argv=None) -> int:
 
     viewer = napari.Viewer(title="napari-vit3d demo", show=not args.headless)
     try:
-        setup_viewer(viewer)
+        docked = setup_viewer(viewer)
     except Vit3dError as exc:
         print(f"napari-vit3d demo: {exc}", file=sys.stderr)
         viewer.close()
         return 1
     if args.headless:
         try:
-            path = save_screenshot(viewer, args.out)
-            print(f"screenshot: {path}")
+            print(f"screenshot: {save_screenshot(viewer, args.out)}")
+            if not args.no_segment:
+                from .gui.demo_pipeline import run_demo_pipeline
+
+                result = run_demo_pipeline(viewer, headless=True, docked=docked)
+                if result.get("labels") is None:
+                    print("napari-vit3d demo: segmentation produced no labels layer", file=sys.stderr)
+                    return 1
+                print(f"segmented: {result['labels'].name}; explanation: "
+                      f"{getattr(result.get('map'), 'name', 'none')}")
+                print(f"screenshot: {save_screenshot(viewer, args.out, name='demo-segment-explain.png')}")
         finally:
             viewer.close()
         return 0
+    if not args.no_segment:
+        from .gui.demo_pipeline import run_demo_pipeline
+
+        run_demo_pipeline(viewer, headless=False, docked=docked)
     napari.run()
     return 0
 
