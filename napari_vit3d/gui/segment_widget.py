@@ -74,6 +74,32 @@ def _segment_job(volume: Volume, model_key: str, device: str, settings: dict, pr
     return loaded, result, unc, regions
 
 
+_PRELOAD: list[threading.Thread] = []
+
+
+def _preload_engine() -> None:
+    try:
+        from ..inference import preload
+
+        preload()
+    except Exception:  # pragma: no cover - a broken install shows its error at the first run instead
+        pass
+
+
+def start_engine_preload() -> threading.Thread:
+    """Import the engine (torch, MONAI, the model code) once per process in a background thread.
+
+    A first import holds Python's GIL for stretches of up to about 0.25 s; done here, when the widget
+    is created, those stretches no longer fall inside the first segmentation (see
+    ``docs/performance.md``, GUI responsiveness). A run started before it finishes simply waits for the
+    modules (Python's import locks)."""
+    if not _PRELOAD:
+        t = threading.Thread(target=_preload_engine, name="napari-vit3d engine preload", daemon=True)
+        _PRELOAD.append(t)
+        t.start()
+    return _PRELOAD[0]
+
+
 class SegmentWidget(QWidget):
     """Scan + model + device (+ advanced settings) → ``<scan> · labels``."""
 
@@ -81,6 +107,7 @@ class SegmentWidget(QWidget):
         super().__init__(parent)
         self.viewer = unwrap(napari_viewer)
         self._worker = None
+        start_engine_preload()
         self._cancel_event = threading.Event()
         self._bridge = _Progress()
         self._bridge.progress.connect(self._on_progress)

@@ -7,11 +7,11 @@ Public API: :func:`segment`, :func:`predict_tta`, :func:`forward` (model-space p
 
 from .cache import ForwardCache, forward_cache, network_fingerprint
 from .engine import (DeviceFallbackWarning, ForwardPass, SegmentationResult, count_windows, forward,
-                     labels_from_logits, logits_to_scan, pick_device, predict_tta, probabilities_from_logits,
+                     labels_from_logits, logits_to_scan, pick_device, predict_tta, preload, probabilities_from_logits,
                      segment, sliding_window_logits)
 from .preprocess import ModelInput, normalize, preprocess, to_scan_grid
 
 __all__ = ["DeviceFallbackWarning", "ForwardCache", "ForwardPass", "ModelInput", "SegmentationResult",
            "count_windows", "forward", "forward_cache", "labels_from_logits", "logits_to_scan",
-           "network_fingerprint", "normalize", "pick_device", "predict_tta", "preprocess",
+           "network_fingerprint", "normalize", "pick_device", "predict_tta", "preload", "preprocess",
            "probabilities_from_logits", "segment", "sliding_window_logits", "to_scan_grid"]

@@ -385,6 +385,27 @@ def segment(volume: Volume, model, *, device="auto", overlap: float = 0.25, sw_b
 
 
 # ------------------------------------------------------------------------------------------
+# first-use imports
+
+def preload() -> None:
+    """Import what a first :func:`segment` needs (torch, MONAI's sliding-window inferer, the model
+    registry and architectures) without running anything.
+
+    Importing these takes 1–2 s and holds Python's GIL for stretches of up to about 0.25 s (extension
+    modules being initialised), which a thread cannot avoid. The GUI calls this in a background
+    thread when the Segment widget is created, so that those stretches do not happen inside the first
+    run (while the viewer should keep its 10 ms beat). Safe to call more than once and from any thread.
+    """
+    import monai.inferers  # noqa: F401  (also imports monai.networks)
+    import monai.networks.nets  # noqa: F401
+
+    import safetensors.torch  # noqa: F401
+
+    from ..models import checkpoints, registry, segformer3d, vit_seg  # noqa: F401
+    from . import bundle  # noqa: F401
+
+
+# ------------------------------------------------------------------------------------------
 # test-time augmentation
 
 DEFAULT_TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (0,), (1,), (2,))
@@ -433,5 +454,5 @@ def predict_tta(volume: Volume, model, *, flips: Sequence[Sequence[int]] = DEFAU
 
 __all__ = ["BLEND_MODES", "DEFAULT_TTA_FLIPS", "DeviceFallbackWarning", "ForwardPass", "SegmentationResult",
            "auto_batch_size", "autocast_dtype", "count_windows", "forward", "labels_from_logits", "logits_to_scan",
-           "pick_device", "predict_tta", "probabilities_from_logits", "run_with_memory_fallback", "segment",
+           "pick_device", "preload", "predict_tta", "probabilities_from_logits", "run_with_memory_fallback", "segment",
            "sliding_window_logits"]
