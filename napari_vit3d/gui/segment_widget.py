@@ -12,7 +12,6 @@ import threading
 import numpy as np
 from napari.layers import Image, Labels
 from napari.qt.threading import create_worker
-from qtpy.QtCore import QObject, Qt, Signal
 from qtpy.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QGroupBox,
                             QHBoxLayout, QLabel, QMenu, QProgressBar, QPushButton, QSpinBox, QToolButton,
                             QVBoxLayout, QWidget)
@@ -20,18 +19,13 @@ from qtpy.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, Q
 from ..errors import VolumeError
 from ..io import Volume, same_grid
 from . import autosave, recovery
-from ._common import SEP, LayerCombo, ask_yes_no_cancel, find_layer, info, report_error, scan_layers, unique_name, unwrap
+from ._common import (SEP, LayerCombo, ModelCombo, ProgressBridge, ask_yes_no_cancel, find_layer, info, report_error,
+                      scan_layers, unique_name, unwrap)
 from ._layers import layer_kwargs, volume_from_layer
 from .session import RUN_KEY, RunRecord, load_model_cached, now_iso, run_of
 from .styles import labels_colormap, labels_features
 
 AUTO = "auto"
-
-
-class _Progress(QObject):
-    """Carries progress from the worker thread to the GUI thread (queued signal)."""
-
-    progress = Signal(int, int)
 
 
 def available_devices() -> list[str]:
@@ -71,7 +65,9 @@ def _segment_job(volume: Volume, model_key: str, device: str, settings: dict, pr
             unc = result.probabilities.with_data(np.asarray(unc, np.float32))
         regions = uncertain_regions(unc, threshold=float(settings.get("uncertainty_threshold", 0.5)),
                                     min_voxels=int(settings.get("uncertainty_min_voxels", 20)), max_regions=50)
-    return loaded, result, unc, regions
+    # whole-scan work the result display needs, done here rather than on the GUI thread
+    extras = {"present": np.unique(result.labels.data), "scan_hash": volume.content_hash()}
+    return loaded, result, unc, regions, extras
 
 
 _PRELOAD: list[threading.Thread] = []
@@ -109,7 +105,7 @@ class SegmentWidget(QWidget):
         self._worker = None
         start_engine_preload()
         self._cancel_event = threading.Event()
-        self._bridge = _Progress()
+        self._bridge = ProgressBridge()
         self._bridge.progress.connect(self._on_progress)
         self._checked_recovery: set[str] = set()
         self._build()
@@ -133,7 +129,7 @@ class SegmentWidget(QWidget):
         form.addRow(self.extra_channels)
 
         row = QHBoxLayout()
-        self.model_combo = QComboBox()
+        self.model_combo = ModelCombo()
         self.model_combo.currentIndexChanged.connect(self._on_model_changed)
         row.addWidget(self.model_combo, 1)
         self.add_model_button = QToolButton()
@@ -221,26 +217,9 @@ class SegmentWidget(QWidget):
 
     # -- models ---------------------------------------------------------------------------------
     def _refresh_models(self, select: str | None = None):
-        from ..models import registry
-
-        try:
-            names = [getattr(m, "name", m) for m in registry.list_models()]
-        except Exception as exc:  # a broken user model folder must not break the widget
-            report_error(exc, "listing models")
-            names = []
-        try:
-            default = registry.default_model_name()
-        except Exception:  # no bundled default: the list still works
-            default = None
-        if default in names:
-            names.remove(default)
-            names.insert(0, default)
         self.model_combo.blockSignals(True)
-        self.model_combo.clear()
-        self.model_combo.addItems([str(n) for n in names])
+        self.model_combo.refresh(select)
         self.model_combo.blockSignals(False)
-        if select and select in names:
-            self.model_combo.setCurrentText(select)
         self._on_model_changed()
 
     def model_spec(self):
@@ -433,13 +412,16 @@ class SegmentWidget(QWidget):
     def _show_result(self, out, scan_name, volume, model_key, settings, started, replace):
         from ..io.labels import LabelTable
 
-        loaded, result, unc, regions = out
+        loaded, result, unc, regions, *rest = out
+        extras = rest[0] if rest else {}
         spec = loaded.spec
         labels_vol = result.labels
-        table = LabelTable.from_spec(spec).with_missing(np.unique(labels_vol.data).tolist())
+        present = extras["present"] if "present" in extras else np.unique(labels_vol.data)
+        table = LabelTable.from_spec(spec).with_missing(present.tolist())
         data, kwargs = layer_kwargs(labels_vol, kind="labels")
         record = RunRecord(
-            scan_layer=scan_name, scan_volume=volume, scan_hash=volume.content_hash(), model_name=spec.name,
+            scan_layer=scan_name, scan_volume=volume, scan_hash=extras.get("scan_hash") or volume.content_hash(),
+            model_name=spec.name,
             model_key=model_key, device=str(getattr(loaded, "device", settings["device"])), settings=settings,
             started=started, finished=now_iso(), model_labels=np.array(data, copy=True), label_table=table,
             weights_sha256=getattr(loaded, "weights_sha256", None), uncertainty=unc, regions=list(regions))
@@ -471,7 +453,7 @@ class SegmentWidget(QWidget):
                                                          "label_table": table.to_dict()})
         self.viewer.layers.selection.active = labels_layer
         labels_layer.mode = "pan_zoom"
-        n_lab = len([v for v in np.unique(data) if v != 0])
+        n_lab = len([v for v in present if v != 0])
         self.status.setText(f"done: {n_lab} label(s) in '{labels_layer.name}'"
                             + (f"; {len(regions)} uncertain region(s)" if unc is not None else ""))
         info(f"'{labels_layer.name}' added: paint to correct it, then use Review and correct, and Export")
