@@ -11,7 +11,8 @@ largest gaps with the engine line they happened at.
 
 Run::
 
-    .venv/bin/python benchmarks/bench_worker_gil.py [--model NAME] [--repeats 2] [--uncertainty]
+    .venv/bin/python benchmarks/bench_worker_gil.py [--model NAME] [--repeats 2] [--uncertainty] \
+        [--via-layer] [--cold [--preload]]
 
 The first run warms up (model load, weights hash); with ``--repeats N`` N further runs are measured
 (no forward-pass cache: every run preprocesses, runs the windows and maps back).
@@ -74,6 +75,9 @@ def main(argv=None):
     ap.add_argument("--via-layer", action="store_true",
                     help="segment the scan as the GUI gets it back from its napari layer data (display order undone)")
     ap.add_argument("--cold", action="store_true", help="measure the first run too (model load, weights hash)")
+    ap.add_argument("--preload", action="store_true",
+                    help="with --cold: inference.preload() first, unmeasured (what the Segment widget does at docking)")
+    ap.add_argument("--json", help="write the results here as JSON")
     ap.add_argument("--report", type=float, default=40.0, help="locate gaps of at least this many ms")
     args = ap.parse_args(argv)
 
@@ -82,6 +86,10 @@ def main(argv=None):
     from napari_vit3d.io.samples import sample_path
     from napari_vit3d.models import load_model
 
+    if args.preload:
+        from napari_vit3d.inference import preload
+
+        preload()
     hb0 = GilHeartbeat(threading.get_ident(), report_ms=args.report).start() if args.cold else None
     scan = read_nifti(sample_path("colin27_t1"))
     if args.via_layer:
@@ -100,10 +108,12 @@ def main(argv=None):
             uncertain_regions(unc, threshold=0.5, min_voxels=20, max_regions=50)
         return res
 
+    rows = []
     t = time.perf_counter()
     run()  # warm-up
     if hb0 is not None:
         out = hb0.stop()
+        rows.append({"run": "cold (read, load, first run)", "seconds": round(time.perf_counter() - t, 2), **_row(out)})
         print(f"cold (read, load, first run): {time.perf_counter() - t:.2f} s, max gap {out['max_ms']:.1f} ms, "
               f"p95 gap {out['p95_ms']:.1f} ms, gaps >= 100 ms: {out['n_100']}")
         for gap, line in out["where"][:8]:
@@ -118,6 +128,26 @@ def main(argv=None):
               f"gaps >= 100 ms: {out['n_100']}")
         for gap, line in out["where"][:8]:
             print(f"   {gap * 1000:7.1f} ms  {line}")
+        rows.append({"run": f"run {r + 1}", "seconds": round(wall, 2), **_row(out)})
+    print("\n| run | seconds | max gap (ms) | p95 gap (ms) | gaps ≥ 100 ms | largest gap at |")
+    print("|---|---|---|---|---|---|")
+    for row in rows:
+        print(f"| {row['run']} | {row['seconds']} | {row['max_gap_ms']} | {row['p95_gap_ms']} | "
+              f"{row['gaps_over_100ms']} | {row['largest_at']} |")
+    if args.json:
+        import json
+        import os
+        import platform
+
+        meta = {"date": time.strftime("%Y-%m-%d"), "python": platform.python_version(), "model": args.model,
+                "cpus": os.cpu_count(), "load_average": os.getloadavg(), "options": vars(args)}
+        with open(args.json, "w") as f:
+            json.dump({"meta": meta, "rows": rows}, f, indent=2)
+
+
+def _row(out: dict) -> dict:
+    return {"max_gap_ms": round(out["max_ms"], 1), "p95_gap_ms": round(out["p95_ms"], 1),
+            "gaps_over_100ms": out["n_100"], "largest_at": out["where"][0][1] if out["where"] else "–"}
 
 
 if __name__ == "__main__":
