@@ -17,17 +17,9 @@ from ._common import check_output_paths
 
 
 def format_table(result: dict) -> str:
-    s = result["summary"]
-    lines = [f"A = {s['name_a']}", f"B = {s['name_b']}",
-             f"agreement {100 * s['agreement_fraction']:.2f}% of {s['voxels']} voxels; "
-             f"only A {s['voxels_only_a']}, only B {s['voxels_only_b']}, different labels "
-             f"{s['voxels_different_labels']} ({s['disagreement_ml']:.3f} mL disagree)"]
-    header = ["label", "name", "Dice", "A mL", "B mL"]
-    rows = [[k, e["name"], f"{e['dice']:.4f}", f"{e['volume_a_ml']:.3f}", f"{e['volume_b_ml']:.3f}"]
-            for k, e in result["labels"].items()]
-    widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
-    lines += ["  ".join(str(v).ljust(w) for v, w in zip(r, widths)).rstrip() for r in [header] + rows]
-    return "\n".join(lines)
+    from ..review.compare import format_comparison
+
+    return format_comparison(result)
 
 
 def _finish(args, comparison, scan_source=None) -> int:

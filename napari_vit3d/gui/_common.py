@@ -1,4 +1,4 @@
-"""Small helpers every dock widget shares: notifications, layer lookup, worker bookkeeping.
+"""Small helpers every dock widget shares: notifications, layer lookup, worker bookkeeping, model pickers.
 
 Nothing here computes anything about scans: geometry comes from ``napari_vit3d.io`` and the
 layer <-> ``Volume`` conversion from ``napari_vit3d._napari`` (see :mod:`napari_vit3d.gui._layers`).
@@ -12,6 +12,7 @@ from collections.abc import Callable
 import numpy as np
 from napari.layers import Image, Labels
 from napari.utils.notifications import show_error, show_info, show_warning
+from qtpy.QtCore import QObject, Signal
 from qtpy.QtWidgets import QComboBox, QFrame, QLabel, QMessageBox, QWidget
 
 from ..errors import Cancelled, Vit3dError
@@ -131,6 +132,58 @@ class LayerCombo(QComboBox):
     def select(self, name: str) -> None:
         self.refresh()
         self.setCurrentText(name)
+
+
+class ProgressBridge(QObject):
+    """Carries ``progress(done, total)`` from a worker thread to the GUI thread (queued signal)."""
+
+    progress = Signal(int, int)
+
+
+def model_names() -> list[str]:
+    """Names for a model picker: every registered model (``models.registry``), the bundled default first.
+
+    A broken user model folder is reported (a notification) and gives an empty list, never an exception.
+    """
+    from ..models import registry
+
+    try:
+        names = [str(getattr(m, "name", m)) for m in registry.list_models()]
+    except Exception as exc:  # a broken user model folder must not break the widget
+        report_error(exc, "listing models")
+        names = []
+    try:
+        default = registry.default_model_name()
+    except Exception:  # no bundled default: the list still works
+        default = None
+    if default in names:
+        names.remove(default)
+        names.insert(0, default)
+    return names
+
+
+class ModelCombo(QComboBox):
+    """A model picker filled from :func:`model_names`; it lists the registry afresh each time it opens,
+    so a model added in another widget (or with ``napari-vit3d models add``) shows up."""
+
+    def refresh(self, select: str | None = None) -> None:
+        """Re-list the models, keeping the current choice (or choosing ``select``); emits
+        ``currentIndexChanged`` only when the chosen model changes."""
+        before = self.currentText()
+        names = model_names()
+        was_blocked = self.blockSignals(True)
+        self.clear()
+        self.addItems(names)
+        want = select if select in names else before
+        if want in names:
+            self.setCurrentText(want)
+        self.blockSignals(was_blocked)
+        if self.currentText() != before and not was_blocked:
+            self.currentIndexChanged.emit(self.currentIndex())
+
+    def showPopup(self):  # noqa: N802 (Qt name)
+        self.refresh()
+        super().showPopup()
 
 
 def ask_yes_no_cancel(parent, title: str, text: str, yes: str, no: str | None) -> str:

@@ -1,14 +1,19 @@
-"""Review & correct dock widget: label list, corrections, changes vs the model, uncertain regions.
+"""Review & correct dock widget: label list, corrections, changes vs the model, uncertain regions,
+comparison with another model.
 
 Painting, filling and erasing are napari's own tools on the labels layer. The corrections
 (``review.interpolate_slices``, ``remove_small_components``, ``fill_holes``) run in a thread worker
 on a copy; their result is applied on the GUI thread through ``Labels.data_setitem`` inside one
 ``block_history`` so each one is a single step of napari's undo (Ctrl+Z or the Undo button).
 The changes layer comes from ``review.diff`` against the model's untouched output.
+"Compare with another model" runs ``review.compare_with_model`` (``inference.segment`` for model B,
+then ``compare_labels`` against that same untouched output of model A) in a thread worker and shows
+the result as a read-only ``<scan> · disagreement`` layer and a per-label Dice table.
 """
 
 from __future__ import annotations
 
+import threading
 import zlib
 
 import numpy as np
@@ -16,20 +21,39 @@ from napari.layers import Labels
 from napari.qt.threading import create_worker
 from napari.utils.colormaps import DirectLabelColormap
 from qtpy.QtCore import Qt, QTimer
-from qtpy.QtGui import QColor
+from qtpy.QtGui import QColor, QFontDatabase
 from qtpy.QtWidgets import (QCheckBox, QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLayout, QHeaderView, QLabel,
-                            QPushButton, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
+                            QProgressBar, QPushButton, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
 from ..errors import VolumeError
 from ..io.labels import LabelTable
-from ._common import SEP, LayerCombo, find_layer, info, report_error, unwrap
-from ._layers import display_geometry, display_spacing, ras_to_world
-from .session import run_of
+from ..io.layers import volume_from_layer_data
+from ._common import SEP, LayerCombo, ModelCombo, ProgressBridge, find_layer, info, report_error, unique_name, unwrap
+from ._layers import display_geometry, display_spacing, layer_kwargs, ras_to_world
+from .session import load_model_cached, run_of
 from .styles import labels_colormap
 
 #: colours of the changes layer: added (green), removed (red), relabelled (yellow)
 DIFF_COLORS = {None: (0, 0, 0, 0), 0: (0, 0, 0, 0), 1: (0.1, 0.9, 0.2, 1.0), 2: (1.0, 0.15, 0.15, 1.0),
                3: (1.0, 0.85, 0.1, 1.0)}
+#: colours of the disagreement layer (``review.compare`` codes): only A (orange), only B (blue),
+#: different labels (magenta); agreement is transparent
+COMPARE_COLORS = {None: (0, 0, 0, 0), 0: (0, 0, 0, 0), 1: (1.0, 0.55, 0.0, 1.0), 2: (0.1, 0.6, 1.0, 1.0),
+                  3: (1.0, 0.1, 0.9, 1.0)}
+#: metadata key of the disagreement layer (derived: replaced by the next comparison, never edited)
+COMPARE_KEY = "vit3d_compare"
+
+
+def _compare_job(labels_a, scan, model_key: str, device: str, settings: dict, table, name_a: str, progress, cancel):
+    """Runs in the worker thread: load model B (cached), segment the scan with it, compare with A."""
+    from ..inference import pick_device
+    from ..review.compare import compare_with_model
+
+    dev = str(pick_device(device))
+    loaded = load_model_cached(model_key, dev)
+    return compare_with_model(labels_a, scan, loaded, label_table=table, name_a=name_a, name_b=model_key,
+                              device=dev, overlap=float(settings.get("overlap", 0.25)),
+                              sw_batch_size=settings.get("sw_batch_size"), progress=progress, cancel=cancel)
 
 
 def label_table_of(layer) -> LabelTable:
@@ -68,6 +92,10 @@ class ReviewWidget(QWidget):
         self._last_crc = None
         self._hidden: set[int] = set()
         self._create_diff = False
+        self._compare_worker = None
+        self._compare_cancel = threading.Event()
+        self._compare_bridge = ProgressBridge()
+        self._compare_bridge.progress.connect(self._on_compare_progress)
         self._debounce = QTimer(self)
         self._debounce.setSingleShot(True)
         self._debounce.setInterval(300)
@@ -81,7 +109,7 @@ class ReviewWidget(QWidget):
         lay = QVBoxLayout(self)
         form = QFormLayout()
         self.labels_combo = LayerCombo(self.viewer, lambda l: isinstance(l, Labels) and not l.name.endswith(
-            f"{SEP}changes") and "vit3d_diff" not in l.metadata)
+            f"{SEP}changes") and "vit3d_diff" not in l.metadata and COMPARE_KEY not in l.metadata)
         form.addRow("Labels", self.labels_combo)
         lay.addLayout(form)
 
@@ -148,6 +176,40 @@ class ReviewWidget(QWidget):
         ul.addWidget(self.next_button)
         ul.addWidget(self.region_label, 1)
         lay.addWidget(unc)
+
+        cmp = QGroupBox("Compare with another model")
+        cl = QVBoxLayout(cmp)
+        row = QHBoxLayout()
+        row.addWidget(QLabel("Model B"))
+        self.compare_model_combo = ModelCombo()
+        self.compare_model_combo.refresh()
+        self.compare_model_combo.setToolTip("A is the model that made the chosen labels (its untouched output)")
+        row.addWidget(self.compare_model_combo, 1)
+        cl.addLayout(row)
+        row = QHBoxLayout()
+        self.compare_button = QPushButton("Compare")
+        self.compare_button.setToolTip("segment the scan with model B and map where A and B disagree")
+        self.compare_button.clicked.connect(self.compare)
+        self.compare_cancel_button = QPushButton("Cancel")
+        self.compare_cancel_button.setEnabled(False)
+        self.compare_cancel_button.clicked.connect(self.cancel_compare)
+        row.addWidget(self.compare_button, 1)
+        row.addWidget(self.compare_cancel_button)
+        cl.addLayout(row)
+        self.compare_progress = QProgressBar()
+        self.compare_progress.setRange(0, 1)
+        self.compare_progress.setValue(0)
+        self.compare_progress.setFormat("%v / %m windows")
+        cl.addWidget(self.compare_progress)
+        key = QLabel(" &nbsp; ".join(f"<span style='color:{QColor.fromRgbF(*COMPARE_COLORS[c][:3]).name()}'>■</span> {t}"
+                                     for c, t in ((1, "only A"), (2, "only B"), (3, "different labels"))))
+        cl.addWidget(key)
+        self.compare_text = QLabel("")
+        self.compare_text.setFont(QFontDatabase.systemFont(QFontDatabase.FixedFont))
+        self.compare_text.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        cl.addWidget(self.compare_text)
+        lay.addWidget(cmp)
+
         self.status = QLabel("")
         self.status.setWordWrap(True)
         lay.addWidget(self.status)
@@ -178,6 +240,7 @@ class ReviewWidget(QWidget):
         self.next_button.setEnabled(n > 0)
         self.region_label.setText(f"{n} region(s) above the threshold" if rec is not None and rec.uncertainty is not None
                                   else "run Segment with the uncertainty layer on")
+        self._suggest_model_b(rec)
         self.refresh(force=True)
 
     def _schedule(self, event=None):
@@ -299,6 +362,132 @@ class ReviewWidget(QWidget):
                 metadata={"vit3d_diff": {"of": lyr.name}}, **kw)
             existing.editable = False
             self.viewer.layers.selection.active = lyr
+
+    # -- comparison with another model ----------------------------------------------------------
+    def _suggest_model_b(self, rec) -> None:
+        """Model B defaults to a model other than the one that made the labels."""
+        combo = self.compare_model_combo
+        if rec is None or combo.currentText() not in (rec.model_key, rec.model_name):
+            return
+        others = [combo.itemText(i) for i in range(combo.count())
+                  if combo.itemText(i) not in (rec.model_key, rec.model_name)]
+        if others:
+            combo.setCurrentText(others[0])
+
+    @property
+    def comparing(self) -> bool:
+        return self._compare_worker is not None
+
+    def compare(self):
+        """Segment the labels' scan with model B in a worker and compare (returns the worker or None)."""
+        what = "Compare"
+        if self._compare_worker is not None:
+            info("a comparison is already running")
+            return None
+        lyr = self.layer()
+        rec = run_of(lyr)
+        if lyr is None:
+            report_error(VolumeError("choose a labels layer first"), what)
+            return None
+        if rec is None:
+            report_error(VolumeError(f"'{lyr.name}' has no model output to compare with: make it with Segment"), what)
+            return None
+        model_b = self.compare_model_combo.currentText()
+        if not model_b:
+            report_error(VolumeError("choose model B (models are added in the Segment widget)"), what)
+            return None
+        try:  # model A's untouched output, back in the scan file's voxel order with the scan's affine
+            labels_a = volume_from_layer_data(rec.model_labels, lyr.metadata, name=rec.scan_layer, kind="labels")
+        except Exception as exc:
+            report_error(exc, what)
+            return None
+        self._compare_cancel.clear()
+        bridge, cancel_event, holder = self._compare_bridge, self._compare_cancel, {}
+
+        def progress(done, total):
+            bridge.progress.emit(int(done), int(total))
+
+        def cancel():
+            w = holder.get("worker")
+            return cancel_event.is_set() or (w is not None and w.abort_requested)
+
+        worker = create_worker(_compare_job, labels_a, rec.scan_volume, model_b,
+                               str(rec.settings.get("device", "auto")), dict(rec.settings), rec.label_table,
+                               rec.model_name, progress, cancel, _start_thread=False, _ignore_errors=True)
+        holder["worker"] = worker
+        scan_name = rec.scan_layer
+        worker.returned.connect(lambda cmp: self._on_compared(cmp, scan_name, lyr.name))
+        worker.errored.connect(lambda exc: report_error(exc, what))
+        worker.finished.connect(self._compare_finished)
+        self._compare_worker = worker
+        self.compare_button.setEnabled(False)
+        self.compare_cancel_button.setEnabled(True)
+        self.compare_progress.setRange(0, 0)
+        self.compare_text.setText("")
+        self.status.setText(f"comparing {rec.model_name} with {model_b} on {scan_name}…")
+        worker.start()
+        return worker
+
+    def cancel_compare(self):
+        if self._compare_worker is not None:
+            self._compare_cancel.set()
+            self._compare_worker.quit()
+            self.status.setText("cancelling the comparison…")
+
+    def _on_compare_progress(self, done: int, total: int):
+        self.compare_progress.setRange(0, max(total, 1))
+        self.compare_progress.setValue(done)
+
+    def _compare_finished(self):
+        self._compare_worker = None
+        self.compare_button.setEnabled(True)
+        self.compare_cancel_button.setEnabled(False)
+        self.compare_progress.setRange(0, 1)
+        if self._compare_cancel.is_set():
+            self.compare_progress.setValue(0)
+            self.status.setText("comparison cancelled; nothing was added")
+
+    def _on_compared(self, cmp, scan_name: str, labels_name: str):
+        if self._compare_cancel.is_set():
+            return
+        try:
+            self._show_comparison(cmp, scan_name, labels_name)
+        except Exception as exc:
+            report_error(exc, "Compare")
+
+    def _show_comparison(self, cmp, scan_name: str, labels_name: str):
+        """GUI thread: put the disagreement map in its layer (replacing an earlier one) and show the table."""
+        from ..review.compare import CODE_NAMES, format_comparison
+
+        result = cmp.to_dict()
+        s = result["summary"]
+        data, kw = layer_kwargs(cmp.map, kind="labels",
+                                metadata={COMPARE_KEY: {"of": labels_name, "a": s["name_a"], "b": s["name_b"],
+                                                        "summary": s, "labels": result["labels"]}})
+        name = f"{scan_name}{SEP}disagreement"
+        existing = find_layer(self.viewer, name)
+        features = {"index": list(CODE_NAMES), "name": list(CODE_NAMES.values())}
+        if isinstance(existing, Labels) and COMPARE_KEY in existing.metadata:
+            existing.data = data
+            for key in ("scale", "translate", "affine"):
+                if key in kw:
+                    setattr(existing, key, kw[key])
+            existing.metadata.update(kw["metadata"])
+            existing.features = features
+            existing.visible = True
+            layer = existing
+        else:
+            layer = self.viewer.add_labels(data, name=unique_name(self.viewer, name), opacity=0.8,
+                                           colormap=DirectLabelColormap(color_dict=COMPARE_COLORS),
+                                           features=features, **kw)
+            layer.editable = False
+        labels = find_layer(self.viewer, labels_name)
+        if labels is not None:
+            self.viewer.layers.selection.active = labels
+        self.compare_text.setText(format_comparison(result))
+        self.status.setText(f"'{layer.name}': {s['voxels_only_a']} voxel(s) only A, {s['voxels_only_b']} only B, "
+                            f"{s['voxels_different_labels']} different labels; mean Dice {s['mean_dice']:.3f}")
+        return layer
 
     # -- corrections ----------------------------------------------------------------------------
     def _slice_axis(self) -> int:

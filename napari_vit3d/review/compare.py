@@ -7,6 +7,10 @@ table. Disagreement codes (uint8):
 * 1 – only A labels the voxel (B says background);
 * 2 – only B labels the voxel (A says background);
 * 3 – both label the voxel, with different labels.
+
+:func:`compare_with_model` runs a second model B (``inference.segment``) on the scan that gave label
+map A and compares the two (the Review widget's "Compare with another model");
+:func:`format_comparison` is the plain-text table the ``compare`` commands print and the widget shows.
 """
 
 from __future__ import annotations
@@ -87,5 +91,44 @@ def compare_labels(a: Volume, b: Volume, *, label_table=None, name_a: str = "A",
     return Comparison(map=vol, per_label=per, summary=summary)
 
 
-__all__ = ["AGREE", "CODE_NAMES", "Comparison", "DIFFERENT", "ONLY_A", "ONLY_B", "compare_labels", "dice",
-           "disagreement_map"]
+def compare_with_model(labels_a: Volume, scan: Volume, model_b, *, label_table=None, name_a: str = "A",
+                       name_b: str | None = None, device="auto", overlap: float = 0.25, sw_batch_size: int | None = None, progress=None,
+                       cancel=None) -> Comparison:
+    """Segment ``scan`` with ``model_b`` (a loaded model, or a name / spec / checkpoint for the registry) and
+    compare ``labels_a`` (a label map on the scan's grid, e.g. model A's output) with its labels.
+
+    Label names: ``label_table`` (A's) first, then model B's own names for labels only B has.
+    ``progress`` and ``cancel`` go to :func:`napari_vit3d.inference.segment` (a True ``cancel()``
+    raises :class:`~napari_vit3d.errors.Cancelled`).
+    """
+    from ..inference import segment
+    from ..io.labels import LabelTable
+
+    result = segment(scan, model_b, device=device, overlap=overlap, sw_batch_size=sw_batch_size,
+                     progress=progress, cancel=cancel, return_probabilities=False)
+    meta = getattr(result, "metadata", None) or {}
+    names = {int(k): str(v) for k, v in (meta.get("label_names") or {}).items()}
+    if label_table is not None:
+        names.update({int(e.index): e.name for e in label_table})
+    table = LabelTable.default(names.keys(), names) if names else None
+    return compare_labels(labels_a, result.labels, label_table=table, name_a=name_a,
+                          name_b=name_b or str(meta.get("model") or model_b))
+
+
+def format_comparison(result: dict) -> str:
+    """A :meth:`Comparison.to_dict` as plain text: who A and B are, the summary, one row per label."""
+    s = result["summary"]
+    lines = [f"A = {s['name_a']}", f"B = {s['name_b']}",
+             f"agreement {100 * s['agreement_fraction']:.2f}% of {s['voxels']} voxels; "
+             f"only A {s['voxels_only_a']}, only B {s['voxels_only_b']}, different labels "
+             f"{s['voxels_different_labels']} ({s['disagreement_ml']:.3f} mL disagree)"]
+    header = ["label", "name", "Dice", "A mL", "B mL"]
+    rows = [[k, e["name"], f"{e['dice']:.4f}", f"{e['volume_a_ml']:.3f}", f"{e['volume_b_ml']:.3f}"]
+            for k, e in result["labels"].items()]
+    widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
+    lines += ["  ".join(str(v).ljust(w) for v, w in zip(r, widths)).rstrip() for r in [header] + rows]
+    return "\n".join(lines)
+
+
+__all__ = ["AGREE", "CODE_NAMES", "Comparison", "DIFFERENT", "ONLY_A", "ONLY_B", "compare_labels",
+           "compare_with_model", "dice", "disagreement_map", "format_comparison"]

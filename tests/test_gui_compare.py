@@ -1,0 +1,159 @@
+"""Review and correct → "Compare with another model" in a real viewer.
+
+Two tiny random SegFormer3D models (different seeds) keep the run to seconds. The disagreement layer
+is checked against a reference computed here with numpy from the two models' own label layers
+(made by the Segment widget), not with ``review.compare``.
+"""
+
+from __future__ import annotations
+
+import json
+import types
+
+import numpy as np
+import pytest
+import torch
+from napari.layers import Labels
+
+from napari_vit3d.gui import recovery, session
+from napari_vit3d.gui.review_widget import COMPARE_COLORS, COMPARE_KEY
+from napari_vit3d.gui.session import run_of
+
+TINY = {
+    "name": "tiny-compare", "architecture": "segformer3d",
+    "arch_kwargs": {"embed_dims": [8, 16, 16, 16], "depths": [1, 1, 1, 1], "num_heads": [1, 1, 2, 2],
+                    "sr_ratios": [2, 1, 1, 1], "decoder_dim": 16},
+    "in_channels": 1, "channel_names": ["T1"], "spacing": [4.0, 4.0, 4.0], "roi_size": [32, 32, 32],
+    "labels": [{"index": 0, "name": "background", "color": [0, 0, 0, 0]},
+               {"index": 1, "name": "tissue A", "color": [1.0, 0.4, 0.2, 1.0]},
+               {"index": 2, "name": "tissue B", "color": [0.2, 0.6, 1.0, 1.0]}],
+}
+WAIT_MS = 120_000
+DISAGREEMENT = "colin27_t1 · disagreement"
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    monkeypatch.setenv("NAPARI_VIT3D_CONFIG_DIR", str(tmp_path / "config"))
+    monkeypatch.setenv(recovery.ENV_VAR, str(tmp_path / "recovery"))
+    messages = {"error": [], "info": []}
+    from napari_vit3d.gui import _common
+
+    monkeypatch.setattr(_common, "show_error", lambda m: messages["error"].append(str(m)))
+    monkeypatch.setattr(_common, "show_info", lambda m: messages["info"].append(str(m)))
+    session.forget_models()  # the models below are random: load them afresh under this test's seeds
+
+    def spec(name):
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps({**TINY, "name": name}))
+        return path
+
+    yield types.SimpleNamespace(tmp=tmp_path, messages=messages, spec=spec)
+    session.forget_models()
+
+
+def segment_with(seg, qtbot, model, seed):
+    seg.model_combo.setCurrentText(model)
+    assert seg.model_combo.currentText() == model
+    torch.manual_seed(seed)  # random weights: the seed makes the two models differ, and each run repeatable
+    assert seg.run() is not None
+    qtbot.waitUntil(lambda: not seg.running, timeout=WAIT_MS)
+
+
+def reference_codes(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """0 agree, 1 only A, 2 only B, 3 different labels — straight from the definition."""
+    out = np.zeros(a.shape, np.uint8)
+    out[(a != b) & (a != 0) & (b == 0)] = 1
+    out[(a != b) & (a == 0) & (b != 0)] = 2
+    out[(a != b) & (a != 0) & (b != 0)] = 3
+    return out
+
+
+def test_compare_with_another_model(make_napari_viewer, qtbot, env, monkeypatch):
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-vit3d", "colin27_t1")
+    scan = viewer.layers["colin27_t1"]
+    _, seg = viewer.window.add_plugin_dock_widget("napari-vit3d", "1 Segment")
+    assert seg.add_model(str(env.spec("tiny-compare-a")))
+    assert seg.add_model(str(env.spec("tiny-compare-b")))
+    # a model whose weights file is broken: registering only checks that the files are there
+    (env.tmp / "tiny-compare-broken.safetensors").write_bytes(b"this is not a safetensors file")
+    env.spec("tiny-compare-broken")
+    assert seg.add_model(str(env.tmp / "tiny-compare-broken.safetensors")), env.messages
+
+    # model A segments the scan; model B too, into a second layer ("keep both"): the reference's inputs
+    segment_with(seg, qtbot, "tiny-compare-a", seed=0)
+    labels = viewer.layers["colin27_t1 · labels"]
+    monkeypatch.setattr(seg, "ask_replace", lambda name: "no")
+    segment_with(seg, qtbot, "tiny-compare-b", seed=1)
+    labels_b = viewer.layers["colin27_t1 · labels (2)"]
+    assert not env.messages["error"], env.messages["error"]
+    a = run_of(labels).model_labels
+    b = run_of(labels_b).model_labels
+    assert run_of(labels).model_name == "tiny-compare-a" and run_of(labels_b).model_name == "tiny-compare-b"
+    expected = reference_codes(a, b)
+    assert np.count_nonzero(expected), "the two random models agree everywhere: the test would show nothing"
+
+    _, review = viewer.window.add_plugin_dock_widget("napari-vit3d", "3 Review and correct")
+    review.labels_combo.select(labels.name)
+    # the same model list as the Segment widget; model B defaults to another model than A
+    assert [review.compare_model_combo.itemText(i) for i in range(review.compare_model_combo.count())] == \
+        [seg.model_combo.itemText(i) for i in range(seg.model_combo.count())]
+    assert review.compare_model_combo.currentText() != "tiny-compare-a"
+
+    # -- Cancel: nothing is added
+    review.compare_model_combo.setCurrentText("tiny-compare-b")
+    assert review.compare() is not None
+    review.cancel_compare()
+    qtbot.waitUntil(lambda: not review.comparing, timeout=WAIT_MS)
+    assert DISAGREEMENT not in viewer.layers
+    assert "cancelled" in review.status.text()
+    assert review.compare_button.isEnabled()
+    assert not env.messages["error"], env.messages["error"]
+
+    # -- a broken model file: one plain message, nothing added
+    review.compare_model_combo.setCurrentText("tiny-compare-broken")
+    assert review.compare() is not None
+    qtbot.waitUntil(lambda: not review.comparing, timeout=WAIT_MS)
+    assert DISAGREEMENT not in viewer.layers
+    assert len(env.messages["error"]) == 1
+    msg = env.messages["error"][0]
+    assert msg.startswith("Compare: ") and "tiny-compare-broken" in msg and "Traceback" not in msg
+    env.messages["error"].clear()
+
+    # -- A vs B: a disagreement layer on the scan, equal to the numpy reference
+    review.compare_model_combo.setCurrentText("tiny-compare-b")
+    review.compare()
+    qtbot.waitUntil(lambda: not review.comparing, timeout=WAIT_MS)
+    assert not env.messages["error"], env.messages["error"]
+    dis = viewer.layers[DISAGREEMENT]
+    assert isinstance(dis, Labels) and COMPARE_KEY in dis.metadata
+    np.testing.assert_array_equal(dis.data, expected)
+    np.testing.assert_allclose(dis.extent.world, scan.extent.world)
+    np.testing.assert_allclose(dis.affine.affine_matrix, scan.affine.affine_matrix)
+    np.testing.assert_allclose(dis.scale, scan.scale)
+    np.testing.assert_allclose(dis.translate, scan.translate)
+    assert not dis.editable
+    for code in (1, 2, 3):
+        np.testing.assert_allclose(dis.colormap.map(np.array([code]))[0], COMPARE_COLORS[code], atol=1e-6)
+    assert list(dis.features["name"]) == ["agree", "only A", "only B", "different labels"]
+    assert dis.name not in [review.labels_combo.itemText(i) for i in range(review.labels_combo.count())]
+    assert viewer.layers.selection.active is labels  # painting goes on in the labels, not the derived map
+
+    # the agreement text: who A and B are, one row per label with its Dice (numpy reference)
+    text = review.compare_text.text()
+    assert "A = tiny-compare-a" in text and "B = tiny-compare-b" in text
+    for lab, name in ((1, "tissue A"), (2, "tissue B")):
+        ma, mb = a == lab, b == lab
+        ref_dice = 2 * np.count_nonzero(ma & mb) / (np.count_nonzero(ma) + np.count_nonzero(mb))
+        row = next(line for line in text.splitlines() if line.startswith(f"{lab} "))
+        assert name in row and f"{ref_dice:.4f}" in row
+
+    # -- running again replaces the derived layer (no second one), even after the user hid it
+    dis.visible = False
+    review.compare()
+    qtbot.waitUntil(lambda: not review.comparing, timeout=WAIT_MS)
+    assert viewer.layers[DISAGREEMENT] is dis and dis.visible
+    assert [l.name for l in viewer.layers if "disagreement" in l.name] == [DISAGREEMENT]
+    np.testing.assert_array_equal(dis.data, expected)
+    assert not env.messages["error"], env.messages["error"]
