@@ -36,6 +36,7 @@ def main(argv=None) -> int:
     from qtpy.QtWidgets import QWidget
 
     from napari_vit3d.gui.demo_pipeline import dock_widgets, query_voxel_in_labels, wait_until
+    from napari_vit3d.gui.session import run_of
 
     from napari.settings import get_settings
 
@@ -101,6 +102,20 @@ def main(argv=None) -> int:
     labels.mode = "paint"
     shot("03_review.png", w["review_dock"])
     labels.mode = "pan_zoom"
+
+    # 3b Review & correct: compare with the other bundled model (the disagreement layer over the scan)
+    others = [review.compare_model_combo.itemText(i) for i in range(review.compare_model_combo.count())
+              if review.compare_model_combo.itemText(i) != run_of(labels).model_key]
+    if others:
+        review.compare_model_combo.setCurrentText(others[0])
+        review.compare()
+        wait_until(lambda: not review.comparing)
+        hidden = [lyr for lyr in viewer.layers if lyr.visible and lyr.name.endswith(("· labels", "· changes"))]
+        for lyr in hidden:
+            lyr.visible = False
+        shot("05_compare.png", w["review_dock"])
+        for lyr in hidden:
+            lyr.visible = True
 
     # 4 Export
     export.labels_combo.select(labels.name)

@@ -207,6 +207,7 @@ class ReviewWidget(QWidget):
         self.compare_text = QLabel("")
         self.compare_text.setFont(QFontDatabase.systemFont(QFontDatabase.FixedFont))
         self.compare_text.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        self.compare_text.setWordWrap(True)  # the summary line is long: wrap it rather than widen the dock
         cl.addWidget(self.compare_text)
         lay.addWidget(cmp)
 
