@@ -7,48 +7,24 @@ is checked against a reference computed here with numpy from the two models' own
 
 from __future__ import annotations
 
-import json
-import types
-
 import numpy as np
 import pytest
 import torch
 from napari.layers import Labels
 
-from napari_vit3d.gui import recovery, session
+from _gui_helpers import dock, gui_env, open_sample, segment_and_wait, tiny_spec, wait_for
+from napari_vit3d.gui import session
 from napari_vit3d.gui.review_widget import COMPARE_COLORS, COMPARE_KEY
 from napari_vit3d.gui.session import run_of
 
-TINY = {
-    "name": "tiny-compare", "architecture": "segformer3d",
-    "arch_kwargs": {"embed_dims": [8, 16, 16, 16], "depths": [1, 1, 1, 1], "num_heads": [1, 1, 2, 2],
-                    "sr_ratios": [2, 1, 1, 1], "decoder_dim": 16},
-    "in_channels": 1, "channel_names": ["T1"], "spacing": [4.0, 4.0, 4.0], "roi_size": [32, 32, 32],
-    "labels": [{"index": 0, "name": "background", "color": [0, 0, 0, 0]},
-               {"index": 1, "name": "tissue A", "color": [1.0, 0.4, 0.2, 1.0]},
-               {"index": 2, "name": "tissue B", "color": [0.2, 0.6, 1.0, 1.0]}],
-}
-WAIT_MS = 120_000
 DISAGREEMENT = "colin27_t1 · disagreement"
 
 
 @pytest.fixture
 def env(tmp_path, monkeypatch):
-    monkeypatch.setenv("NAPARI_VIT3D_CONFIG_DIR", str(tmp_path / "config"))
-    monkeypatch.setenv(recovery.ENV_VAR, str(tmp_path / "recovery"))
-    messages = {"error": [], "info": []}
-    from napari_vit3d.gui import _common
-
-    monkeypatch.setattr(_common, "show_error", lambda m: messages["error"].append(str(m)))
-    monkeypatch.setattr(_common, "show_info", lambda m: messages["info"].append(str(m)))
+    env = gui_env(tmp_path, monkeypatch, tiny_spec("tiny-compare"))
     session.forget_models()  # the models below are random: load them afresh under this test's seeds
-
-    def spec(name):
-        path = tmp_path / f"{name}.json"
-        path.write_text(json.dumps({**TINY, "name": name}))
-        return path
-
-    yield types.SimpleNamespace(tmp=tmp_path, messages=messages, spec=spec)
+    yield env
     session.forget_models()
 
 
@@ -56,8 +32,7 @@ def segment_with(seg, qtbot, model, seed):
     seg.model_combo.setCurrentText(model)
     assert seg.model_combo.currentText() == model
     torch.manual_seed(seed)  # random weights: the seed makes the two models differ, and each run repeatable
-    assert seg.run() is not None
-    qtbot.waitUntil(lambda: not seg.running, timeout=WAIT_MS)
+    assert segment_and_wait(qtbot, seg) is not None
 
 
 def reference_codes(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -71,9 +46,8 @@ def reference_codes(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def test_compare_with_another_model(make_napari_viewer, qtbot, env, monkeypatch):
     viewer = make_napari_viewer()
-    viewer.open_sample("napari-vit3d", "colin27_t1")
-    scan = viewer.layers["colin27_t1"]
-    _, seg = viewer.window.add_plugin_dock_widget("napari-vit3d", "1 Segment")
+    scan = open_sample(viewer)
+    seg = dock(viewer, "1 Segment")
     assert seg.add_model(str(env.spec("tiny-compare-a")))
     assert seg.add_model(str(env.spec("tiny-compare-b")))
     # a model whose weights file is broken: registering only checks that the files are there
@@ -94,7 +68,7 @@ def test_compare_with_another_model(make_napari_viewer, qtbot, env, monkeypatch)
     expected = reference_codes(a, b)
     assert np.count_nonzero(expected), "the two random models agree everywhere: the test would show nothing"
 
-    _, review = viewer.window.add_plugin_dock_widget("napari-vit3d", "3 Review and correct")
+    review = dock(viewer, "3 Review and correct")
     review.labels_combo.select(labels.name)
     # the same model list as the Segment widget; model B defaults to another model than A
     assert [review.compare_model_combo.itemText(i) for i in range(review.compare_model_combo.count())] == \
@@ -105,7 +79,7 @@ def test_compare_with_another_model(make_napari_viewer, qtbot, env, monkeypatch)
     review.compare_model_combo.setCurrentText("tiny-compare-b")
     assert review.compare() is not None
     review.cancel_compare()
-    qtbot.waitUntil(lambda: not review.comparing, timeout=WAIT_MS)
+    wait_for(qtbot, lambda: not review.comparing)
     assert DISAGREEMENT not in viewer.layers
     assert "cancelled" in review.status.text()
     assert review.compare_button.isEnabled()
@@ -114,7 +88,7 @@ def test_compare_with_another_model(make_napari_viewer, qtbot, env, monkeypatch)
     # -- a broken model file: one plain message, nothing added
     review.compare_model_combo.setCurrentText("tiny-compare-broken")
     assert review.compare() is not None
-    qtbot.waitUntil(lambda: not review.comparing, timeout=WAIT_MS)
+    wait_for(qtbot, lambda: not review.comparing)
     assert DISAGREEMENT not in viewer.layers
     assert len(env.messages["error"]) == 1
     msg = env.messages["error"][0]
@@ -124,7 +98,7 @@ def test_compare_with_another_model(make_napari_viewer, qtbot, env, monkeypatch)
     # -- A vs B: a disagreement layer on the scan, equal to the numpy reference
     review.compare_model_combo.setCurrentText("tiny-compare-b")
     review.compare()
-    qtbot.waitUntil(lambda: not review.comparing, timeout=WAIT_MS)
+    wait_for(qtbot, lambda: not review.comparing)
     assert not env.messages["error"], env.messages["error"]
     dis = viewer.layers[DISAGREEMENT]
     assert isinstance(dis, Labels) and COMPARE_KEY in dis.metadata
@@ -152,7 +126,7 @@ def test_compare_with_another_model(make_napari_viewer, qtbot, env, monkeypatch)
     # -- running again replaces the derived layer (no second one), even after the user hid it
     dis.visible = False
     review.compare()
-    qtbot.waitUntil(lambda: not review.comparing, timeout=WAIT_MS)
+    wait_for(qtbot, lambda: not review.comparing)
     assert viewer.layers[DISAGREEMENT] is dis and dis.visible
     assert [l.name for l in viewer.layers if "disagreement" in l.name] == [DISAGREEMENT]
     np.testing.assert_array_equal(dis.data, expected)

@@ -16,39 +16,16 @@ import pytest
 import torch
 from napari.layers import Image, Labels, Points
 
+import _gui_helpers
+from _gui_helpers import dock, open_sample, segment_and_wait, tiny_spec, wait_for
 from napari_vit3d.gui import autosave, recovery
 from napari_vit3d.gui.session import run_of
-
-TINY_SPEC = {
-    "name": "tiny-gui-test", "architecture": "segformer3d",
-    "arch_kwargs": {"embed_dims": [8, 16, 16, 16], "depths": [1, 1, 1, 1], "num_heads": [1, 1, 2, 2],
-                    "sr_ratios": [2, 1, 1, 1], "decoder_dim": 16},
-    "in_channels": 1, "channel_names": ["T1"], "spacing": [4.0, 4.0, 4.0], "roi_size": [32, 32, 32],
-    "labels": [{"index": 0, "name": "background", "color": [0, 0, 0, 0]},
-               {"index": 1, "name": "tissue A", "color": [1.0, 0.4, 0.2, 1.0]},
-               {"index": 2, "name": "tissue B", "color": [0.2, 0.6, 1.0, 1.0]}],
-}
-WAIT_MS = 120_000
 
 
 @pytest.fixture
 def gui_env(tmp_path, monkeypatch):
-    """Private model registry and recovery folder; the tiny model's spec on disk; notifications recorded."""
-    monkeypatch.setenv("NAPARI_VIT3D_CONFIG_DIR", str(tmp_path / "config"))
-    monkeypatch.setenv(recovery.ENV_VAR, str(tmp_path / "recovery"))
-    spec = tmp_path / "tiny-gui-test.json"
-    spec.write_text(json.dumps(TINY_SPEC))
-    messages = {"error": [], "info": []}
-    from napari_vit3d.gui import _common
-
-    monkeypatch.setattr(_common, "show_error", lambda m: messages["error"].append(str(m)))
-    monkeypatch.setattr(_common, "show_info", lambda m: messages["info"].append(str(m)))
-    return types.SimpleNamespace(spec=spec, messages=messages, tmp=tmp_path)
-
-
-def dock(viewer, name):
-    _, widget = viewer.window.add_plugin_dock_widget("napari-vit3d", name)
-    return widget
+    """Private model registry and recovery folder; notifications recorded; ``spec(name)`` writes the tiny model's spec."""
+    return _gui_helpers.gui_env(tmp_path, monkeypatch, tiny_spec("tiny-gui-test"))
 
 
 def world_to_file_voxel(img, world_sar):
@@ -58,16 +35,14 @@ def world_to_file_voxel(img, world_sar):
 
 def test_segment_explain_correct_export(make_napari_viewer, qtbot, gui_env, monkeypatch):
     viewer = make_napari_viewer()
-    viewer.open_sample("napari-vit3d", "colin27_t1")
-    scan = viewer.layers["colin27_t1"]
+    scan = open_sample(viewer)
 
     seg = dock(viewer, "1 Segment")
-    assert seg.add_model(str(gui_env.spec)), gui_env.messages
+    assert seg.add_model(str(gui_env.spec("tiny-gui-test"))), gui_env.messages
     assert seg.model_combo.currentText() == "tiny-gui-test"
     assert seg.scan_combo.currentText() == "colin27_t1"
     torch.manual_seed(0)  # the tiny model has random weights: make its output the same every run
-    seg.run()
-    qtbot.waitUntil(lambda: not seg.running, timeout=WAIT_MS)
+    segment_and_wait(qtbot, seg)
     assert not gui_env.messages["error"]
 
     # -- a labels layer lying exactly on the scan, with the model's names and colours
@@ -98,7 +73,7 @@ def test_segment_explain_correct_export(make_napari_viewer, qtbot, gui_env, monk
     press.type = "mouse_release"
     with pytest.raises(StopIteration):
         next(gen)
-    qtbot.waitUntil(lambda: ex._worker is None and ex.last_layer is not None, timeout=WAIT_MS)
+    wait_for(qtbot, lambda: ex._worker is None and ex.last_layer is not None)
     att = viewer.layers["colin27_t1 · point attention"]
     assert att.blending == "additive"
     np.testing.assert_allclose(att.extent.world, scan.extent.world)
@@ -120,7 +95,7 @@ def test_segment_explain_correct_export(make_napari_viewer, qtbot, gui_env, monk
     assert ex._worker is None
     # a second click elsewhere updates the same layer in place
     ex.click_world(scan.data_to_world((90, 60, 40)))
-    qtbot.waitUntil(lambda: ex._worker is None, timeout=WAIT_MS)
+    wait_for(qtbot, lambda: ex._worker is None)
     assert viewer.layers["colin27_t1 · point attention"] is att
     assert not np.array_equal(att.data, first_map)
 
@@ -134,8 +109,8 @@ def test_segment_explain_correct_export(make_napari_viewer, qtbot, gui_env, monk
     viewer.dims.set_point(0, scan.data_to_world(target)[0])
     labels.brush_size = 3
     labels.paint(target, 2)
-    qtbot.waitUntil(lambda: "colin27_t1 · labels · changes" in viewer.layers
-                    and viewer.layers["colin27_t1 · labels · changes"].data[target] == 1, timeout=WAIT_MS)
+    wait_for(qtbot, lambda: "colin27_t1 · labels · changes" in viewer.layers
+             and viewer.layers["colin27_t1 · labels · changes"].data[target] == 1)
     changes = viewer.layers["colin27_t1 · labels · changes"]
     np.testing.assert_allclose(changes.extent.world, scan.extent.world)
     assert "added" in review.diff_summary.text()
@@ -146,7 +121,7 @@ def test_segment_explain_correct_export(make_napari_viewer, qtbot, gui_env, monk
     # a correction is ONE undo step
     painted = np.array(labels.data, copy=True)
     review.remove_small()
-    qtbot.waitUntil(lambda: review._worker is None, timeout=WAIT_MS)
+    wait_for(qtbot, lambda: review._worker is None)
     assert "voxel(s) changed" in review.status.text()
     after = np.array(labels.data, copy=True)
     review.undo()
@@ -164,7 +139,7 @@ def test_segment_explain_correct_export(make_napari_viewer, qtbot, gui_env, monk
     review.refresh(force=True)
     assert viewer.dims.not_displayed == (0,)
     review.interpolate()
-    qtbot.waitUntil(lambda: review._worker is None, timeout=WAIT_MS)
+    wait_for(qtbot, lambda: review._worker is None)
     assert labels.data[82, 10, 10] == 3 and labels.data[81, 6, 13] == 3
     assert "label 3" in review.status.text()
     review.undo()
@@ -181,7 +156,7 @@ def test_segment_explain_correct_export(make_napari_viewer, qtbot, gui_env, monk
     saver = autosave.saver_of(labels)
     saver.pending = max(saver.pending, 1)
     saver.save_now()
-    qtbot.waitUntil(lambda: saver._worker is None and saver.saves >= 1, timeout=WAIT_MS)
+    wait_for(qtbot, lambda: saver._worker is None and saver.saves >= 1)
     saved, saved_info = recovery.load_recovery(rec.scan_hash)
     np.testing.assert_array_equal(saved, labels.data)
     assert saved_info["model"] == "tiny-gui-test"
@@ -195,7 +170,7 @@ def test_segment_explain_correct_export(make_napari_viewer, qtbot, gui_env, monk
     exp.stem.setText("colin27_corrected")
     exp.maps_check.setChecked(True)
     exp.export()
-    qtbot.waitUntil(lambda: exp._worker is None, timeout=WAIT_MS)
+    wait_for(qtbot, lambda: exp._worker is None)
     assert not gui_env.messages["error"], gui_env.messages["error"]
     img = nib.load(out / "colin27_corrected.nii.gz")
     src = nib.load(scan.metadata["vit3d"]["source_path"])
@@ -229,14 +204,14 @@ def test_segment_explain_correct_export(make_napari_viewer, qtbot, gui_env, monk
     ex.method_combo.setCurrentIndex(2)
     ex.layer_spin.setValue(-1)
     ex.click_world(world)
-    qtbot.waitUntil(lambda: ex._worker is None, timeout=WAIT_MS)
+    wait_for(qtbot, lambda: ex._worker is None)
     assert not gui_env.messages["error"], gui_env.messages["error"]
     heads = viewer.layers["colin27_t1 · dino heads"]
     n_heads = heads.metadata["vit3d_map"]["n_heads"]
     assert heads.data.shape == (n_heads, *scan.data.shape)
     np.testing.assert_allclose(heads.extent.world[:, -3:], scan.extent.world)
     ex.masks_to_labels()
-    qtbot.waitUntil(lambda: ex._worker is None, timeout=WAIT_MS)
+    wait_for(qtbot, lambda: ex._worker is None)
     assert not gui_env.messages["error"], gui_env.messages["error"]
     masks = viewer.layers["colin27_t1 · dino head masks"]
     assert isinstance(masks, Labels) and masks.data.shape == scan.data.shape

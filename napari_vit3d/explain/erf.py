@@ -94,12 +94,7 @@ def erf_map(model, volume: Volume, *, voxel=None, world=None, region: Volume | N
     else:
         w = query_world(volume, voxel=voxel, world=world)
     start = sess.centred_window(w)
-    if cancel is not None and cancel():
-        raise Cancelled("explanation was cancelled")
-    check_memory(sess.network, sess.roi, "erf", int(sess.model_input.tensor.shape[1]))
-    if progress is not None:
-        progress(0, 1)
-    x = sess.window_tensor(start).to(sess.device)
+    x = sess.start_window(start, "erf", cancel=cancel, progress=progress)
     qv = None
     rt = None
     if region is not None:

@@ -135,6 +135,16 @@ class ExplainSession:
         sl = tuple(slice(s, s + r) for s, r in zip(start, self.roi))
         return self.model_input.tensor[(slice(None), slice(None)) + sl]
 
+    def start_window(self, start, method: str, *, cancel=None, progress=None) -> torch.Tensor:
+        """Before one window's forward pass for ``method``: stop if cancelled, check the memory it needs,
+        report progress 0/1; returns the window's input on the session's device."""
+        if cancel is not None and cancel():
+            raise Cancelled("explanation was cancelled")
+        check_memory(self.network, self.roi, method, int(self.model_input.tensor.shape[1]))
+        if progress is not None:
+            progress(0, 1)
+        return self.window_tensor(start).to(self.device)
+
     def window_info(self, start) -> dict:
         a = self.window_affine(start)
         roi = np.asarray(self.roi, float)
@@ -156,12 +166,7 @@ class ExplainSession:
             if progress is not None:
                 progress(1, 1)
             return hit
-        if cancel is not None and cancel():
-            raise Cancelled("explanation was cancelled")
-        check_memory(self.network, self.roi, "attention", int(self.model_input.tensor.shape[1]))
-        if progress is not None:
-            progress(0, 1)
-        x = self.window_tensor(key).to(self.device)
+        x = self.start_window(key, "attention", cancel=cancel, progress=progress)
         was_training = self.network.training
         self.network.eval()
         try:

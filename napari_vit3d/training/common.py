@@ -27,9 +27,34 @@ class TrainingError(Vit3dError):
 
 
 def pick_device(name: str | None = None) -> torch.device:
-    if name:
-        return torch.device(name)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """The training device: ``name`` when given, else CUDA when present, else CPU (never MPS by default).
+
+    The name is checked by :func:`napari_vit3d.models.registry.resolve_device` (one home for device choice).
+    """
+    from ..models.registry import resolve_device
+
+    return resolve_device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def merge_config(defaults: dict, cfg: dict) -> dict:
+    """A deep copy of ``defaults`` with ``cfg`` laid over it; ``augment`` is merged key by key."""
+    out = json.loads(json.dumps(defaults))
+    for k, v in cfg.items():
+        if k == "augment":
+            out["augment"].update(v)
+        else:
+            out[k] = v
+    return out
+
+
+def start_run(cfg: dict, out, resume: bool, device) -> tuple[Path, torch.device, int]:
+    """Prepare the run folder, pick the device and seed everything: ``(out, device, seed)``."""
+    out = Path(out)
+    prepare_run_dir(out, cfg, resume)
+    dev = pick_device(device)
+    seed = int(cfg["seed"])
+    seed_everything(seed)
+    return out, dev, seed
 
 
 def seed_everything(seed: int) -> None:

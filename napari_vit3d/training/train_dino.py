@@ -28,9 +28,7 @@ freshly initialised), which ``train-seg`` takes as ``init`` to fine-tune a segme
 from __future__ import annotations
 
 import copy
-import json
 import math
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -42,8 +40,8 @@ from ..models.checkpoints import save_safetensors
 from ..models.registry import build_network
 from ..models.spec import ModelSpec
 from ..models.vit_seg import DINOHead
-from .common import (Logger, TrainingError, load_checkpoint, lr_at, pick_device, prepare_run_dir,
-                     progress_bar, save_checkpoint, seed_everything, set_lr, step_rng)
+from .common import (Logger, TrainingError, load_checkpoint, lr_at, merge_config, progress_bar, save_checkpoint,
+                     set_lr, start_run, step_rng)
 from .train_seg import ensure_bank
 
 DEFAULTS = {
@@ -72,12 +70,7 @@ DEFAULTS = {
 
 
 def full_config(cfg: dict) -> dict:
-    out = json.loads(json.dumps(DEFAULTS))
-    for k, v in cfg.items():
-        if k == "augment":
-            out["augment"].update(v)
-        else:
-            out[k] = v
+    out = merge_config(DEFAULTS, cfg)
     for key in ("model", "bank"):
         if key not in out:
             raise TrainingError(f"DINO config needs {key!r}")
@@ -229,11 +222,7 @@ def _spec(cfg: dict) -> ModelSpec:
 def train_dino(config: dict, out, *, data_dir=None, resume: bool = False, device=None, progress: bool = True,
                max_steps: int | None = None) -> dict:
     cfg = full_config(config)
-    out = Path(out)
-    prepare_run_dir(out, cfg, resume)
-    dev = pick_device(device)
-    seed = int(cfg["seed"])
-    seed_everything(seed)
+    out, dev, seed = start_run(cfg, out, resume, device)
     spec = _spec(cfg)
     net = build_network(spec)
     hidden = int(net.hidden_size)

@@ -40,8 +40,8 @@ from ..inference.preprocess import normalize
 from ..models.checkpoints import apply_state_dict, load_state_dict, save_safetensors
 from ..models.registry import build_network
 from ..models.spec import ModelSpec
-from .common import (Logger, TrainingError, load_checkpoint, lr_at, pick_device, prepare_run_dir,
-                     progress_bar, save_checkpoint, seed_everything, set_lr, step_rng)
+from .common import (Logger, TrainingError, load_checkpoint, lr_at, merge_config, progress_bar, save_checkpoint,
+                     set_lr, start_run, step_rng)
 from .synthesis import N_CLASSES, build_bank, load_bank
 
 DEFAULTS = {
@@ -64,12 +64,7 @@ DEFAULTS = {
 
 
 def full_config(cfg: dict) -> dict:
-    out = json.loads(json.dumps(DEFAULTS))
-    for k, v in cfg.items():
-        if k == "augment":
-            out["augment"].update(v)
-        else:
-            out[k] = v
+    out = merge_config(DEFAULTS, cfg)
     if "model" not in out:
         raise TrainingError("training config needs a 'model' (a ModelSpec without weights)")
     if "bank" not in out:
@@ -214,11 +209,7 @@ def train_seg(config: dict, out, *, data_dir=None, resume: bool = False, device=
     so a later ``resume`` continues the same run: this is what the resume test uses.
     """
     cfg = full_config(config)
-    out = Path(out)
-    prepare_run_dir(out, cfg, resume)
-    dev = pick_device(device)
-    seed = int(cfg["seed"])
-    seed_everything(seed)
+    out, dev, seed = start_run(cfg, out, resume, device)
     spec = _spec_from_config(cfg)
     network = build_network(spec).to(dev)
     init_keys: list[str] = []
