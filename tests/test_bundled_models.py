@@ -21,7 +21,7 @@ from napari_vit3d.models.registry import bundled_models_dir, default_model_name,
 REPO = Path(__file__).resolve().parents[1]
 BUNDLED = ("segformer3d-brain", "dino-vit-brain")
 #: brain Dice floors on the sample. The default model must reach 0.9. The DINO model is a
-#: demonstration of DINO heads whose decoder sits on a frozen (and, here, collapsed) DINO encoder;
+#: demonstration of DINO heads whose decoder sits on a frozen (and briefly pretrained) DINO encoder;
 #: its card states its measured Dice (below 0.9), and this floor only guards against regressions.
 FLOORS = {"segformer3d-brain": 0.9, "dino-vit-brain": 0.75}
 EXPECTED_LABELS = {0: "background", 1: "CSF", 2: "gray matter", 3: "white matter"}

@@ -11,7 +11,7 @@ import torch
 from napari_vit3d.io.nifti import read_nifti
 from napari_vit3d.models import load_model
 from napari_vit3d.training import synthesis as S
-from napari_vit3d.training.train_dino import dino_loss, train_dino
+from napari_vit3d.training.train_dino import dino_loss, koleo_loss, sinkhorn_targets, train_dino
 from napari_vit3d.training.train_seg import dice_ce_loss, export_bundled, train_seg
 
 from napari_vit3d.io.samples import sample_path
@@ -174,6 +174,52 @@ def test_dino_training_runs_and_resumes_exactly(tiny_bank, tmp_path):
     from napari_vit3d.models.checkpoints import load_state_dict
     back = load_state_dict(straight / "backbone.safetensors")
     assert "encoder.cls_token" in back
+
+
+def test_sinkhorn_targets_and_koleo():
+    rng = np.random.default_rng(1)
+    t = torch.tensor(rng.normal(size=(12, 5)), dtype=torch.float32)
+    q = sinkhorn_targets(t, 0.1, iters=50)
+    # rows are distributions, and (after enough iterations) every prototype gets an equal share of the batch
+    np.testing.assert_allclose(q.sum(1).numpy(), 1.0, rtol=1e-4)
+    np.testing.assert_allclose(q.sum(0).numpy(), 12 / 5, rtol=1e-2)
+    # KoLeo: −mean log nearest-neighbour distance of the l2-normalised rows
+    x = torch.tensor([[1.0, 0.0], [0.0, 2.0], [-3.0, 0.0]])
+    assert float(koleo_loss(x)) == pytest.approx(-np.log(np.sqrt(2)), rel=1e-5)
+
+
+def test_dino_anti_collapse_options_run_and_resume_exactly(tiny_bank, tmp_path):
+    cfg = dino_config(tiny_bank, centering="sinkhorn", koleo=0.1, freeze_last_layer=2, weight_decay_end=0.4,
+                      teacher_temp_start=0.02, teacher_temp_warmup=2)
+    straight, halves = tmp_path / "straight", tmp_path / "halves"
+    train_dino(cfg, straight, progress=False)
+    rows = _log(straight)
+    assert all(np.isfinite(r["loss"]) and "koleo" in r for r in rows)
+    assert rows[0]["teacher_temp"] == pytest.approx(0.02) and rows[-1]["teacher_temp"] == pytest.approx(0.04)
+    train_dino(cfg, halves, progress=False, max_steps=2)
+    train_dino(cfg, halves, progress=False, resume=True)
+    a = torch.load(straight / "ckpt.pt", weights_only=True)
+    b = torch.load(halves / "ckpt.pt", weights_only=True)
+    for k, v in a["modules"]["student"].items():
+        assert torch.equal(v, b["modules"]["student"][k]), k
+    # the prototype layer was frozen for the first 2 steps only: it moved during steps 3–4
+    init = tmp_path / "init"
+    train_dino(cfg, init, progress=False, max_steps=2)
+    c = torch.load(init / "ckpt.pt", weights_only=True)
+    key = "head.last_layer.parametrizations.weight.original1"
+    assert not torch.equal(a["modules"]["student"][key], c["modules"]["student"][key])
+    # a new run can start from another run's student, teacher and centre
+    cont = tmp_path / "cont"
+    train_dino(dict(cfg, init_checkpoint=str(init / "ckpt.pt"), steps=1), cont, progress=False)
+    d = torch.load(cont / "ckpt.pt", weights_only=True)
+    assert json.loads(d["extra"])["center"] != json.loads(c["extra"])["center"]  # moved on from the loaded centre
+    # with no steps to run, the exported backbone is exactly the loaded teacher's network
+    zero = tmp_path / "zero"
+    train_dino(dict(cfg, init_checkpoint=str(init / "ckpt.pt"), steps=0), zero, progress=False)
+    from napari_vit3d.models.checkpoints import load_state_dict
+    back = load_state_dict(zero / "backbone.safetensors")
+    for k, v in back.items():
+        assert torch.equal(v, c["modules"]["teacher"]["network." + k]), k
 
 
 def test_dino_backbone_initialises_segmentation_finetune(tiny_bank, tmp_path):

@@ -18,7 +18,13 @@ Config keys (defaults in :data:`DEFAULTS`): ``seed``, ``model`` (a ViTSeg ModelS
 arguments come from its ``arch_kwargs``), ``bank``, ``batch_size``, ``steps``, ``lr``,
 ``weight_decay``, ``warmup``, ``out_dim``, ``head_hidden``, ``head_bottleneck``, ``teacher_temp``,
 ``student_temp``, ``center_momentum``, ``momentum``, ``n_global``, ``n_local``, ``global_scale``,
-``local_scale``, ``local_size``, ``checkpoint_every``, ``log_every``, ``augment``.
+``local_scale``, ``local_size``, ``checkpoint_every``, ``log_every``, ``augment``; anti-collapse options
+(off by default): ``teacher_temp_start``/``teacher_temp_warmup`` (linear τ_t warm-up),
+``weight_decay_end`` (cosine weight-decay schedule), ``freeze_last_layer`` (steps without updates to the
+prototype layer), ``centering`` = ``"sinkhorn"`` (Sinkhorn-Knopp teacher targets, DINOv2, instead of the
+EMA centre), ``koleo`` (weight of the KoLeo spreading term on the student's global-crop CLS embeddings,
+DINOv2) and ``init_checkpoint`` (start from another run's student, teacher and centre). The log also
+records ``teacher_temp`` and ``teacher_top1_unique`` (distinct argmax prototypes in the teacher batch).
 
 Outputs: ``config.json``, ``ckpt.pt`` (student, teacher, heads, centre, optimiser, RNG, step),
 ``log.jsonl`` and ``backbone.safetensors``: the teacher's ViTSeg weights (encoder trained, decoder
@@ -28,6 +34,7 @@ freshly initialised), which ``train-seg`` takes as ``init`` to fine-tune a segme
 from __future__ import annotations
 
 import copy
+import json
 import math
 
 import numpy as np
@@ -65,6 +72,15 @@ DEFAULTS = {
     "local_size": [32, 32, 32],
     "checkpoint_every": 50,
     "log_every": 10,
+    # anti-collapse options (defaults keep the original behaviour)
+    "teacher_temp_start": None,    # linear warm-up of τ_t from this value to teacher_temp …
+    "teacher_temp_warmup": 0,      # … over this many steps
+    "weight_decay_end": None,      # cosine schedule of the weight decay to this value
+    "freeze_last_layer": 0,        # steps during which the head's prototype layer gets no update
+    "centering": "ema",            # "ema" (DINO) or "sinkhorn" (Sinkhorn-Knopp teacher targets, DINOv2)
+    "sinkhorn_iters": 3,
+    "koleo": 0.0,                  # weight of the KoLeo spreading term on the student's global CLS (DINOv2)
+    "init_checkpoint": None,       # continue from another run's ckpt.pt: student, teacher and centre (fresh optimiser and schedules)
     "augment": {"gamma": 0.35, "contrast": 0.25, "noise": 0.04, "flip_lr": 0.5, "blur": 0.5},
 }
 
@@ -114,17 +130,20 @@ class DINOModel(nn.Module):
         self.head = head
         self.network.encoder._vit3d_grid = tuple(network.feat_size)
 
-    def forward(self, crops: list[torch.Tensor]) -> torch.Tensor:
+    def forward(self, crops: list[torch.Tensor], return_cls: bool = False):
         # crops of one size are batched together (one backbone pass per size)
-        out = []
+        out, cls = [], []
         i = 0
         while i < len(crops):
             j = i
             while j < len(crops) and crops[j].shape == crops[i].shape:
                 j += 1
             emb = encode_cls(self.network.encoder, torch.cat(crops[i:j]))
+            cls.append(emb)
             out.append(self.head(emb))
             i = j
+        if return_cls:
+            return torch.cat(out), cls[0]
         return torch.cat(out)
 
 
@@ -190,13 +209,18 @@ def make_views(images, seed: int, step: int, cfg: dict, img_size, normalization)
 # loss
 
 def dino_loss(student_out: torch.Tensor, teacher_out: torch.Tensor, center: torch.Tensor, *, n_views: int,
-              n_global: int, student_temp: float, teacher_temp: float) -> torch.Tensor:
+              n_global: int, student_temp: float, teacher_temp: float,
+              targets: torch.Tensor | None = None) -> torch.Tensor:
     """DINO cross-entropy over (teacher global view, different student view) pairs.
 
     ``student_out`` is ``(n_views·B, K)`` grouped by view, ``teacher_out`` ``(n_global·B, K)``.
+    ``targets`` (same shape as ``teacher_out``), when given, replaces the centred, sharpened
+    teacher distribution (e.g. Sinkhorn-Knopp targets).
     """
     s = (student_out / student_temp).chunk(n_views)
-    t = F.softmax((teacher_out - center) / teacher_temp, dim=-1).detach().chunk(n_global)
+    if targets is None:
+        targets = F.softmax((teacher_out - center) / teacher_temp, dim=-1)
+    t = targets.detach().chunk(n_global)
     total, n = 0.0, 0
     for ti, tq in enumerate(t):
         for si, sv in enumerate(s):
@@ -205,6 +229,32 @@ def dino_loss(student_out: torch.Tensor, teacher_out: torch.Tensor, center: torc
             total = total + torch.sum(-tq * F.log_softmax(sv, dim=-1), dim=-1).mean()
             n += 1
     return total / n
+
+
+@torch.no_grad()
+def sinkhorn_targets(teacher_out: torch.Tensor, teacher_temp: float, iters: int = 3) -> torch.Tensor:
+    """Sinkhorn-Knopp teacher targets (SwAV / DINOv2): rows sum to 1, prototypes get equal mass over the batch."""
+    q = torch.exp((teacher_out.float() - teacher_out.float().max()) / teacher_temp).t()  # (K, B)
+    k, b = q.shape
+    q /= q.sum()
+    for _ in range(int(iters)):
+        q /= q.sum(dim=1, keepdim=True).clamp_min(1e-30)
+        q /= k
+        q /= q.sum(dim=0, keepdim=True).clamp_min(1e-30)
+        q /= b
+    return (q * b).t()
+
+
+def koleo_loss(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """KoLeo (Sablayrolles et al. 2019, DINOv2): −mean log distance of each l2-normalised row to its nearest other row."""
+    x = F.normalize(x, dim=-1, p=2)
+    d = torch.cdist(x, x)
+    d = d + torch.eye(x.shape[0], device=x.device, dtype=x.dtype) * 1e3
+    return -torch.log(d.min(dim=1).values + eps).mean()
+
+
+def _cosine(step: int, total: int, start: float, end: float) -> float:
+    return end + (start - end) * 0.5 * (1 + math.cos(math.pi * min(1.0, step / max(1, total))))
 
 
 # --------------------------------------------------------------------------------------------
@@ -247,6 +297,11 @@ def train_dino(config: dict, out, *, data_dir=None, resume: bool = False, device
     if resume and (out / "ckpt.pt").exists():
         step, extra = load_checkpoint(out / "ckpt.pt", modules=modules, optimizer=optimizer, device=dev)
         center = torch.tensor(extra["center"], device=dev).view(1, -1)
+    elif cfg.get("init_checkpoint"):
+        state = torch.load(cfg["init_checkpoint"], map_location=dev, weights_only=True)
+        for k, mod in modules.items():
+            mod.load_state_dict(state["modules"][k])
+        center = torch.tensor(json.loads(state["extra"])["center"], device=dev).view(1, -1)
     total = int(cfg["steps"])
     stop = total if max_steps is None else min(total, int(max_steps))
     n_views = int(cfg["n_global"]) + int(cfg["n_local"])
@@ -257,15 +312,33 @@ def train_dino(config: dict, out, *, data_dir=None, resume: bool = False, device
     last = {}
     while step < stop:
         set_lr(optimizer, lr_at(step, lr=float(cfg["lr"]), warmup=int(cfg["warmup"]), total=total))
+        if cfg.get("weight_decay_end") is not None:
+            optimizer.param_groups[0]["weight_decay"] = _cosine(step, total, float(cfg["weight_decay"]),
+                                                                float(cfg["weight_decay_end"]))
+        tt = float(cfg["teacher_temp"])
+        if cfg.get("teacher_temp_start") is not None and step < int(cfg["teacher_temp_warmup"]):
+            a = step / max(1, int(cfg["teacher_temp_warmup"]))
+            tt = float(cfg["teacher_temp_start"]) + a * (tt - float(cfg["teacher_temp_start"]))
         views = [v.to(dev) for v in make_views(images, seed, step, cfg, img_size, spec.normalization)]
         n_g = int(cfg["n_global"])
         with torch.no_grad():
             t_out = teacher(views[:n_g])
-        s_out = student(views)
+        koleo_w = float(cfg.get("koleo") or 0.0)
+        s_out, s_cls = student(views, return_cls=True)
+        targets = None
+        if cfg.get("centering", "ema") == "sinkhorn":
+            targets = sinkhorn_targets(t_out, tt, int(cfg["sinkhorn_iters"]))
         loss = dino_loss(s_out, t_out, center, n_views=n_views, n_global=n_g,
-                         student_temp=float(cfg["student_temp"]), teacher_temp=float(cfg["teacher_temp"]))
+                         student_temp=float(cfg["student_temp"]), teacher_temp=tt, targets=targets)
+        kol = None
+        if koleo_w > 0:
+            kol = sum(koleo_loss(c) for c in s_cls.chunk(n_g)) / n_g
+            loss = loss + koleo_w * kol
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if step < int(cfg.get("freeze_last_layer") or 0):
+            for p in student.head.last_layer.parameters():
+                p.grad = None
         torch.nn.utils.clip_grad_norm_(params, 3.0)
         optimizer.step()
         m = 1 - (1 - float(cfg["momentum"])) * (math.cos(math.pi * step / max(1, total)) + 1) / 2
@@ -274,13 +347,16 @@ def train_dino(config: dict, out, *, data_dir=None, resume: bool = False, device
                 pt.mul_(m).add_(ps.detach(), alpha=1 - m)
             cm = float(cfg["center_momentum"])
             center.mul_(cm).add_(t_out.mean(0, keepdim=True), alpha=1 - cm)
-            tp = F.softmax((t_out - center) / float(cfg["teacher_temp"]), dim=-1)
+            tp = targets if targets is not None else F.softmax((t_out - center) / tt, dim=-1)
             t_entropy = float(-(tp * tp.clamp_min(1e-12).log()).sum(-1).mean())
             t_mean = tp.mean(0)
             batch_entropy = float(-(t_mean * t_mean.clamp_min(1e-12).log()).sum())
         step += 1
         last = {"step": step, "loss": round(float(loss.detach()), 5), "teacher_entropy": round(t_entropy, 4),
-                "teacher_batch_entropy": round(batch_entropy, 4), "momentum": round(m, 6)}
+                "teacher_batch_entropy": round(batch_entropy, 4), "momentum": round(m, 6),
+                "teacher_temp": round(tt, 5), "teacher_top1_unique": int(tp.argmax(-1).unique().numel())}
+        if kol is not None:
+            last["koleo"] = round(float(kol.detach()), 4)
         bar.update(1)
         bar.set_postfix(loss=f"{last['loss']:.4f}")
         if step % int(cfg["log_every"]) == 0 or step == stop:
@@ -294,4 +370,4 @@ def train_dino(config: dict, out, *, data_dir=None, resume: bool = False, device
     return {"step": step, "finished": step >= total, "last": last, "out": str(out)}
 
 
-__all__ = ["train_dino", "dino_loss", "encode_cls", "multi_crop", "DINOModel", "DEFAULTS"]
+__all__ = ["train_dino", "dino_loss", "sinkhorn_targets", "koleo_loss", "encode_cls", "multi_crop", "DINOModel", "DEFAULTS"]
