@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 import numpy as np
 from napari.layers import Image, Labels
+from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QObject, Signal
 from qtpy.QtWidgets import QComboBox, QFrame, QLabel, QMessageBox, QWidget
@@ -138,6 +139,27 @@ class ProgressBridge(QObject):
     """Carries ``progress(done, total)`` from a worker thread to the GUI thread (queued signal)."""
 
     progress = Signal(int, int)
+
+
+def create_engine_worker(job: Callable, *args, bridge: ProgressBridge, cancel_event):
+    """A napari thread worker (not started) running ``job(*args, progress, cancel)``.
+
+    ``progress(done, total)`` reaches the GUI thread through ``bridge.progress``; ``cancel()`` is True
+    once ``cancel_event`` is set or the worker was asked to quit, so the engine stops within one
+    window batch. Errors are left to the caller's ``errored`` handler.
+    """
+    holder = {}
+
+    def progress(done, total):
+        bridge.progress.emit(int(done), int(total))
+
+    def cancel():
+        w = holder.get("worker")
+        return cancel_event.is_set() or (w is not None and w.abort_requested)
+
+    worker = create_worker(job, *args, progress, cancel, _start_thread=False, _ignore_errors=True)
+    holder["worker"] = worker
+    return worker
 
 
 def model_names() -> list[str]:

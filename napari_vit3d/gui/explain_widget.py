@@ -13,13 +13,12 @@ import threading
 
 import numpy as np
 from napari.layers import Image, Labels, Points
-from napari.qt.threading import create_worker
 from qtpy.QtCore import QObject, Signal
 from qtpy.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QHBoxLayout, QLabel, QProgressBar,
                             QPushButton, QSpinBox, QVBoxLayout, QWidget)
 
 from ..errors import GeometryError, VolumeError
-from ._common import SEP, LayerCombo, find_layer, info, report_error, robust_limits, scan_layers, unique_name, unwrap
+from ._common import create_engine_worker, SEP, LayerCombo, find_layer, info, report_error, robust_limits, scan_layers, unique_name, unwrap
 from ._layers import file_voxel_to_world, inside, layer_kwargs, volume_from_layer, world_to_file_voxel
 from .session import load_model_cached, run_of
 from .styles import MAP_STYLE, labels_colormap, labels_features
@@ -277,19 +276,8 @@ class ExplainWidget(QWidget):
         options = self.options() if method != "dino_masks" else {**self.options(), "keep_mass": self.mass_spin.value()}
         key = (scan.name, volume.content_hash(), model_key, "auto")
         self._cancel.clear()
-        bridge, cancel_event, holder = self._bridge, self._cancel, {}
-
-        def progress(done, total):
-            bridge.progress.emit(int(done), int(total))
-
-        def cancel():
-            w = holder.get("worker")
-            return cancel_event.is_set() or (w is not None and w.abort_requested)
-
-        worker = create_worker(_explain_job, self._sessions, key, model_key, volume, "auto", method,
-                               self.query_voxel, options, progress, cancel, _start_thread=False,
-                               _ignore_errors=True)
-        holder["worker"] = worker
+        worker = create_engine_worker(_explain_job, self._sessions, key, model_key, volume, "auto", method,
+                                      self.query_voxel, options, bridge=self._bridge, cancel_event=self._cancel)
         scan_name = scan.name
         worker.returned.connect(lambda vol: self._show(vol, scan_name, method))
         worker.errored.connect(lambda exc: report_error(exc, "Explain"))

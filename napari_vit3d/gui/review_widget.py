@@ -28,7 +28,7 @@ from qtpy.QtWidgets import (QCheckBox, QDoubleSpinBox, QFormLayout, QGroupBox, Q
 from ..errors import VolumeError
 from ..io.labels import LabelTable
 from ..io.layers import volume_from_layer_data
-from ._common import SEP, LayerCombo, ModelCombo, ProgressBridge, find_layer, info, report_error, unique_name, unwrap
+from ._common import create_engine_worker, SEP, LayerCombo, ModelCombo, ProgressBridge, find_layer, info, report_error, unique_name, unwrap
 from ._layers import display_geometry, display_spacing, layer_kwargs, ras_to_world
 from .session import load_model_cached, run_of
 from .styles import labels_colormap
@@ -403,19 +403,9 @@ class ReviewWidget(QWidget):
             report_error(exc, what)
             return None
         self._compare_cancel.clear()
-        bridge, cancel_event, holder = self._compare_bridge, self._compare_cancel, {}
-
-        def progress(done, total):
-            bridge.progress.emit(int(done), int(total))
-
-        def cancel():
-            w = holder.get("worker")
-            return cancel_event.is_set() or (w is not None and w.abort_requested)
-
-        worker = create_worker(_compare_job, labels_a, rec.scan_volume, model_b,
-                               str(rec.settings.get("device", "auto")), dict(rec.settings), rec.label_table,
-                               rec.model_name, progress, cancel, _start_thread=False, _ignore_errors=True)
-        holder["worker"] = worker
+        worker = create_engine_worker(_compare_job, labels_a, rec.scan_volume, model_b,
+                                      str(rec.settings.get("device", "auto")), dict(rec.settings), rec.label_table,
+                                      rec.model_name, bridge=self._compare_bridge, cancel_event=self._compare_cancel)
         scan_name = rec.scan_layer
         worker.returned.connect(lambda cmp: self._on_compared(cmp, scan_name, lyr.name))
         worker.errored.connect(lambda exc: report_error(exc, what))

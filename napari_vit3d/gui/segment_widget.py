@@ -11,7 +11,6 @@ import threading
 
 import numpy as np
 from napari.layers import Image, Labels
-from napari.qt.threading import create_worker
 from qtpy.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QGroupBox,
                             QHBoxLayout, QLabel, QMenu, QProgressBar, QPushButton, QSpinBox, QToolButton,
                             QVBoxLayout, QWidget)
@@ -19,7 +18,7 @@ from qtpy.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, Q
 from ..errors import VolumeError
 from ..io import Volume, same_grid
 from . import autosave, recovery
-from ._common import (SEP, LayerCombo, ModelCombo, ProgressBridge, ask_yes_no_cancel, find_layer, info, report_error,
+from ._common import (create_engine_worker, SEP, LayerCombo, ModelCombo, ProgressBridge, ask_yes_no_cancel, find_layer, info, report_error,
                       scan_layers, unique_name, unwrap)
 from ._layers import layer_kwargs, volume_from_layer
 from .session import RUN_KEY, RunRecord, load_model_cached, now_iso, run_of
@@ -354,20 +353,8 @@ class SegmentWidget(QWidget):
         settings = self.settings()
         self._cancel_event.clear()
         started = now_iso()
-        bridge = self._bridge
-        cancel_event = self._cancel_event
-        holder = {}
-
-        def progress(done, total):
-            bridge.progress.emit(int(done), int(total))
-
-        def cancel():
-            w = holder.get("worker")
-            return cancel_event.is_set() or (w is not None and w.abort_requested)
-
-        worker = create_worker(_segment_job, volume, model_name, settings["device"], settings, progress, cancel,
-                               _start_thread=False, _ignore_errors=True)
-        holder["worker"] = worker
+        worker = create_engine_worker(_segment_job, volume, model_name, settings["device"], settings,
+                                      bridge=self._bridge, cancel_event=self._cancel_event)
         worker.returned.connect(lambda out: self._on_done(out, layer.name, volume, model_name, settings,
                                                           started, replace))
         worker.errored.connect(lambda exc: report_error(exc, "Segment"))
