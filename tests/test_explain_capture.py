@@ -126,7 +126,7 @@ def test_segformer_rows_equal_softmax_module_and_reduced_centres():
     for h in hs:
         h.remove()
     for layer, ref in enumerate(outs):
-        qg, kg = cap.query_grid(layer), cap.key_grid(layer)
+        qg = cap.query_grid(layer)
         tok = tuple(s - 1 for s in qg.shape)
         r = cap.row(layer, tok)
         torch.testing.assert_close(r.spatial.reshape(r.heads, -1), ref[0][:, qg.flat(tok)], rtol=1e-5, atol=1e-6)

@@ -116,7 +116,6 @@ def test_one_hot_attention_peaks_at_token_centre_in_world():
         marked = blk.norm1(pe[0, int(np.ravel_multi_index(target, (n_grid,) * 3))][None])[0]
         a = blk.attn
         a.qkv.weight.zero_()
-        dh = a.dim_head
         a.qkv.weight[32, :] = 40.0 * marked / (marked @ marked)   # key, head 0, dim 0: 40 on the marked token
         a.qkv.bias = torch.nn.Parameter(torch.zeros(96))
         a.qkv.bias.data[0] = 10.0  # query, head 0, dim 0 (scale 1/4: logit 100 vs 0)

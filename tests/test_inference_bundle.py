@@ -8,7 +8,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 from nibabel.affines import apply_affine, from_matvec
 from scipy.spatial.transform import Rotation

@@ -2,7 +2,6 @@
 load_model with safe weights."""
 
 import json
-import warnings
 
 import pytest
 import torch

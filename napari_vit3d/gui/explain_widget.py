@@ -12,13 +12,13 @@ from __future__ import annotations
 import threading
 
 import numpy as np
-from napari.layers import Image, Labels, Points
+from napari.layers import Image, Points
 from qtpy.QtCore import QObject, Signal
 from qtpy.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QHBoxLayout, QLabel, QProgressBar,
                             QPushButton, QSpinBox, QVBoxLayout, QWidget)
 
 from ..errors import GeometryError, VolumeError
-from ._common import create_engine_worker, SEP, LayerCombo, find_layer, info, report_error, robust_limits, scan_layers, unique_name, unwrap
+from ._common import create_engine_worker, SEP, LayerCombo, find_layer, report_error, robust_limits, scan_layers, unwrap
 from ._layers import file_voxel_to_world, inside, layer_kwargs, volume_from_layer, world_to_file_voxel
 from .session import load_model_cached, run_of
 from .styles import MAP_STYLE, labels_colormap, labels_features

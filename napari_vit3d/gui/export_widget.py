@@ -19,7 +19,7 @@ from qtpy.QtWidgets import (QCheckBox, QFileDialog, QFormLayout, QHBoxLayout, QL
 
 from ..errors import VolumeError
 from . import recovery
-from ._common import SEP, LayerCombo, find_layer, info, report_error, unwrap
+from ._common import SEP, LayerCombo, info, report_error, unwrap
 from ._layers import volume_from_layer
 from .review_widget import label_table_of
 from .session import run_of

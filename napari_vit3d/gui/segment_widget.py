@@ -21,7 +21,7 @@ from . import autosave, recovery
 from ._common import (create_engine_worker, SEP, LayerCombo, ModelCombo, ProgressBridge, ask_yes_no_cancel, find_layer, info, report_error,
                       scan_layers, unique_name, unwrap)
 from ._layers import layer_kwargs, volume_from_layer
-from .session import RUN_KEY, RunRecord, load_model_cached, now_iso, run_of
+from .session import RUN_KEY, RunRecord, load_model_cached, now_iso
 from .styles import labels_colormap, labels_features
 
 AUTO = "auto"

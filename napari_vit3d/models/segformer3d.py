@@ -14,6 +14,14 @@ Shapes, for an input ``(B, C_in, D, H, W)`` with ``D, H, W`` divisible by 32:
   concatenation → 1³ Conv + BatchNorm + ReLU → 1³ Conv to classes → ×4 trilinear upsampling;
 * output logits ``(B, out_channels, D, H, W)``.
 
+Not in the paper (off by default): ``refine_dim > 0`` adds a *full-resolution refinement head*.
+The decoder's logits live on the stage-1 grid (1/4 of the input), so at 2 mm input the labels are
+drawn on an 8 mm grid and thin structures (cortex, sulcal CSF) cannot be represented. The head
+reduces the fused decoder features to ``refine_dim`` channels (1³ Conv), upsamples them ×4
+(trilinear), concatenates the input image, and applies one 3³ Conv + ReLU and a 1³ Conv to classes; its output is *added* to the upsampled decoder logits. The last Conv starts at zero, so a
+network with the head and weights copied from one without it computes exactly the same logits
+until training changes the head.
+
 Attention scale: ``attn_scale="head_dim"`` (default) uses the usual ``1/sqrt(head_dim)`` of scaled
 dot-product attention; ``attn_scale="heads"`` uses ``1/sqrt(num_heads)``, the factor the authors'
 released weights were trained with. Checkpoints record the choice in their spec's ``arch_kwargs``.
@@ -200,7 +208,7 @@ class SegFormer3D(nn.Module):
                  num_heads: Sequence[int] = (1, 2, 5, 8), sr_ratios: Sequence[int] = (4, 2, 1, 1),
                  mlp_ratio: float = 4, decoder_dim: int = 256, attn_scale: str = "head_dim",
                  drop_path: float = 0.0, drop: float = 0.0, attn_drop: float = 0.0, decoder_dropout: float = 0.0,
-                 qkv_bias: bool = True):
+                 qkv_bias: bool = True, refine_dim: int = 0):
         super().__init__()
         lists = dict(embed_dims=embed_dims, depths=depths, num_heads=num_heads, sr_ratios=sr_ratios)
         if any(len(v) != 4 for v in lists.values()):
@@ -228,7 +236,19 @@ class SegFormer3D(nn.Module):
         )
         self.decoder_dropout = nn.Dropout(decoder_dropout)
         self.classifier = nn.Conv3d(decoder_dim, out_channels, kernel_size=1)
+        self.refine_dim = int(refine_dim)
+        if self.refine_dim < 0:
+            raise ModelError(f"SegFormer3D: refine_dim must be >= 0, got {refine_dim}")
+        if self.refine_dim:
+            r = self.refine_dim
+            self.refine_reduce = nn.Conv3d(decoder_dim, r, kernel_size=1)
+            self.refine = nn.Sequential(
+                nn.Conv3d(r + in_channels, r, kernel_size=3, padding=1), nn.ReLU(inplace=True),
+                nn.Conv3d(r, out_channels, kernel_size=1))
         self.apply(self._init_weights)
+        if self.refine_dim:
+            nn.init.zeros_(self.refine[-1].weight)
+            nn.init.zeros_(self.refine[-1].bias)
         #: stage grid shapes (D, H, W) of the last forward pass
         self.last_stage_shapes: list[Grid] = []
 
@@ -279,6 +299,10 @@ class SegFormer3D(nn.Module):
             if tuple(y.shape[2:]) != tuple(target):
                 y = F.interpolate(y, size=target, mode="trilinear", align_corners=False)
             ups.append(y)
-        y = self.fuse(torch.cat(ups[::-1], dim=1))
-        y = self.classifier(self.decoder_dropout(y))
-        return F.interpolate(y, size=out_size, mode="trilinear", align_corners=False)
+        fused = self.fuse(torch.cat(ups[::-1], dim=1))
+        y = self.classifier(self.decoder_dropout(fused))
+        logits = F.interpolate(y, size=out_size, mode="trilinear", align_corners=False)
+        if not self.refine_dim:
+            return logits
+        r = F.interpolate(self.refine_reduce(fused), size=out_size, mode="trilinear", align_corners=False)
+        return logits + self.refine(torch.cat([r, x], dim=1))
