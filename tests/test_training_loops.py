@@ -220,6 +220,17 @@ def test_dino_anti_collapse_options_run_and_resume_exactly(tiny_bank, tmp_path):
     back = load_state_dict(zero / "backbone.safetensors")
     for k, v in back.items():
         assert torch.equal(v, c["modules"]["teacher"]["network." + k]), k
+    # another number of prototypes: the backbone comes from the other run, the prototype layer and
+    # the centre start fresh (with the new size)
+    half = cfg["out_dim"] // 2
+    other_k = tmp_path / "other_k"
+    train_dino(dict(cfg, init_checkpoint=str(init / "ckpt.pt"), steps=0, out_dim=half), other_k, progress=False)
+    for k, v in load_state_dict(other_k / "backbone.safetensors").items():
+        assert torch.equal(v, c["modules"]["teacher"]["network." + k]), k
+    train_dino(dict(cfg, init_checkpoint=str(init / "ckpt.pt"), steps=1, out_dim=half), tmp_path / "k1", progress=False)
+    e = torch.load(tmp_path / "k1" / "ckpt.pt", weights_only=True)
+    assert len(json.loads(e["extra"])["center"]) == half
+    assert e["modules"]["teacher"]["head.last_layer.parametrizations.weight.original1"].shape[0] == half
 
 
 def test_dino_backbone_initialises_segmentation_finetune(tiny_bank, tmp_path):

@@ -23,7 +23,8 @@ arguments come from its ``arch_kwargs``), ``bank``, ``batch_size``, ``steps``, `
 ``weight_decay_end`` (cosine weight-decay schedule), ``freeze_last_layer`` (steps without updates to the
 prototype layer), ``centering`` = ``"sinkhorn"`` (Sinkhorn-Knopp teacher targets, DINOv2, instead of the
 EMA centre), ``koleo`` (weight of the KoLeo spreading term on the student's global-crop CLS embeddings,
-DINOv2) and ``init_checkpoint`` (start from another run's student, teacher and centre). The log also
+DINOv2) and ``init_checkpoint`` (start from another run's student, teacher and centre; with a
+different ``out_dim`` the prototype layer starts fresh and the centre at zero). The log also
 records ``teacher_temp`` and ``teacher_top1_unique`` (distinct argmax prototypes in the teacher batch).
 
 Outputs: ``config.json``, ``ckpt.pt`` (student, teacher, heads, centre, optimiser, RNG, step),
@@ -269,6 +270,27 @@ def _spec(cfg: dict) -> ModelSpec:
     return spec
 
 
+def _init_from_checkpoint(path, modules: dict, center: torch.Tensor, dev) -> torch.Tensor:
+    """Load another run's student and teacher (and centre); returns the centre to start from.
+
+    When the other run had a different number of prototypes (``out_dim``), the prototype layer
+    (``head.last_layer``) keeps this run's fresh initialisation and the centre starts at zero;
+    every other weight must match exactly.
+    """
+    state = torch.load(path, map_location=dev, weights_only=True)
+    fresh_prototypes = False
+    for k, mod in modules.items():
+        own = mod.state_dict()
+        loaded = state["modules"][k]
+        keep = {n for n, v in loaded.items() if n.startswith("head.last_layer")
+                and n in own and tuple(own[n].shape) != tuple(v.shape)}
+        fresh_prototypes |= bool(keep)
+        mod.load_state_dict({n: (own[n] if n in keep else v) for n, v in loaded.items()})
+    if fresh_prototypes:
+        return torch.zeros_like(center)
+    return torch.tensor(json.loads(state["extra"])["center"], device=dev).view(1, -1)
+
+
 def train_dino(config: dict, out, *, data_dir=None, resume: bool = False, device=None, progress: bool = True,
                max_steps: int | None = None) -> dict:
     cfg = full_config(config)
@@ -298,10 +320,7 @@ def train_dino(config: dict, out, *, data_dir=None, resume: bool = False, device
         step, extra = load_checkpoint(out / "ckpt.pt", modules=modules, optimizer=optimizer, device=dev)
         center = torch.tensor(extra["center"], device=dev).view(1, -1)
     elif cfg.get("init_checkpoint"):
-        state = torch.load(cfg["init_checkpoint"], map_location=dev, weights_only=True)
-        for k, mod in modules.items():
-            mod.load_state_dict(state["modules"][k])
-        center = torch.tensor(json.loads(state["extra"])["center"], device=dev).view(1, -1)
+        center = _init_from_checkpoint(cfg["init_checkpoint"], modules, center, dev)
     total = int(cfg["steps"])
     stop = total if max_steps is None else min(total, int(max_steps))
     n_views = int(cfg["n_global"]) + int(cfg["n_local"])
