@@ -22,7 +22,8 @@ best shot.
         --n-synthetic 8 --n-real 10 --out benchmarks/results/segformer3d-brain.json
     python benchmarks/eval_bundled.py --model dino-vit-brain --data-dir ../shared/data --heads-png docs/models/dino-vit-brain-heads.png
 
-``--heads-png`` also draws the DINO per-head CLS attention of the last block on the bundled Colin27
+``--sample-png`` draws the model's labels on the bundled sample beside the reference (three axial
+slices and one coronal, brain outlines of model and reference on the T1). ``--heads-png`` also draws the DINO per-head CLS attention of the last block on the bundled Colin27
 sample (``explain.dino_heads``, the same code the GUI uses; each head contrast-stretched between its
 1st and 99.5th percentile inside the window) and reports how each head's attention mass splits over
 air / scalp+skull / CSF / GM / WM, beside the voxel share of each region in the window (a head that
@@ -209,6 +210,54 @@ def _display_slices(vol: np.ndarray, centre) -> list[np.ndarray]:
     return [axial, coronal, sagittal]
 
 
+def sample_figure(model_name: str, data_dir: Path, png: Path, log=print) -> dict:
+    """The model's labels on the bundled sample beside the reference, as a PNG; returns the sample's Dice.
+
+    Rows: axial slices at 30, 50 and 70 % of the head's height and the coronal slice through the
+    head's centre. Columns: T1 | model labels | reference (brain mask with Colin's k-means tissue
+    classes), labels drawn CSF dark grey, GM grey, WM white; the model's brain outline (labels > 0)
+    is drawn in red on the T1 and the reference's in green (yellow where they coincide).
+    """
+    from skimage.io import imsave
+    from skimage.segmentation import find_boundaries
+
+    from napari_vit3d.io.nifti import read_nifti
+    from napari_vit3d.io.samples import sample_path
+
+    model = load_model(model_name, device="cpu")
+    vol = read_nifti(sample_path("colin27_t1.nii.gz"))
+    pred = segment(vol, model, device="cpu", use_cache=False, return_probabilities=False).labels.data
+    labels1, _, brain, _ = S.colin_label_map_1mm(data_dir)
+    ref = np.where(brain, labels1, 0).astype(np.uint8)
+    grey = np.array([0.0, 0.35, 0.65, 1.0])
+    t1 = np.clip(vol.data.astype(np.float32) / np.percentile(vol.data, 99.5), 0, 1)
+    head = np.argwhere(t1 > 0.2)
+    lo, hi = head.min(0), head.max(0)
+    centre = (lo + hi) // 2
+    rows = []
+    for kind, frac in (("axial", 0.3), ("axial", 0.5), ("axial", 0.7), ("coronal", 0.5)):
+        c = centre.copy()
+        if kind == "axial":
+            c[2] = int(lo[2] + frac * (hi[2] - lo[2]))
+        pick = 0 if kind == "axial" else 1
+        s_t1 = _display_slices(t1, c)[pick]
+        s_p = _display_slices(pred, c)[pick].astype(int)
+        s_r = _display_slices(ref, c)[pick].astype(int)
+        rgb = np.repeat(s_t1[..., None], 3, -1)
+        bp, br = find_boundaries(s_p > 0, mode="inner"), find_boundaries(s_r > 0, mode="inner")
+        rgb[bp] = [1.0, 0.15, 0.15]
+        rgb[br] = [0.2, 1.0, 0.2]
+        rgb[bp & br] = [1.0, 1.0, 0.2]
+        tiles = [rgb, np.repeat(grey[s_p][..., None], 3, -1), np.repeat(grey[s_r][..., None], 3, -1)]
+        rows.append(np.concatenate([np.pad(t, ((0, 217 - t.shape[0]), (0, 217 - t.shape[1]), (0, 0))) for t in tiles], 1))
+    png.parent.mkdir(parents=True, exist_ok=True)
+    imsave(str(png), (np.concatenate(rows, 0) * 255).astype(np.uint8), check_contrast=False)
+    out = {"png": str(png), "brain_dice_vs_ref": dice(pred > 0, brain)}
+    out.update({f"{n}_dice": dice(pred == i + 1, ref == i + 1) for i, n in enumerate(CLASSES)})
+    log(f"wrote {png}: {out}")
+    return out
+
+
 def dino_heads_figure(model_name: str, data_dir: Path, png: Path, log=print) -> dict:
     from skimage.io import imsave
 
@@ -268,12 +317,15 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=2024)
     p.add_argument("--out", default=None, help="JSON results file")
     p.add_argument("--heads-png", default=None, help="also draw DINO per-head CLS attention (vit_seg models)")
+    p.add_argument("--sample-png", default=None, help="also draw the model's labels on the bundled sample")
     args = p.parse_args(argv)
     data_dir = Path(args.data_dir)
     res = {}
     if args.n_synthetic or args.n_real:
         res = evaluate(args.model, data_dir, args.n_synthetic, args.n_real, args.seed)
         print(res["markdown"])
+    if args.sample_png:
+        res["sample"] = sample_figure(args.model, data_dir, Path(args.sample_png))
     if args.heads_png:
         res["dino_heads"] = dino_heads_figure(args.model, data_dir, Path(args.heads_png))
         print(json.dumps(res["dino_heads"], indent=1))
