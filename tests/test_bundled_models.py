@@ -1,7 +1,7 @@
 """The bundled models load through the real registry and segment the bundled Colin27 sample.
 
-Brain Dice ≥ 0.9 against the sample's brain mask is a floor against regressions (Colin27 was part of
-the training data), not a quality figure: those are in docs/models/*.md (benchmarks/eval_bundled.py).
+Brain Dice ≥ 0.93 (the issue asks for ≥ 0.9; the model measures 0.950) against the sample's brain mask
+is a floor against regressions (Colin27 was part of the training data), not a quality figure: those are in docs/models/*.md (benchmarks/eval_bundled.py).
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ from napari_vit3d.models.registry import bundled_models_dir, default_model_name,
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLED = ("segformer3d-brain", "dino-vit-brain")
-#: brain Dice floors on the sample. The default model must reach 0.9. The DINO model is a
+#: brain Dice floors on the sample. The default model must reach 0.9 (it measures 0.950; 0.93 leaves a margin). The DINO model is a
 #: demonstration of DINO heads whose decoder sits on a frozen (and briefly pretrained) DINO encoder;
 #: its card states its measured Dice (below 0.9), and this floor only guards against regressions.
-FLOORS = {"segformer3d-brain": 0.9, "dino-vit-brain": 0.75}
+FLOORS = {"segformer3d-brain": 0.93, "dino-vit-brain": 0.75}
 EXPECTED_LABELS = {0: "background", 1: "CSF", 2: "gray matter", 3: "white matter"}
 
 
