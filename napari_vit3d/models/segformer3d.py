@@ -18,7 +18,8 @@ Not in the paper (off by default): ``refine_dim > 0`` adds a *full-resolution re
 The decoder's logits live on the stage-1 grid (1/4 of the input), so at 2 mm input the labels are
 drawn on an 8 mm grid and thin structures (cortex, sulcal CSF) cannot be represented. The head
 reduces the fused decoder features to ``refine_dim`` channels (1³ Conv), upsamples them ×4
-(trilinear), concatenates the input image, and applies one 3³ Conv + ReLU and a 1³ Conv to classes; its output is *added* to the upsampled decoder logits. The last Conv starts at zero, so a
+(trilinear), concatenates the input image, and applies one 3³ Conv + ReLU and a 1³ Conv to
+classes; its output is *added* to the upsampled decoder logits. The last Conv starts at zero, so a
 network with the head and weights copied from one without it computes exactly the same logits
 until training changes the head.
 
