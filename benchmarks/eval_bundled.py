@@ -33,6 +33,7 @@ picks nothing out has mass share = voxel share), and the coefficient of variatio
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -49,6 +50,14 @@ from napari_vit3d.models import load_model
 from napari_vit3d.training import synthesis as S
 
 CLASSES = ("CSF", "GM", "WM")
+
+
+@functools.lru_cache(maxsize=2)
+def colin_1mm(data_dir: Path):
+    """Colin27 at 1 mm (sub-labels, T1, brain mask, affine), built once per run: the evaluation and
+    both figures need it, and building it (k-means, morphology) takes seconds. Callers must not
+    modify the arrays."""
+    return S.colin_label_map_1mm(data_dir)
 
 
 # ------------------------------------------------------------------------------------------ metrics
@@ -167,7 +176,7 @@ def evaluate(model_name: str, data_dir: Path, n_synthetic: int, n_real: int, see
     model = load_model(model_name, device="cpu")
     keys = ("brain",) + CLASSES
     maps = S.build_label_maps(data_dir, 2)
-    labels1, t1, brain, affine = S.colin_label_map_1mm(data_dir)
+    labels1, t1, brain, affine = colin_1mm(data_dir)
     tissue = np.where(brain, labels1, 0).astype(np.uint8)
     result = {"model": model.spec.name, "synthetic": [], "real": []}
     t0 = time.time()
@@ -185,11 +194,12 @@ def evaluate(model_name: str, data_dir: Path, n_synthetic: int, n_real: int, see
         row = {**desc, "model": scores(pred, bref, tref), "baseline": scores(base, bref, tref)}
         result["real"].append(row)
         log(f"colin copy {i} {desc}: model {row['model']}  baseline {row['baseline']}")
-    result["summary"] = {"synthetic": summarise(result["synthetic"], keys), "real": summarise(result["real"], keys)}
+    titles = {"synthetic": f"Held-out synthetic scans (n = {n_synthetic})",
+              "real": f"Re-oriented, rotated, re-sampled real Colin27 copies (n = {n_real})"}
+    sets = [k for k in titles if result[k]]  # a set asked for with n = 0 has no summary
+    result["summary"] = {k: summarise(result[k], keys) for k in sets}
     result["seconds"] = round(time.time() - t0, 1)
-    result["markdown"] = "\n\n".join([
-        table(f"Held-out synthetic scans (n = {n_synthetic})", result["summary"]["synthetic"], keys),
-        table(f"Re-oriented, rotated, re-sampled real Colin27 copies (n = {n_real})", result["summary"]["real"], keys)])
+    result["markdown"] = "\n\n".join(table(titles[k], result["summary"][k], keys) for k in sets)
     return result
 
 
@@ -227,7 +237,7 @@ def sample_figure(model_name: str, data_dir: Path, png: Path, log=print) -> dict
     model = load_model(model_name, device="cpu")
     vol = read_nifti(sample_path("colin27_t1.nii.gz"))
     pred = segment(vol, model, device="cpu", use_cache=False, return_probabilities=False).labels.data
-    labels1, _, brain, _ = S.colin_label_map_1mm(data_dir)
+    labels1, _, brain, _ = colin_1mm(data_dir)
     ref = np.where(brain, labels1, 0).astype(np.uint8)
     grey = np.array([0.0, 0.35, 0.65, 1.0])
     t1 = np.clip(vol.data.astype(np.float32) / np.percentile(vol.data, 99.5), 0, 1)
@@ -269,7 +279,7 @@ def dino_heads_figure(model_name: str, data_dir: Path, png: Path, log=print) -> 
     vol = read_nifti(sample_path("colin27_t1.nii.gz"))
     heads = dino_heads(model, vol)
     att = np.asarray(heads.data, np.float32)  # (x, y, z, heads)
-    labels1, _, brain, _ = S.colin_label_map_1mm(data_dir)
+    labels1, _, brain, _ = colin_1mm(data_dir)
     region = np.zeros(labels1.shape, np.uint8)  # 0 air, 1 scalp/skull, 2 CSF, 3 GM, 4 WM
     region[labels1 >= 4] = 1
     region[brain] = 1 + labels1[brain]
