@@ -10,7 +10,7 @@ from napari_vit3d.cli import build_parser
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "cli.md"
 #: documented in docs/models/ (the training engineer's pages); cli.md lists them with a pointer
-POINTER_ONLY = ("train-seg", "train-dino")
+POINTER_ONLY = ("train-seg", "train-dino", "train-prompt")
 
 
 def _commands() -> dict[str, argparse.ArgumentParser]:

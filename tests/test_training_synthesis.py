@@ -74,9 +74,9 @@ def test_label_map_from_the_real_sample(colin, colin_map):
     assert set(np.unique(lm.labels)) <= set(range(S.N_SUBLABELS))
     brain_ds = S.block_mean(mask, 4) > 0.5
     cls = lm.classes
-    inter = np.sum((cls > 0) & brain_ds)
-    dice = 2 * inter / (np.sum(cls > 0) + np.sum(brain_ds))
-    assert dice > 0.97
+    # the brain of the map is intracranial (tight brain + CSF): it holds the tight mask
+    assert np.sum((cls > 0) & brain_ds) >= 0.99 * np.sum(brain_ds)
+    assert 1.03 < np.sum(cls > 0) / np.sum(brain_ds) < 1.25
     # tissue classes are intensity-ordered (T1: CSF < GM < WM) on the real image
     means = [t1[::4, ::4, ::4][:lm.labels.shape[0], :lm.labels.shape[1], :lm.labels.shape[2]][cls == c].mean()
              for c in (1, 2, 3)]
@@ -124,3 +124,38 @@ def test_bank_roundtrip(colin_map, tmp_path):
     img0, cls0 = S.synthesize(colin_map, np.random.default_rng(2), cfg)
     np.testing.assert_array_equal(labels[0], cls0)
     np.testing.assert_array_equal(images[0], np.round(img0 * 255).astype(np.uint8))
+
+
+@pytest.fixture(scope="module")
+def colin_1mm(colin):
+    t1, mask, _ = colin
+    labels, brain = S.head_label_map_1mm(t1, mask)
+    return t1, S.clean_mask(mask), labels, brain
+
+
+def test_intracranial_brain_adds_only_csf_inside_the_skull(colin_1mm):
+    """The field's brain definition (brain + sulcal and surrounding CSF inside the inner skull), checked
+    against references computed here independently (scipy distances, scikit-image Otsu thresholds)."""
+    from skimage.filters import threshold_multiotsu
+
+    t1, tight, labels, brain = colin_1mm
+    added = brain & ~tight
+    assert np.all(brain[tight])                               # never loses brain tissue
+    assert np.all(labels[added] == 1)                         # everything added is CSF
+    ml = added.sum() / 1000.0
+    assert 0.06 * tight.sum() / 1000.0 < ml < 0.2 * tight.sum() / 1000.0, ml  # Colin27: ≈ 220 mL of ≈ 1740
+    # close to the tight brain: within closing (5) + growth (4) + smoothing (3) mm
+    d_tight = ndimage.distance_transform_edt(~tight)
+    assert d_tight[added].max() <= 12.5
+    # inside the skull: far from the air around the head (head = half the scikit-image Otsu threshold,
+    # largest component, holes filled slice by slice along each axis; the scalp and skull are > 5 mm)
+    head = S.largest_component(t1 > 0.5 * threshold_otsu(t1))
+    for ax in range(3):
+        head = np.stack([ndimage.binary_fill_holes(np.take(head, i, axis=ax)) for i in range(head.shape[ax])], axis=ax)
+    d_air = ndimage.distance_transform_edt(head)
+    assert np.all(head[added]) and d_air[added].min() >= 5.0
+    # CSF-dark: below the CSF/GM threshold of a 3-class Otsu of the brain for nearly all of it, and
+    # never the bright scalp fat (above the GM/WM threshold)
+    th = threshold_multiotsu(t1[tight], classes=3)
+    assert np.mean(t1[added] < th[0] + 0.25 * (th[1] - th[0])) > 0.9
+    assert np.mean(t1[added] > th[1]) < 0.01

@@ -19,7 +19,7 @@ from .. import __version__
 from ..errors import Cancelled, Vit3dError
 
 #: command modules, in the order ``--help`` lists them (missing modules are skipped)
-COMMAND_MODULES = ("segment", "explain", "evaluate", "compare", "models", "train", "info")
+COMMAND_MODULES = ("segment", "prompt", "explain", "evaluate", "compare", "models", "train", "info")
 
 EXIT_OK, EXIT_USAGE_OR_INPUT, EXIT_CANCELLED = 0, 2, 130
 
@@ -44,7 +44,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
 
 
 #: options whose value is a comma-separated list of numbers that may start with a minus sign
-_NUMBER_LIST_OPTIONS = ("--point-world", "--point-voxel")
+_NUMBER_LIST_OPTIONS = ("--point-world", "--point-voxel", "--negative-world", "--negative-voxel", "--box-world")
 _NUMBER_LIST = re.compile(r"-\s*[\d.]+(?:[eE][+-]?\d+)?(?:\s*,\s*-?\s*[\d.]+(?:[eE][+-]?\d+)?)*")
 
 

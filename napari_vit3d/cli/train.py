@@ -2,6 +2,7 @@
 
     napari-vit3d train-seg  --config CFG.json --out RUN_DIR [--data-dir DIR] [--resume] [--device cpu]
     napari-vit3d train-dino --config CFG.json --out RUN_DIR [--data-dir DIR] [--resume] [--device cpu]
+    napari-vit3d train-prompt --config CFG.json --out RUN_DIR --data-dir DIR [--resume] [--device cpu]
 
 ``--data-dir`` is the folder with the real scans (``colin27/``, ``mni152_2009a/``) used to build the
 synthetic bank when the config's bank file does not exist yet. ``--export DEST/NAME`` writes the
@@ -35,6 +36,9 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("train-dino", help="DINO self-distillation pre-training of a 3D ViT (CLS, patch 8)")
     _common(p)
     p.set_defaults(func=_run_dino)
+    p = subparsers.add_parser("train-prompt", help="train the click-prompted (promptable) segmentation model")
+    _common(p)
+    p.set_defaults(func=_run_prompt)
 
 
 def _export(args, kind: str) -> None:
@@ -79,4 +83,17 @@ def _run_dino(args) -> int:
     print(json.dumps(summary))
     if args.export:
         print("note: a DINO run has no segmentation decoder; fine-tune it with train-seg (config 'init') and export that")
+    return 0
+
+
+def _run_prompt(args) -> int:
+    from ..training.common import load_config
+    from ..training.train_prompt import train_prompt
+
+    _threads(args)
+    summary = train_prompt(load_config(args.config), args.out, data_dir=args.data_dir, resume=args.resume,
+                           device=args.device, progress=not args.no_progress, max_steps=args.max_steps)
+    print(json.dumps(summary))
+    if summary["finished"]:
+        _export(args, "promptable")
     return 0

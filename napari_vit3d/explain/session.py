@@ -82,7 +82,11 @@ def _linear_index(pos: np.ndarray, n: int):
 class ExplainSession:
     """Explanations of one scan by one model (see module docstring)."""
 
-    def __init__(self, model, volume: Volume, *, roi_size=None, channels=None, max_cached_windows: int = 2):
+    def __init__(self, model, volume: Volume, *, roi_size=None, channels=None, max_cached_windows: int = 2,
+                 model_input=None):
+        """``model_input`` replaces the prepared scan (a :class:`~napari_vit3d.inference.ModelInput`): the
+        promptable model's session passes its crop with the prompt channels, so every method explains
+        the network exactly as it ran; the window is then the whole crop by default."""
         from ..inference import preprocess
 
         self.network, self.spec, self.model_name, self.weights_sha256 = model_parts(model)
@@ -91,8 +95,12 @@ class ExplainSession:
             self.device = next(self.network.parameters()).device
         except StopIteration:
             self.device = torch.device("cpu")
-        self.model_input = preprocess(volume, self.spec, roi_size=roi_size, channels=channels)
-        self.roi = tuple(int(r) for r in (roi_size if roi_size is not None else self.spec.roi_size))
+        if model_input is not None:
+            self.model_input = model_input
+            self.roi = tuple(int(r) for r in (roi_size if roi_size is not None else model_input.spatial_shape))
+        else:
+            self.model_input = preprocess(volume, self.spec, roi_size=roi_size, channels=channels)
+            self.roi = tuple(int(r) for r in (roi_size if roi_size is not None else self.spec.roi_size))
         self._captures: OrderedDict = OrderedDict()
         self.max_cached_windows = int(max_cached_windows)
 

@@ -4,7 +4,9 @@ Methods come from ``napari_vit3d.explain`` (point attention, attention rollout, 
 run in a thread worker with an ``explain.ExplainSession`` kept per (scan, model, device), so a new
 click inside a window already captured reuses that forward pass. Maps come back as ``Volume``s on
 the scan's grid and are shown as additive Image layers on the scan (``<scan> · <method>``).
-The query marker is a Points layer ``<scan> · query`` at the clicked voxel's centre.
+The query marker is a Points layer ``<scan> · query`` at the clicked voxel's centre. The model entry
+"segformer3d-prompt (last click)" explains the promptable model's last prediction (Review › Click to
+segment) on its crop, with the clicks and previous mask as it ran.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from qtpy.QtCore import QObject, Signal
 from qtpy.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QHBoxLayout, QLabel, QProgressBar,
                             QPushButton, QSpinBox, QVBoxLayout, QWidget)
 
-from ..errors import GeometryError, VolumeError
+from ..errors import GeometryError, ModelError, VolumeError
 from ._common import create_engine_worker, SEP, LayerCombo, find_layer, report_error, robust_limits, scan_layers, unwrap
 from ._layers import file_voxel_to_world, inside, layer_kwargs, volume_from_layer, world_to_file_voxel
 from .session import load_model_cached, run_of
@@ -31,6 +33,8 @@ METHODS = [
     ("erf", "Effective receptive field (clicked voxel)", "erf_map", False, False),
 ]
 _BY_KEY = {m[0]: m for m in METHODS}
+#: the model entry that explains the promptable network's last prediction (Review → Click to segment)
+PROMPT_ENTRY = "segformer3d-prompt (last click)"
 _FIXED_OPTIONS = {"erf": {"log1p": True}}
 
 
@@ -47,6 +51,8 @@ def _explain_job(session_holder: dict, key: tuple, model_key: str, volume, devic
     from .. import explain
     from ..inference import pick_device
 
+    if model_key == PROMPT_ENTRY:
+        return _explain_prompt(key[0], method, voxel, options, progress, cancel)
     dev = str(pick_device(device))
     loaded = load_model_cached(model_key, dev)
     session = session_holder.get(key)
@@ -62,6 +68,26 @@ def _explain_job(session_holder: dict, key: tuple, model_key: str, volume, devic
         return explain.head_mask_labels(masks, heads)
     fn = getattr(explain, _BY_KEY[method][2])
     return fn(loaded, volume, **common, **_FIXED_OPTIONS.get(method, {}), **options)
+
+
+def _explain_prompt(scan_name: str, method: str, voxel, options: dict, progress, cancel):
+    """Worker thread: explain the promptable network's last prediction on ``scan_name`` (its crop, its
+    clicks and previous mask as it ran), at the query voxel."""
+    from .. import explain
+    from .session import prompt_sessions
+
+    ps = prompt_sessions.get(scan_name)
+    if ps is None or ps.last is None:
+        raise ModelError("Ctrl+click a structure in Review and correct › Click to segment first: the promptable "
+                         "model is explained on its last prediction")
+    if method not in ("point_attention", "erf"):
+        raise ModelError("the promptable model (SegFormer3D) supports point attention and ERF")
+    world = ps.volume.affine[:3, :3] @ np.asarray(voxel, float) + ps.volume.affine[:3, 3]
+    if not ps.last.crop.contains(world):
+        raise GeometryError("the query lies outside the promptable model's last crop; click inside the object's crop")
+    fn = getattr(explain, _BY_KEY[method][2])
+    return fn(ps.model, ps.volume, voxel=tuple(int(v) for v in voxel), session=ps.explain_session(),
+              progress=progress, cancel=cancel, **_FIXED_OPTIONS.get(method, {}), **options)
 
 
 class ExplainWidget(QWidget):
@@ -147,6 +173,10 @@ class ExplainWidget(QWidget):
         except Exception as exc:
             report_error(exc, "listing models")
             names = []
+        from ..prompt import list_prompt_models
+
+        if list_prompt_models():
+            names.append(PROMPT_ENTRY)
         self.model_combo.clear()
         self.model_combo.addItems(names)
         self._suggest_model()

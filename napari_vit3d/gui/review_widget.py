@@ -1,5 +1,5 @@
 """Review & correct dock widget: label list, corrections, changes vs the model, uncertain regions,
-comparison with another model.
+comparison with another model, and *Click to segment* (``gui.prompt_panel``: the promptable model).
 
 Painting, filling and erasing are napari's own tools on the labels layer. The corrections
 (``review.interpolate_slices``, ``remove_small_components``, ``fill_holes``) run in a thread worker
@@ -30,6 +30,7 @@ from ..io.labels import LabelTable
 from ..io.layers import volume_from_layer_data
 from ._common import create_engine_worker, SEP, LayerCombo, ModelCombo, ProgressBridge, find_layer, info, report_error, unique_name, unwrap
 from ._layers import display_geometry, display_spacing, layer_kwargs, ras_to_world
+from .prompt_panel import PROMPT_KEY, PromptPanel
 from .session import load_model_cached, run_of
 from .styles import labels_colormap
 
@@ -109,7 +110,8 @@ class ReviewWidget(QWidget):
         lay = QVBoxLayout(self)
         form = QFormLayout()
         self.labels_combo = LayerCombo(self.viewer, lambda l: isinstance(l, Labels) and not l.name.endswith(
-            f"{SEP}changes") and "vit3d_diff" not in l.metadata and COMPARE_KEY not in l.metadata)
+            f"{SEP}changes") and "vit3d_diff" not in l.metadata and COMPARE_KEY not in l.metadata
+            and PROMPT_KEY not in l.metadata)
         form.addRow("Labels", self.labels_combo)
         lay.addLayout(form)
 
@@ -210,6 +212,9 @@ class ReviewWidget(QWidget):
         self.compare_text.setWordWrap(True)  # the summary line is long: wrap it rather than widen the dock
         cl.addWidget(self.compare_text)
         lay.addWidget(cmp)
+
+        self.prompt_panel = PromptPanel(self)
+        lay.addWidget(self.prompt_panel)
 
         self.status = QLabel("")
         self.status.setWordWrap(True)

@@ -70,3 +70,7 @@ def run_of(layer) -> RunRecord | None:
         return None
     rec = layer.metadata.get(RUN_KEY)
     return rec if isinstance(rec, RunRecord) else None
+
+
+#: scan layer name → its ``prompt.PromptSession`` (the Review widget's clicks; Explain reads it)
+prompt_sessions: dict[str, Any] = {}

@@ -265,7 +265,7 @@ def snapshot(run_dir, dest=None) -> Path:
     """
     run_dir = Path(run_dir)
     cfg = json.loads((run_dir / "config.json").read_text())
-    spec = _spec_from_config(cfg)
+    spec = ModelSpec.from_dict({k: v for k, v in cfg["model"].items() if k != "weights"})  # any run: seg or prompt
     network = build_network(spec)
     state = torch.load(run_dir / "ckpt.pt", map_location="cpu", weights_only=True)
     network.load_state_dict(state["modules"]["network"])

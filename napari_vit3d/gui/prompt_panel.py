@@ -1,0 +1,255 @@
+"""Click to segment: the promptable model inside *Review and correct*.
+
+With **Interactive** on, **Ctrl+click** on the scan adds a positive point (this is the object) and
+**Ctrl+Shift+click** a negative point (this is not), in any layer mode: a plain click still pans,
+paints or sets the Explain query as before. Each click runs ``prompt.PromptSession.predict`` in a
+thread worker (clicks made while one runs are queued) and shows the mask as the preview layer
+``<scan> · prompt preview`` with the points as ``<scan> · prompt points``. **Accept** merges the
+preview into the labels layer chosen above, as the selected label, in ONE undo step, writing only
+voxels that are background or already that label (other labels are never overwritten); without a
+labels layer it creates ``<scan> · labels``. **Reset** forgets the clicks (a new object).
+
+The widget only gathers clicks and shows results; the engine is ``napari_vit3d.prompt``. The
+session is shared through ``gui.session`` so the Explain widget can explain the last prediction
+(point attention / ERF of the promptable network as it ran).
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+from napari.layers import Labels, Points
+from qtpy.QtWidgets import QCheckBox, QGroupBox, QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout
+
+from ..errors import VolumeError
+from ..io.geometry import napari_world_to_ras
+from ._common import SEP, ProgressBridge, create_engine_worker, find_layer, report_error, scan_layers
+from ._layers import inside, layer_kwargs, volume_from_layer
+from .session import prompt_sessions, run_of
+
+PROMPT_KEY = "vit3d_prompt"
+PREVIEW_COLOR = {None: (0, 0, 0, 0), 0: (0, 0, 0, 0), 1: (1.0, 0.85, 0.1, 1.0)}
+
+
+def _prompt_job(scan_name: str, volume, ras, positive: bool, progress, cancel):
+    """Worker thread: the scan's prompt session (made on first use), one more click, one prediction;
+    the preview's display-order data is prepared here so the GUI thread only swaps it in."""
+    from ..prompt import PromptSession, load_prompt_model
+
+    entry = prompt_sessions.get(scan_name)
+    if entry is None or entry.volume is not volume:
+        entry = PromptSession(load_prompt_model(), volume)
+        prompt_sessions[scan_name] = entry
+    entry.add_point(world=ras, positive=positive)
+    try:
+        result = entry.predict(progress=progress, cancel=cancel)
+    except BaseException:
+        entry.clicks.pop()
+        raise
+    data, kw = layer_kwargs(result.mask, kind="labels")
+    return result, data, kw
+
+
+class PromptPanel(QGroupBox):
+    """The *Click to segment* group of the Review widget (see the module docstring)."""
+
+    def __init__(self, review, parent=None):
+        super().__init__("Click to segment (promptable model)", parent)
+        self.review = review
+        self.viewer = review.viewer
+        self._worker = None
+        self._queue: list = []
+        self._cancel = threading.Event()
+        self._bridge = ProgressBridge()
+        self._volumes: dict = {}
+        self.last_result = None
+        lay = QVBoxLayout(self)
+        self.active_check = QCheckBox("Interactive: Ctrl+click = object, Ctrl+Shift+click = not the object")
+        self.active_check.toggled.connect(self.set_active)
+        lay.addWidget(self.active_check)
+        row = QHBoxLayout()
+        self.accept_button = QPushButton("Accept into labels")
+        self.accept_button.setToolTip("merge the preview into the selected label (one undo step)")
+        self.accept_button.clicked.connect(self.accept)
+        self.reset_button = QPushButton("Reset")
+        self.reset_button.setToolTip("forget the clicks and the preview: start a new object")
+        self.reset_button.clicked.connect(self.reset)
+        row.addWidget(self.accept_button, 1)
+        row.addWidget(self.reset_button)
+        lay.addLayout(row)
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
+        lay.addWidget(self.progress)
+        self.status = QLabel("turn Interactive on, then Ctrl+click the structure")
+        self.status.setWordWrap(True)
+        lay.addWidget(self.status)
+        self.destroyed.connect(lambda *_: self._remove_callback(self.viewer))
+
+    # -- clicks ---------------------------------------------------------------------------------
+    def set_active(self, on: bool):
+        cbs = self.viewer.mouse_drag_callbacks
+        if on and self._on_mouse not in cbs:
+            cbs.insert(0, self._on_mouse)
+        elif not on and self._on_mouse in cbs:
+            cbs.remove(self._on_mouse)
+
+    def _remove_callback(self, viewer):
+        try:
+            viewer.mouse_drag_callbacks.remove(self._on_mouse)
+        except ValueError:
+            pass
+
+    def _on_mouse(self, viewer, event):
+        mods = set(getattr(event, "modifiers", ()) or ())
+        if getattr(event, "button", 1) != 1 or "Control" not in mods:
+            return
+        self.click(np.asarray(event.position, float), positive="Shift" not in mods)
+
+    def scan_layer(self):
+        """The scan the clicks are on: the one the chosen labels layer was segmented from, else the newest scan."""
+        rec = run_of(self.review.layer())
+        if rec is not None and find_layer(self.viewer, rec.scan_layer) is not None:
+            return self.viewer.layers[rec.scan_layer]
+        scans = scan_layers(self.viewer)
+        return scans[-1] if scans else None
+
+    def click(self, world, positive: bool = True):
+        """What a Ctrl(+Shift)+click at napari world ``world`` (S, A, R mm) does; returns the worker or None."""
+        scan = self.scan_layer()
+        if scan is None:
+            report_error(VolumeError("open a scan first"), "Click to segment")
+            return None
+        world = np.asarray(world, float)[-3:]
+        if not inside(scan, world):
+            self.status.setText("that point is outside the scan")
+            return None
+        ras = napari_world_to_ras(world)
+        self._add_marker(scan.name, world, positive)
+        self._queue.append((scan, ras, bool(positive)))
+        return self._next()
+
+    def _next(self):
+        if self._worker is not None or not self._queue:
+            return self._worker
+        scan, ras, positive = self._queue.pop(0)
+        try:
+            key = (scan.name, id(scan.data))
+            volume = self._volumes.get(key)
+            if volume is None:
+                volume = volume_from_layer(scan)
+                self._volumes = {key: volume}
+        except Exception as exc:
+            report_error(exc, "Click to segment")
+            return None
+        self._cancel.clear()
+        worker = create_engine_worker(_prompt_job, scan.name, volume, ras, positive, bridge=self._bridge,
+                                      cancel_event=self._cancel)
+        worker.returned.connect(lambda out, name=scan.name: self._show(name, *out))
+        worker.errored.connect(lambda exc: report_error(exc, "Click to segment"))
+        worker.finished.connect(self._finished)
+        self._worker = worker
+        self.progress.setRange(0, 0)
+        self.status.setText(f"{'object' if positive else 'not the object'} click at RAS {np.round(ras, 1).tolist()} mm…")
+        worker.start()
+        return worker
+
+    def _finished(self):
+        self._worker = None
+        self.progress.setRange(0, 1)
+        self.progress.setValue(1)
+        self._next()
+
+    # -- layers ---------------------------------------------------------------------------------
+    def preview_name(self, scan_name: str) -> str:
+        return f"{scan_name}{SEP}prompt preview"
+
+    def points_name(self, scan_name: str) -> str:
+        return f"{scan_name}{SEP}prompt points"
+
+    def _add_marker(self, scan_name: str, world, positive: bool):
+        name = self.points_name(scan_name)
+        pts = find_layer(self.viewer, name)
+        colour = "lime" if positive else "red"
+        active = self.viewer.layers.selection.active
+        if isinstance(pts, Points):
+            pts.add(np.asarray(world, float)[None, :])
+            fc = list(pts.face_color)
+            fc[-1] = (0.2, 1.0, 0.2, 1.0) if positive else (1.0, 0.2, 0.2, 1.0)
+            pts.face_color = fc
+        else:
+            self.viewer.add_points(np.asarray(world, float)[None, :], name=name, size=4, face_color=colour,
+                                   border_color="white", border_width=0.1, metadata={PROMPT_KEY: "points"})
+        if active is not None and active in self.viewer.layers:
+            self.viewer.layers.selection.active = active
+
+    def _show(self, scan_name: str, result, data, kw):
+        self.last_result = result
+        name = self.preview_name(scan_name)
+        existing = find_layer(self.viewer, name)
+        active = self.viewer.layers.selection.active
+        if isinstance(existing, Labels) and existing.data.shape == data.shape:
+            existing.data = data
+        else:
+            if existing is not None:
+                self.viewer.layers.remove(existing)
+            from napari.utils.colormaps import DirectLabelColormap
+
+            kw = dict(kw)
+            kw["metadata"] = {**kw.get("metadata", {}), PROMPT_KEY: "preview"}
+            self.viewer.add_labels(data, name=name, opacity=0.5, colormap=DirectLabelColormap(color_dict=PREVIEW_COLOR),
+                                   **kw)
+        pts = find_layer(self.viewer, self.points_name(scan_name))
+        if pts is not None:
+            self.viewer.layers.move(self.viewer.layers.index(pts), len(self.viewer.layers))
+        if active is not None and active in self.viewer.layers:
+            self.viewer.layers.selection.active = active
+        vol_ml = float(result.mask.data.sum()) * result.mask.voxel_volume_ml
+        n = len(prompt_sessions[scan_name].clicks) if scan_name in prompt_sessions else 0
+        self.status.setText(f"{vol_ml:.2f} mL after {n} click(s) (crop {result.crop.spacing:g} mm); Accept merges it")
+
+    def accept(self):
+        """Merge the preview into the labels layer as the selected label (one undo step); returns voxels changed."""
+        from .review_widget import apply_labels
+
+        scan = self.scan_layer()
+        preview = find_layer(self.viewer, self.preview_name(scan.name)) if scan is not None else None
+        if preview is None or not np.any(preview.data):
+            report_error(VolumeError("nothing to accept: Ctrl+click the structure first"), "Accept")
+            return 0
+        lyr = self.review.layer()
+        if lyr is None:
+            vol = volume_from_layer(scan)
+            data, kw = layer_kwargs(vol.with_data(np.zeros(vol.spatial_shape, np.uint8)), kind="labels")
+            lyr = self.viewer.add_labels(data, name=f"{scan.name}{SEP}labels", **kw)
+            self.review.labels_combo.setCurrentText(lyr.name)
+        if lyr.data.shape != preview.data.shape:
+            report_error(VolumeError(f"{lyr.name} is not on the scan's grid ({lyr.data.shape} vs {preview.data.shape})"),
+                         "Accept")
+            return 0
+        label = int(lyr.selected_label) or 1
+        old = np.asarray(lyr.data)
+        new = old.copy()
+        sel = (np.asarray(preview.data) > 0) & ((old == 0) | (old == label))
+        new[sel] = label
+        n = apply_labels(lyr, new)
+        self.status.setText(f"accepted: {n} voxel(s) set to label {label} in {lyr.name} (Undo reverts it)")
+        self.review.refresh(force=True)
+        self.reset(keep_status=True)
+        return n
+
+    def reset(self, keep_status: bool = False):
+        scan = self.scan_layer()
+        if scan is not None:
+            sess = prompt_sessions.get(scan.name)
+            if sess is not None:
+                sess.reset()
+            for name in (self.preview_name(scan.name), self.points_name(scan.name)):
+                lyr = find_layer(self.viewer, name)
+                if lyr is not None:
+                    self.viewer.layers.remove(lyr)
+        self._queue.clear()
+        self.last_result = None
+        if not keep_status:
+            self.status.setText("reset: Ctrl+click the next structure")

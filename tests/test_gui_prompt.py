@@ -1,0 +1,130 @@
+"""Click to segment in a real viewer: Ctrl+click → preview on the scan → Accept = one undo step.
+
+Uses the bundled promptable model on the Colin27 sample (a 64³ crop: a fraction of a second per
+click on CPU). What is checked is the GUI contract: the preview lies on the scan grid where the
+engine put it, a negative click is a second prediction, Accept writes only the selected label in
+one undo step, Reset clears the prompts, and the Explain widget explains the last click with the
+promptable network.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from napari.layers import Labels
+
+import _gui_helpers
+from _gui_helpers import dock, open_sample, tiny_spec, wait_for
+from napari_vit3d.gui.session import prompt_sessions
+
+
+@pytest.fixture
+def gui_env(tmp_path, monkeypatch):
+    prompt_sessions.clear()
+    return _gui_helpers.gui_env(tmp_path, monkeypatch, tiny_spec("tiny-gui-test"))
+
+
+class _Event:
+    """A stand-in for napari's mouse event with the fields the panel reads."""
+
+    def __init__(self, position, modifiers):
+        self.position, self.modifiers, self.button, self.type = position, modifiers, 1, "mouse_press"
+
+
+def _world_of_voxel(scan, ijk):
+    from napari_vit3d.gui._layers import file_voxel_to_world
+
+    return file_voxel_to_world(scan, ijk)
+
+
+def test_ctrl_click_preview_accept_undo(make_napari_viewer, qtbot, gui_env):
+    viewer = make_napari_viewer()
+    scan = open_sample(viewer)
+    review = dock(viewer, "3 Review and correct")
+    panel = review.prompt_panel
+    panel.active_check.setChecked(True)
+    assert panel._on_mouse in viewer.mouse_drag_callbacks
+
+    # a labels layer with an existing label 2 region that Accept must not overwrite
+    from napari_vit3d.gui._layers import layer_kwargs, volume_from_layer
+
+    vol = volume_from_layer(scan)
+    data, kw = layer_kwargs(vol.with_data(np.zeros(vol.spatial_shape, np.uint8)), kind="labels")
+    data[:, :, :] = 0
+    labels = viewer.add_labels(data, name="colin27_t1 · labels", **kw)
+    review.labels_combo.setCurrentText(labels.name)
+
+    # the right lateral ventricle of the sample, file voxel (101, 116, 93) (RAS ≈ (11, -9, 21) mm)
+    ijk = (101, 116, 93)
+    world = _world_of_voxel(scan, ijk)
+    panel._on_mouse(viewer, _Event(world, ("Control",)))
+    wait_for(qtbot, lambda: panel._worker is None and panel.last_result is not None)
+    assert not gui_env.messages["error"], gui_env.messages
+    preview = viewer.layers["colin27_t1 · prompt preview"]
+    assert isinstance(preview, Labels) and preview.data.shape == scan.data.shape
+    np.testing.assert_allclose(preview.affine.affine_matrix, scan.affine.affine_matrix)
+    # the preview is the engine's mask, displayed exactly like the scan
+    from napari_vit3d.io.layers import volume_to_layer_data
+
+    expect = volume_to_layer_data(panel.last_result.mask, kind="labels")[0][0]
+    assert np.array_equal(preview.data, expect)
+    assert preview.data.any()
+    n1 = int(preview.data.sum())
+    pts = viewer.layers["colin27_t1 · prompt points"]
+    assert len(pts.data) == 1
+
+    # a negative click elsewhere: a second prediction, two points
+    far = _world_of_voxel(scan, (60, 150, 60))
+    panel._on_mouse(viewer, _Event(far, ("Control", "Shift")))
+    wait_for(qtbot, lambda: panel._worker is None and len(prompt_sessions["colin27_t1"].clicks) == 2)
+    assert len(viewer.layers["colin27_t1 · prompt points"].data) == 2
+    assert not prompt_sessions["colin27_t1"].clicks[1].positive
+
+    # plain clicks (no Ctrl) are not prompts
+    panel._on_mouse(viewer, _Event(far, ()))
+    assert panel._worker is None and len(prompt_sessions["colin27_t1"].clicks) == 2
+
+    # some voxels of the object already belong to label 2: Accept as label 1 must leave them alone
+    obj = np.asarray(viewer.layers["colin27_t1 · prompt preview"].data) > 0
+    keep = np.zeros_like(obj)
+    idx = np.argwhere(obj)[:10]
+    keep[tuple(idx.T)] = True
+    with labels.block_history():
+        labels.data_setitem(tuple(idx.T), 2)
+    before = np.array(labels.data)
+    labels.selected_label = 1
+    n = panel.accept()
+    after = np.array(labels.data)
+    assert n == int(obj.sum()) - 10 and n > 0
+    assert np.all(after[keep] == 2)
+    assert np.all(after[obj & ~keep] == 1)
+    assert np.array_equal(after[~obj], before[~obj])
+    # Accept reset the prompts: preview and points are gone
+    assert "colin27_t1 · prompt preview" not in viewer.layers
+    assert "colin27_t1 · prompt points" not in viewer.layers
+    labels.undo()                    # ONE undo step reverts the whole merge
+    assert np.array_equal(np.array(labels.data), before)
+    assert n1 > 0
+
+
+def test_explain_the_last_click(make_napari_viewer, qtbot, gui_env):
+    viewer = make_napari_viewer()
+    scan = open_sample(viewer)
+    review = dock(viewer, "3 Review and correct")
+    explain = dock(viewer, "2 Explain")
+    panel = review.prompt_panel
+    panel.click(_world_of_voxel(scan, (101, 116, 93)), positive=True)
+    wait_for(qtbot, lambda: panel._worker is None and panel.last_result is not None)
+    explain._refresh_models()
+    from napari_vit3d.gui.explain_widget import PROMPT_ENTRY
+
+    assert explain.model_combo.findText(PROMPT_ENTRY) >= 0
+    explain.model_combo.setCurrentText(PROMPT_ENTRY)
+    explain.method_combo.setCurrentIndex(explain.method_combo.findData("erf"))
+    explain.set_query((101, 116, 93))
+    explain.explain()
+    wait_for(qtbot, lambda: explain._worker is None)
+    assert not gui_env.messages["error"], gui_env.messages
+    lyr = viewer.layers["colin27_t1 · erf"]
+    assert lyr.data.shape == scan.data.shape and lyr.metadata["vit3d_map"]["model"] == "segformer3d-prompt"
+    assert float(np.max(lyr.data)) > 0
