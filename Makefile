@@ -30,7 +30,7 @@ $(VPY):
 $(STAMP): $(VPY) setup.cfg pyproject.toml
 	$(VPY) -m pip install -q --upgrade pip
 	@$(VPY) -c "import torch" 2>/dev/null || $(VPY) -m pip install -q $(TORCH_SPEC)
-	$(VPY) -m pip install -q -e ".[qt,testing]"
+	$(VPY) -m pip install -q -e ".[qt,testing,cluster]"
 	touch $(STAMP)
 
 setup: system-deps $(STAMP)

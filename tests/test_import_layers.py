@@ -1,6 +1,6 @@
 """The package's import direction and headless engine, checked from the source and in fresh interpreters.
 
-Layers (docs/architecture.md): ``gui``/``_napari``/``cli`` → ``review``/``explain`` → ``inference`` →
+Layers (docs/architecture.md): ``gui``/``_napari``/``cli`` → ``batch`` → ``review``/``explain``/``prompt`` → ``inference`` →
 ``models`` → ``io`` → ``errors``; ``training`` may use ``models``, ``inference`` and ``io``. Nothing
 below ``gui``/``_napari`` may import napari or a Qt binding, so the engine runs without a display.
 """
@@ -20,9 +20,9 @@ import napari_vit3d
 PKG = Path(napari_vit3d.__file__).resolve().parent
 
 #: rank of each top-level part: a module may import parts of lower or equal rank only
-RANK = {"errors": 0, "io": 1, "models": 2, "inference": 3, "explain": 4, "review": 4, "training": 5,
-        "cli": 6, "gui": 6, "_napari": 6, "demo": 7}
-ENGINE = ("errors", "io", "models", "inference", "explain", "review", "training", "cli")
+RANK = {"errors": 0, "io": 1, "models": 2, "inference": 3, "explain": 4, "review": 4, "prompt": 4, "training": 5,
+        "batch": 5, "cli": 6, "gui": 6, "_napari": 6, "demo": 7}
+ENGINE = ("errors", "io", "models", "inference", "explain", "review", "prompt", "training", "batch", "cli")
 GUI_LIBS = ("napari", "qtpy", "PyQt5", "PyQt6", "PySide2", "PySide6", "magicgui", "vispy")
 
 

@@ -19,7 +19,7 @@ from .. import __version__
 from ..errors import Cancelled, Vit3dError
 
 #: command modules, in the order ``--help`` lists them (missing modules are skipped)
-COMMAND_MODULES = ("segment", "prompt", "explain", "evaluate", "compare", "models", "train", "info")
+COMMAND_MODULES = ("segment", "prompt", "batch", "explain", "evaluate", "compare", "models", "train", "info")
 
 EXIT_OK, EXIT_USAGE_OR_INPUT, EXIT_CANCELLED = 0, 2, 130
 
