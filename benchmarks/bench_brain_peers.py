@@ -13,6 +13,8 @@ Scans (every one written to NIfTI first, so all tools read the same file):
 * ``colin27-copy-N``: re-oriented, rotated (±20°), re-sampled copies (0.9–1.5 mm, half with
   2.5–4 mm slices along a random axis), as in ``eval_bundled.py``;
 * ``colin27-slab``: a 2×2×3 mm copy stored as coronal slabs (voxel axes L, I, A: ``slab_copy``);
+* ``colin27-crop``: the field of view cut 30 mm above the lowest slice (neck and chin gone), stored
+  in LPS voxel order;
 * ``pydeface-head`` (+ ``pydeface-slab``): the population-mean head of ``shared/data/pydeface``,
   **never seen by the brain model** (not in its training data).
 
@@ -107,6 +109,12 @@ def build_scans(data_dir: Path, n_copies: int, seed: int, tmp: Path):
         add(f"colin27-copy-{i}", vol.data, vol.affine, b, f"re-oriented/re-sampled {desc['spacing_mm']}")
     img, b, aff = slab_copy(t1, icv, affine)
     add("colin27-slab", img, aff, b, "2×2×3 mm coronal slabs")
+    # a cropped field of view: the neck and chin cut off (30 mm above the file's lowest slice), LPS-like order
+    crop = (slice(None, None, -1), slice(None, None, -1), slice(30, None))
+    shift = np.eye(4)
+    shift[:3, 3] = [t1.shape[0] - 1, t1.shape[1] - 1, 30]
+    flip = np.diag([-1.0, -1.0, 1.0, 1.0])
+    add("colin27-crop", t1[crop], affine @ shift @ flip, icv[crop], "field of view cut 30 mm up, LPS voxel order")
     pd = nib.load(str(data_dir / "pydeface/mean_reg2mean.nii.gz"))
     pdt = np.asarray(pd.dataobj, np.float32)
     add("pydeface-head", pdt, pd.affine, None, "population-mean head, unseen by the model")
@@ -151,17 +159,27 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default=None, help="our model (default: the bundled default)")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--markdown", type=Path, default=None)
+    ap.add_argument("--cache", type=Path, default=None,
+                    help="keep the scans and the peers' masks here and reuse them (a rerun with another model of "
+                         "ours only runs ours)")
+    ap.add_argument("--skip-ours", action="store_true", help="only run the peers (to fill --cache)")
     args = ap.parse_args(argv)
     py = ensure_peers_venv(args.peers_venv)
     rows = []
     with tempfile.TemporaryDirectory() as td:
-        tmp = Path(td)
+        tmp = args.cache or Path(td)
+        tmp.mkdir(parents=True, exist_ok=True)
         for sc in build_scans(args.data_dir, args.n_copies, args.seed, tmp):
             aff = sc["affine"]
             vox_ml = abs(float(np.linalg.det(aff[:3, :3]))) / 1000.0
             masks, secs = {}, {}
             for tool in args.peers:
                 out = tmp / f"{sc['name']}_{tool}.nii.gz"
+                timing = tmp / f"{sc['name']}_{tool}.seconds"
+                if args.cache and out.exists() and timing.exists():
+                    masks[tool] = np.asarray(nib.load(str(out)).dataobj) > 0
+                    secs[tool] = float(timing.read_text())
+                    continue
                 t0 = time.time()
                 r = subprocess.run([str(py), str(ROOT / "benchmarks/peers/run_peer.py"), tool, str(sc["path"]), str(out)],
                                    capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
@@ -170,6 +188,9 @@ def main(argv=None) -> int:
                     print(f"{sc['name']}: {tool} failed: {r.stderr.strip().splitlines()[-1:]}", flush=True)
                     continue
                 masks[tool] = np.asarray(nib.load(str(out)).dataobj) > 0
+                timing.write_text(str(secs[tool]))
+            if args.skip_ours:
+                continue
             out = tmp / f"{sc['name']}_ours.nii.gz"
             secs["ours"] = round(run_ours(sc["path"], out, args.model), 1)
             masks["ours"] = np.asarray(nib.load(str(out)).dataobj) > 0

@@ -11,6 +11,9 @@ Two test sets, each beside an Otsu + morphology baseline on the same scans:
   the brain mask (``ch2bet`` > 0, largest component, holes filled) and, for tissue, the k-means
   tissue classes of Colin's own T1 inside it (a silver standard). Colin27 was in the training data,
   so these figures measure robustness to pose/voxel geometry, not generalisation to new people.
+  The brain reference is the **intracranial** mask (``--reference intracranial``, the default since
+  2026-12-01: ``ch2bet`` + the sulcal and surrounding CSF, ``synthesis.intracranial_mask``, the
+  convention of the brain-extraction tools); ``--reference tight`` gives ``ch2bet``'s own mask.
 
 Metrics: brain Dice (labels > 0 against the brain mask) and per-tissue Dice (CSF, GM, WM); mean and
 worst over the scans. The baseline: Otsu threshold, erosion (6 mm), largest component, dilation,
@@ -52,12 +55,58 @@ from napari_vit3d.training import synthesis as S
 CLASSES = ("CSF", "GM", "WM")
 
 
-@functools.lru_cache(maxsize=2)
-def colin_1mm(data_dir: Path):
+#: "intracranial" (the default: brain + sulcal and surrounding CSF, the brain-extraction convention;
+#: ``synthesis.intracranial_mask``) or "tight" (``ch2bet``'s mask, the reference before 2026-12-01)
+REFERENCE = {"brain": "intracranial"}
+
+
+@functools.lru_cache(maxsize=4)
+def colin_1mm(data_dir: Path, reference: str | None = None):
     """Colin27 at 1 mm (sub-labels, T1, brain mask, affine), built once per run: the evaluation and
     both figures need it, and building it (k-means, morphology) takes seconds. Callers must not
     modify the arrays."""
-    return S.colin_label_map_1mm(data_dir)
+    ref = reference or REFERENCE["brain"]
+    return S.colin_label_map_1mm(data_dir, intracranial=(ref == "intracranial"))
+
+
+def labelmap_figure(data_dir: Path, png: Path, log=print) -> dict:
+    """The training label map's brain definition on Colin27: ``ch2bet``'s tight mask (red) and the
+    intracranial mask (green) on the T1 (axial at 30/50/70 % of the head, coronal and sagittal through
+    its centre), beside the label map (CSF dark grey, GM grey, WM white, the added CSF blue)."""
+    from skimage.io import imsave
+    from skimage.segmentation import find_boundaries
+
+    labels1, t1, icv, _ = colin_1mm(data_dir, "intracranial")
+    _, _, tight, _ = colin_1mm(data_dir, "tight")
+    t = np.clip(t1 / np.percentile(t1, 99.5), 0, 1)
+    head = np.argwhere(t > 0.2)
+    lo, hi = head.min(0), head.max(0)
+    centre = (lo + hi) // 2
+    grey = np.array([0.0, 0.35, 0.65, 1.0])
+    rows = []
+    for kind, frac in (("axial", 0.3), ("axial", 0.5), ("axial", 0.7), ("coronal", 0.5), ("sagittal", 0.45)):
+        c = centre.copy()
+        if kind == "axial":
+            c[2] = int(lo[2] + frac * (hi[2] - lo[2]))
+        if kind == "sagittal":
+            c[0] = int(lo[0] + frac * (hi[0] - lo[0]))
+        pick = {"axial": 0, "coronal": 1, "sagittal": 2}[kind]
+        st, sl = _display_slices(t, c)[pick], _display_slices(np.where(icv, labels1, 0), c)[pick].astype(int)
+        sa, sb = _display_slices(tight, c)[pick], _display_slices(icv, c)[pick]
+        rgb = np.repeat(st[..., None], 3, -1)
+        ba, bb = find_boundaries(sa, mode="inner"), find_boundaries(sb, mode="inner")
+        rgb[ba] = [1.0, 0.15, 0.15]
+        rgb[bb] = [0.2, 1.0, 0.2]
+        lab = np.repeat(grey[np.clip(sl, 0, 3)][..., None], 3, -1)
+        lab[sb & ~sa] = [0.2, 0.5, 1.0]
+        tiles = [rgb, lab]
+        rows.append(np.concatenate([np.pad(x, ((0, 217 - x.shape[0]), (0, 217 - x.shape[1]), (0, 0))) for x in tiles], 1))
+    png.parent.mkdir(parents=True, exist_ok=True)
+    imsave(str(png), (np.concatenate(rows, 0) * 255).astype(np.uint8), check_contrast=False)
+    out = {"png": str(png), "tight_ml": float(tight.sum() / 1000), "intracranial_ml": float(icv.sum() / 1000),
+           "added_csf_ml": float((icv & ~tight).sum() / 1000)}
+    log(f"wrote {png}: {out}")
+    return out
 
 
 # ------------------------------------------------------------------------------------------ metrics
@@ -328,12 +377,18 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=None, help="JSON results file")
     p.add_argument("--heads-png", default=None, help="also draw DINO per-head CLS attention (vit_seg models)")
     p.add_argument("--sample-png", default=None, help="also draw the model's labels on the bundled sample")
+    p.add_argument("--labelmap-png", default=None, help="also draw the training label map's brain definition")
+    p.add_argument("--reference", default="intracranial", choices=("intracranial", "tight"),
+                   help="Colin27 brain reference: intracranial (default) or ch2bet's tight mask")
     args = p.parse_args(argv)
+    REFERENCE["brain"] = args.reference
     data_dir = Path(args.data_dir)
     res = {}
     if args.n_synthetic or args.n_real:
         res = evaluate(args.model, data_dir, args.n_synthetic, args.n_real, args.seed)
         print(res["markdown"])
+    if args.labelmap_png:
+        res["labelmap"] = labelmap_figure(data_dir, Path(args.labelmap_png))
     if args.sample_png:
         res["sample"] = sample_figure(args.model, data_dir, Path(args.sample_png))
     if args.heads_png:

@@ -117,6 +117,23 @@ def main(argv=None) -> int:
         for lyr in hidden:
             lyr.visible = True
 
+    # 3c Review & correct: click to segment (the promptable model) on the right lateral ventricle
+    for lyr in list(viewer.layers):
+        if lyr.name.endswith(("· changes", "· disagreement")):
+            lyr.visible = False
+    panel = review.prompt_panel
+    panel.active_check.setChecked(True)
+    from napari_vit3d.gui._layers import file_voxel_to_world
+
+    click = file_voxel_to_world(scan, (101, 116, 93))  # the sample's right lateral ventricle
+    viewer.dims.set_point(0, float(click[0]))           # the axial slice through the click
+    labels.visible = False
+    panel.click(click, positive=True)
+    wait_until(lambda: panel._worker is None and panel.last_result is not None)
+    shot("06_prompt.png", w["review_dock"])
+    labels.visible = True
+    panel.reset()
+
     # 4 Export
     export.labels_combo.select(labels.name)
     export.folder.setText(str(work / "export"))

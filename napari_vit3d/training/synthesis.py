@@ -250,11 +250,11 @@ def head_label_map_1mm(t1: np.ndarray, brain_mask: np.ndarray, *, intracranial: 
     return labels, brain
 
 
-def colin_label_map_1mm(data_dir) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Colin27 at 1 mm: (sub-labels, T1, brain mask, affine)."""
+def colin_label_map_1mm(data_dir, *, intracranial: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Colin27 at 1 mm: (sub-labels, T1, brain mask, affine); ``intracranial=False``: ``ch2bet``'s tight brain."""
     t1, aff = _load(data_dir, COLIN_T1)
     bet, _ = _load(data_dir, COLIN_BET)
-    labels, brain = head_label_map_1mm(t1, bet)
+    labels, brain = head_label_map_1mm(t1, bet, intracranial=intracranial)
     return labels, t1, brain, aff
 
 

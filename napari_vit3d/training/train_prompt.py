@@ -9,7 +9,8 @@ Config (JSON), written back to ``RUN/config.json``::
       "batch_size": 2, "steps": 3000, "lr": 6e-4, "weight_decay": 1e-4, "warmup": 50,
       "checkpoint_every": 50, "log_every": 10,
       "init": null,                       # or {"path": "...safetensors"}
-      "n_segments": [150, 600, 2500]      # SLIC supervoxel counts per real image
+      "n_segments": [150, 600, 2500],     # SLIC supervoxel counts per real image
+      "loss": "dice_ce"                   # or "object_dice_ce" (object Dice per sample + CE)
     }
 
 ``--data-dir`` is the folder with the real scans (``colin27/``, ``mni152_2009a/``, ``pydeface/``); the
@@ -49,7 +50,28 @@ DEFAULTS = {
     "init": None,
     "n_segments": [150, 600, 2500],
     "augment": {},
+    "loss": "dice_ce",                   # or "object_dice_ce": CE + soft Dice of the object per sample
 }
+
+
+def object_dice_ce_loss(logits: torch.Tensor, target: torch.Tensor, *, dice_weight=1.0, ce_weight=1.0,
+                        eps: float = 1.0) -> tuple[torch.Tensor, dict]:
+    """Cross-entropy + (1 − soft Dice of the object class), Dice per sample then averaged.
+
+    The object is often a few hundred voxels of a 64³ crop: a Dice pooled over classes and the batch
+    (``train_seg.dice_ce_loss``) gives the object half a vote and lets large objects drown small ones.
+    """
+    import torch.nn.functional as F
+
+    ce = F.cross_entropy(logits, target)
+    p = logits.softmax(1)[:, 1]
+    t = (target == 1).to(p.dtype)
+    dims = (1, 2, 3)
+    dice = (2 * (p * t).sum(dims) + eps) / (p.sum(dims) + t.sum(dims) + eps)
+    dl = 1 - dice.mean()
+    loss = ce_weight * ce + dice_weight * dl
+    return loss, {"ce": float(ce.detach()), "dice_loss": float(dl.detach()),
+                  "dice": [1.0, round(float(dice.detach().mean()), 4)]}
 
 
 def sample_config(d: dict) -> PromptSampleConfig:
@@ -110,8 +132,9 @@ def train_prompt(config: dict, out, *, data_dir=None, sources=None, resume: bool
         set_lr(optimizer, lr_at(step, lr=float(cfg["lr"]), warmup=int(cfg["warmup"]), total=total))
         x, y = make_batch(sources, seed, step, cfg["batch_size"], scfg)
         logits = network(x.to(dev))
-        loss, parts = dice_ce_loss(logits, y.to(dev), dice_weight=float(cfg["dice_weight"]),
-                                   ce_weight=float(cfg["ce_weight"]))
+        loss_fn = object_dice_ce_loss if cfg["loss"] == "object_dice_ce" else dice_ce_loss
+        loss, parts = loss_fn(logits, y.to(dev), dice_weight=float(cfg["dice_weight"]),
+                              ce_weight=float(cfg["ce_weight"]))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 5.0)
@@ -130,4 +153,4 @@ def train_prompt(config: dict, out, *, data_dir=None, sources=None, resume: bool
     return {"step": step, "finished": step >= total, "last": last, "out": str(out)}
 
 
-__all__ = ["DEFAULTS", "make_batch", "sample_config", "train_prompt"]
+__all__ = ["DEFAULTS", "make_batch", "object_dice_ce_loss", "sample_config", "train_prompt"]
