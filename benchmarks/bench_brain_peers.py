@@ -163,6 +163,8 @@ def main(argv=None) -> int:
                     help="keep the scans and the peers' masks here and reuse them (a rerun with another model of "
                          "ours only runs ours)")
     ap.add_argument("--skip-ours", action="store_true", help="only run the peers (to fill --cache)")
+    ap.add_argument("--figure", type=Path, default=None,
+                    help="PNG of the unseen pydeface head: ours (red) and the peers' majority (green) on the T1")
     args = ap.parse_args(argv)
     py = ensure_peers_venv(args.peers_venv)
     rows = []
@@ -203,6 +205,9 @@ def main(argv=None) -> int:
                 refs["icv"] = sc["icv"]
             if len(voters) == 3:
                 refs["peers"] = (voters[0].astype(np.uint8) + voters[1] + voters[2]) >= 2
+            if args.figure and sc["name"] == "pydeface-head" and "peers" in refs:
+                figure(np.asarray(nib.load(str(sc["path"])).dataobj, np.float32), masks["ours"], refs["peers"],
+                       args.figure)
             for tool, m in masks.items():
                 row = {"scan": sc["name"], "note": sc["note"], "tool": tool, "seconds": secs[tool]}
                 for rn, ref in refs.items():
@@ -219,6 +224,29 @@ def main(argv=None) -> int:
         args.markdown.parent.mkdir(parents=True, exist_ok=True)
         args.markdown.write_text(md + "\n")
     return 0
+
+
+def figure(t1, ours, ref, png: Path) -> None:
+    """Axial, sagittal and coronal slices through the volume's centre (RAS array): T1 with ours in red,
+    the reference in green (yellow where they coincide)."""
+    from skimage.io import imsave
+    from skimage.segmentation import find_boundaries
+
+    from benchmarks.eval_bundled import _display_slices
+
+    t = np.clip(t1 / np.percentile(t1, 99.5), 0, 1)
+    c = np.array(t.shape) // 2
+    tiles = []
+    for st, so, sr in zip(_display_slices(t, c), _display_slices(ours, c), _display_slices(ref, c)):
+        rgb = np.repeat(st[..., None], 3, -1)
+        bo, br = find_boundaries(so, mode="inner"), find_boundaries(sr, mode="inner")
+        rgb[bo] = [1.0, 0.15, 0.15]
+        rgb[br] = [0.2, 1.0, 0.2]
+        rgb[bo & br] = [1.0, 1.0, 0.2]
+        n = max(t.shape)
+        tiles.append(np.pad(rgb, ((0, n - rgb.shape[0]), (0, n - rgb.shape[1]), (0, 0))))
+    png.parent.mkdir(parents=True, exist_ok=True)
+    imsave(str(png), (np.concatenate(tiles, 1) * 255).astype(np.uint8), check_contrast=False)
 
 
 def summarise(rows) -> dict:

@@ -1,7 +1,10 @@
 """The bundled models load through the real registry and segment the bundled Colin27 sample.
 
-Brain Dice ≥ 0.93 (the issue asks for ≥ 0.9; the model measures 0.950) against the sample's brain mask
-is a floor against regressions (Colin27 was part of the training data), not a quality figure: those are in docs/models/*.md (benchmarks/eval_bundled.py).
+Floors against regressions (Colin27 was part of the training data), not quality figures: those are in
+docs/models/*.md (benchmarks/eval_bundled.py, benchmarks/bench_brain_peers.py). The default model
+follows the brain-extraction convention (brain + the CSF inside the skull): its brain must hold the
+sample's tight brain mask (``ch2bet``) and add to it only what lies inside the skull, and reach a
+Dice floor against the intracranial reference. The DINO model still follows the tight mask.
 """
 
 from __future__ import annotations
@@ -23,7 +26,9 @@ BUNDLED = ("segformer3d-brain", "dino-vit-brain")
 #: brain Dice floors on the sample. The default model must reach 0.9 (it measures 0.950; 0.93 leaves a margin). The DINO model is a
 #: demonstration of DINO heads whose decoder sits on a frozen (and briefly pretrained) DINO encoder;
 #: its card states its measured Dice (below 0.9), and this floor only guards against regressions.
-FLOORS = {"segformer3d-brain": 0.93, "dino-vit-brain": 0.75}
+FLOORS = {"segformer3d-brain": 0.95, "dino-vit-brain": 0.75}
+#: which brain reference each model was trained to: "intracranial" (synthesis.intracranial_mask) or "tight"
+REFERENCE = {"segformer3d-brain": "intracranial", "dino-vit-brain": "tight"}
 EXPECTED_LABELS = {0: "background", 1: "CSF", 2: "gray matter", 3: "white matter"}
 
 
@@ -67,8 +72,18 @@ def test_bundled_model_segments_the_sample(name, colin):
     labels = res.labels.data
     assert labels.shape == t1.spatial_shape
     np.testing.assert_array_equal(res.labels.affine, t1.affine)
-    ref = np.asarray(mask.data) > 0
+    tight = np.asarray(mask.data) > 0
     pred = labels > 0
+    if REFERENCE[name] == "intracranial":
+        from napari_vit3d.training.synthesis import head_label_map_1mm
+
+        _, ref = head_label_map_1mm(np.asarray(t1.data, np.float32), tight)
+        # the border is not inside the brain: nearly all of the tight brain is labelled, and the extra
+        # is 5-20 % of it (the sulcal and surrounding CSF), not the skull or scalp
+        assert np.sum(pred & tight) >= 0.97 * tight.sum()
+        assert 1.05 * tight.sum() <= pred.sum() <= 1.2 * tight.sum(), pred.sum() / tight.sum()
+    else:
+        ref = tight
     dice = 2 * np.sum(pred & ref) / (pred.sum() + ref.sum())
     assert dice >= FLOORS[name], f"{name}: brain Dice {dice:.3f} on the bundled sample"
     # (T1) the voxels called WM are brighter than those called GM (and GM than CSF, when CSF is found)
