@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 from napari_vit3d.io.volume import Volume  # noqa: E402
 from napari_vit3d.prompt import PromptSession, load_prompt_model  # noqa: E402
 from napari_vit3d.prompt.clicks import dice, farthest_point, next_click  # noqa: E402
-from napari_vit3d.prompt.crop import sample_scan, scan_box  # noqa: E402
+from napari_vit3d.prompt.crop import scan_box  # noqa: E402
 from napari_vit3d.training import prompt_data as P  # noqa: E402
 from napari_vit3d.training import synthesis as S  # noqa: E402
 

@@ -169,3 +169,22 @@ def test_qc_flags():
             ((1000, 0.1), (1050, 0.1), (980, 0.5), (400, 0.1), (0, 0.0))] + [{"status": "failed"}]
     qc_flags(rows)
     assert [r["qc"] for r in rows] == ["ok", "ok", "uncertain", "volume_outlier", "empty", ""]
+
+
+def test_explain_maps_and_cancel_keep_finished_rows(cohort, tmp_path):
+    from napari_vit3d.batch import run_batch
+    from napari_vit3d.errors import Cancelled
+
+    out = tmp_path / "out"
+    rows = run_batch([cohort["scans"] / "a.nii.gz"], out, model=cohort["model"], workers=1, explain=["erf"])
+    assert rows[0]["status"] == "ok", rows
+    erf = nib.load(str(out / "a_erf.nii.gz"))
+    src = nib.load(str(cohort["scans"] / "a.nii.gz"))
+    assert erf.shape == src.shape and np.allclose(erf.affine, src.affine, atol=1e-5)
+    assert np.asarray(erf.dataobj).max() > 0
+    # a cancel after the first finished scan: Cancelled, and summary.csv keeps that scan's row
+    out2 = tmp_path / "out2"
+    with pytest.raises(Cancelled):
+        run_batch([cohort["scans"]], out2, model=cohort["model"], workers=1, cancel=lambda: True)
+    kept = _read_summary(out2)
+    assert len(kept) >= 1 and all(r["status"] in ("ok", "failed") for r in kept)

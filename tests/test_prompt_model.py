@@ -19,7 +19,7 @@ from nibabel.affines import apply_affine
 from napari_vit3d.prompt import PromptSession, list_prompt_models, load_prompt_model
 from napari_vit3d.prompt.clicks import dice
 
-from test_prompt_engine import GEOMETRIES, SHAPE, sphere_scan, world_of_voxels
+from test_prompt_engine import GEOMETRIES, SHAPE, sphere_scan
 
 
 @pytest.fixture(scope="module")

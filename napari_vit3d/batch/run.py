@@ -13,7 +13,6 @@ import csv
 import io
 import os
 import statistics
-import time
 from pathlib import Path
 
 from ..errors import Cancelled, ModelError, VolumeError
