@@ -93,19 +93,23 @@ def cases(data_dir: Path, n_lesions: int):
         yield f"held-out lesion {i} in {name} ({m.sum() / 1000:.1f} mL)", Volume(data=out, affine=aff, name=name), m
 
 
+def simulated_click(k: int, gt: np.ndarray, pred: np.ndarray, spacing):
+    """The simulated user's k-th click ``(voxel, positive)``, or None when nothing is left to fix."""
+    if k == 0:
+        return farthest_point(gt, spacing), True
+    return next_click(gt, pred, spacing)
+
+
 def run_model(session: PromptSession, gt: np.ndarray, spacing, n: int):
     dices, secs, crops = [], [], []
     pred = np.zeros(gt.shape, bool)
     for k in range(n):
-        if k == 0:
-            vox, positive = farthest_point(gt, spacing), True
-        else:
-            nc = next_click(gt, pred, spacing)
-            if nc is None:
-                dices.append(dices[-1])
-                secs.append(0.0)
-                continue
-            vox, positive = nc
+        nc = simulated_click(k, gt, pred, spacing)
+        if nc is None:
+            dices.append(dices[-1])
+            secs.append(0.0)
+            continue
+        vox, positive = nc
         session.add_point(voxel=vox, positive=positive)
         t0 = time.perf_counter()
         res = session.predict()
@@ -124,15 +128,12 @@ def run_random_walker(vol: Volume, gt: np.ndarray, spacing, crops, n: int):
     clicks = []
     dices, secs = [], []
     for k in range(n):
-        if k == 0:
-            clicks.append((farthest_point(gt, spacing), True))
-        else:
-            nc = next_click(gt, pred, spacing)
-            if nc is None:
-                dices.append(dices[-1])
-                secs.append(0.0)
-                continue
-            clicks.append(nc)
+        nc = simulated_click(k, gt, pred, spacing)
+        if nc is None:
+            dices.append(dices[-1])
+            secs.append(0.0)
+            continue
+        clicks.append(nc)
         t0 = time.perf_counter()
         box = scan_box(crops[min(k, len(crops) - 1)], vol.affine, vol.spatial_shape)
         sub = data[box]

@@ -162,6 +162,22 @@ def create_engine_worker(job: Callable, *args, bridge: ProgressBridge, cancel_ev
     return worker
 
 
+def set_mouse_callback(viewer, callback, on: bool, *, first: bool = False) -> None:
+    """Add (``on``; at the front with ``first``) or remove ``callback`` from the viewer's mouse-drag
+    callbacks, once; removing one that is not there is a no-op (a closed widget, a closed viewer)."""
+    cbs = viewer.mouse_drag_callbacks
+    if on and callback not in cbs:
+        if first:
+            cbs.insert(0, callback)
+        else:
+            cbs.append(callback)
+    elif not on:
+        try:
+            cbs.remove(callback)
+        except ValueError:
+            pass
+
+
 def model_names() -> list[str]:
     """Names for a model picker: every registered model (``models.registry``), the bundled default first.
 

@@ -20,7 +20,8 @@ from qtpy.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, Q
                             QPushButton, QSpinBox, QVBoxLayout, QWidget)
 
 from ..errors import GeometryError, ModelError, VolumeError
-from ._common import create_engine_worker, SEP, LayerCombo, find_layer, report_error, robust_limits, scan_layers, unwrap
+from ._common import (SEP, LayerCombo, create_engine_worker, find_layer, report_error, robust_limits, scan_layers,
+                      set_mouse_callback, unwrap)
 from ._layers import file_voxel_to_world, inside, layer_kwargs, volume_from_layer, world_to_file_voxel
 from .session import load_model_cached, run_of
 from .styles import MAP_STYLE, labels_colormap, labels_features
@@ -210,17 +211,10 @@ class ExplainWidget(QWidget):
         if self.active_check.isChecked() != on:
             self.active_check.setChecked(on)
             return
-        cbs = self.viewer.mouse_drag_callbacks
-        if on and self._on_mouse not in cbs:
-            cbs.append(self._on_mouse)
-        elif not on and self._on_mouse in cbs:
-            cbs.remove(self._on_mouse)
+        set_mouse_callback(self.viewer, self._on_mouse, on)
 
     def _remove_callback(self, viewer):
-        try:
-            viewer.mouse_drag_callbacks.remove(self._on_mouse)
-        except ValueError:
-            pass
+        set_mouse_callback(viewer, self._on_mouse, False)
 
     def _on_mouse(self, viewer, event):
         """A click (press and release without dragging) in pan/zoom mode sets the query voxel."""

@@ -24,7 +24,8 @@ from qtpy.QtWidgets import QCheckBox, QGroupBox, QHBoxLayout, QLabel, QProgressB
 
 from ..errors import VolumeError
 from ..io.geometry import napari_world_to_ras
-from ._common import SEP, ProgressBridge, create_engine_worker, find_layer, report_error, scan_layers
+from ._common import (SEP, ProgressBridge, create_engine_worker, find_layer, report_error, scan_layers,
+                      set_mouse_callback)
 from ._layers import inside, layer_kwargs, volume_from_layer
 from .session import prompt_sessions, run_of
 
@@ -89,17 +90,10 @@ class PromptPanel(QGroupBox):
 
     # -- clicks ---------------------------------------------------------------------------------
     def set_active(self, on: bool):
-        cbs = self.viewer.mouse_drag_callbacks
-        if on and self._on_mouse not in cbs:
-            cbs.insert(0, self._on_mouse)
-        elif not on and self._on_mouse in cbs:
-            cbs.remove(self._on_mouse)
+        set_mouse_callback(self.viewer, self._on_mouse, on, first=True)
 
     def _remove_callback(self, viewer):
-        try:
-            viewer.mouse_drag_callbacks.remove(self._on_mouse)
-        except ValueError:
-            pass
+        set_mouse_callback(viewer, self._on_mouse, False)
 
     def _on_mouse(self, viewer, event):
         mods = set(getattr(event, "modifiers", ()) or ())

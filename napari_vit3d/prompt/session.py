@@ -89,23 +89,11 @@ class PromptResult:
 
 
 def _as_world(volume: Volume, world=None, voxel=None) -> np.ndarray:
-    if (world is None) == (voxel is None):
-        raise GeometryError("give a point either in world mm or as a voxel index (exactly one)")
-    if voxel is not None:
-        v = np.asarray(voxel, float).reshape(-1)
-        if v.size != 3 or not np.all(np.isfinite(v)):
-            raise GeometryError(f"a voxel index needs 3 finite numbers, got {voxel}")
-        w = volume.affine[:3, :3] @ v + volume.affine[:3, 3]
-    else:
-        w = np.asarray(world, float).reshape(-1)
-        if w.size != 3 or not np.all(np.isfinite(w)):
-            raise GeometryError(f"a world point needs 3 finite numbers (mm), got {world}")
-    ijk = np.linalg.solve(volume.affine[:3, :3], w - volume.affine[:3, 3])
-    shape = np.asarray(volume.spatial_shape, float)
-    if np.any(ijk < -0.5) or np.any(ijk > shape - 0.5):
-        raise GeometryError(f"the point {np.round(w, 1).tolist()} mm (voxel {np.round(ijk, 1).tolist()}) lies outside "
-                            f"{volume.name} (shape {volume.spatial_shape})")
-    return w
+    """World mm of a point given in world mm or as a file voxel index, checked to lie inside the scan
+    (the explanation engine's rule: one home for query points)."""
+    from ..explain.session import query_world
+
+    return query_world(volume, voxel=voxel, world=world)
 
 
 class PromptSession:

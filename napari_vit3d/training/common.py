@@ -130,6 +130,27 @@ def load_checkpoint(path: Path, *, modules: dict, optimizer, device) -> tuple[in
     return int(state["step"]), json.loads(state["extra"])
 
 
+def optimise_step(loss, parts: dict, *, step: int, stop: int, params, optimizer, network, bar, logger, cfg: dict,
+                  out: Path, clip: float = 5.0) -> dict:
+    """One optimiser step of a segmentation-style loop (``train-seg``, ``train-prompt``): backward, gradient
+    clipping, step, then the progress bar, the log line every ``log_every`` and the checkpoint every
+    ``checkpoint_every`` steps (and at ``stop``). ``step`` is the number of steps done *before* this one;
+    returns the logged row (its ``step`` is ``step + 1``)."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, clip)
+    optimizer.step()
+    done = step + 1
+    row = {"step": done, "loss": round(float(loss.detach()), 5), **parts}
+    bar.update(1)
+    bar.set_postfix(loss=f"{row['loss']:.4f}")
+    if done % int(cfg["log_every"]) == 0 or done == stop:
+        logger.log(**row, lr=optimizer.param_groups[0]["lr"])
+    if done % int(cfg["checkpoint_every"]) == 0 or done == stop:
+        save_checkpoint(out / "ckpt.pt", step=done, modules={"network": network}, optimizer=optimizer)
+    return row
+
+
 class Logger:
     """Appends one JSON line per logged step to ``log.jsonl`` and tracks wall time."""
 

@@ -30,7 +30,7 @@ import torch
 
 from ..models.registry import build_network
 from ..models.spec import ModelSpec
-from .common import (Logger, TrainingError, load_checkpoint, lr_at, merge_config, progress_bar, save_checkpoint,
+from .common import (Logger, TrainingError, load_checkpoint, lr_at, merge_config, optimise_step, progress_bar,
                      set_lr, start_run, step_rng)
 from .prompt_data import PromptSampleConfig, build_sources, sample
 from .train_seg import _init_from, dice_ce_loss, write_outputs
@@ -135,18 +135,9 @@ def train_prompt(config: dict, out, *, data_dir=None, sources=None, resume: bool
         loss_fn = object_dice_ce_loss if cfg["loss"] == "object_dice_ce" else dice_ce_loss
         loss, parts = loss_fn(logits, y.to(dev), dice_weight=float(cfg["dice_weight"]),
                               ce_weight=float(cfg["ce_weight"]))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 5.0)
-        optimizer.step()
+        last = optimise_step(loss, parts, step=step, stop=stop, params=params, optimizer=optimizer, network=network,
+                             bar=bar, logger=logger, cfg=cfg, out=out)
         step += 1
-        last = {"step": step, "loss": round(float(loss.detach()), 5), **parts}
-        bar.update(1)
-        bar.set_postfix(loss=f"{last['loss']:.4f}")
-        if step % int(cfg["log_every"]) == 0 or step == stop:
-            logger.log(**last, lr=optimizer.param_groups[0]["lr"])
-        if step % int(cfg["checkpoint_every"]) == 0 or step == stop:
-            save_checkpoint(out / "ckpt.pt", step=step, modules={"network": network}, optimizer=optimizer)
     bar.close()
     network.eval()
     write_outputs(network, spec, out, cfg=cfg, step=step)

@@ -40,7 +40,7 @@ from ..inference.preprocess import normalize
 from ..models.checkpoints import apply_state_dict, load_state_dict, save_safetensors
 from ..models.registry import build_network
 from ..models.spec import ModelSpec
-from .common import (Logger, TrainingError, load_checkpoint, lr_at, merge_config, progress_bar, save_checkpoint,
+from .common import (Logger, TrainingError, load_checkpoint, lr_at, merge_config, optimise_step, progress_bar,
                      set_lr, start_run, step_rng)
 from .synthesis import N_CLASSES, build_bank, load_bank
 
@@ -240,18 +240,9 @@ def train_seg(config: dict, out, *, data_dir=None, resume: bool = False, device=
         x, y = x.to(dev), y.to(dev)
         logits = network(x)
         loss, parts = dice_ce_loss(logits, y, dice_weight=float(cfg["dice_weight"]), ce_weight=float(cfg["ce_weight"]))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 5.0)
-        optimizer.step()
+        last = optimise_step(loss, parts, step=step, stop=stop, params=params, optimizer=optimizer, network=network,
+                             bar=bar, logger=logger, cfg=cfg, out=out)
         step += 1
-        last = {"step": step, "loss": round(float(loss.detach()), 5), **parts}
-        bar.update(1)
-        bar.set_postfix(loss=f"{last['loss']:.4f}")
-        if step % int(cfg["log_every"]) == 0 or step == stop:
-            logger.log(**last, lr=optimizer.param_groups[0]["lr"])
-        if step % int(cfg["checkpoint_every"]) == 0 or step == stop:
-            save_checkpoint(out / "ckpt.pt", step=step, modules={"network": network}, optimizer=optimizer)
     bar.close()
     network.eval()
     write_outputs(network, spec, out, cfg=cfg, step=step)
