@@ -72,6 +72,9 @@ def test_ctrl_click_preview_accept_undo(make_napari_viewer, qtbot, gui_env):
     n1 = int(preview.data.sum())
     pts = viewer.layers["colin27_t1 · prompt points"]
     assert len(pts.data) == 1
+    export = dock(viewer, "4 Export")
+    offered = [export.labels_combo.itemText(i) for i in range(export.labels_combo.count())]
+    assert "colin27_t1 · prompt preview" not in offered and labels.name in offered   # a preview is not a result
 
     # a negative click elsewhere: a second prediction, two points
     far = _world_of_voxel(scan, (60, 150, 60))

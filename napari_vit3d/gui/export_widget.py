@@ -70,7 +70,8 @@ class ExportWidget(QWidget):
         self.last_written: list[Path] = []
         lay = QVBoxLayout(self)
         form = QFormLayout()
-        self.labels_combo = LayerCombo(self.viewer, lambda l: isinstance(l, Labels) and "vit3d_diff" not in l.metadata)
+        self.labels_combo = LayerCombo(self.viewer, lambda l: isinstance(l, Labels) and "vit3d_diff" not in l.metadata
+                                       and "vit3d_prompt" not in l.metadata)  # a prompt preview is not a result
         self.labels_combo.currentIndexChanged.connect(self._suggest_name)
         form.addRow("Labels", self.labels_combo)
         row = QHBoxLayout()
