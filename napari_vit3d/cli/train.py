@@ -60,17 +60,23 @@ def _threads(args) -> None:
         torch.set_num_threads(int(args.threads))
 
 
-def _run_seg(args) -> int:
+def _run_trainer(args, train, kind: str) -> int:
+    """Run ``train`` (``train_seg`` or ``train_prompt``) from the command's options; export when finished."""
     from ..training.common import load_config
-    from ..training.train_seg import train_seg
 
     _threads(args)
-    summary = train_seg(load_config(args.config), args.out, data_dir=args.data_dir, resume=args.resume,
-                        device=args.device, progress=not args.no_progress, max_steps=args.max_steps)
+    summary = train(load_config(args.config), args.out, data_dir=args.data_dir, resume=args.resume,
+                    device=args.device, progress=not args.no_progress, max_steps=args.max_steps)
     print(json.dumps(summary))
     if summary["finished"]:
-        _export(args, "segmentation")
+        _export(args, kind)
     return 0
+
+
+def _run_seg(args) -> int:
+    from ..training.train_seg import train_seg
+
+    return _run_trainer(args, train_seg, "segmentation")
 
 
 def _run_dino(args) -> int:
@@ -87,13 +93,6 @@ def _run_dino(args) -> int:
 
 
 def _run_prompt(args) -> int:
-    from ..training.common import load_config
     from ..training.train_prompt import train_prompt
 
-    _threads(args)
-    summary = train_prompt(load_config(args.config), args.out, data_dir=args.data_dir, resume=args.resume,
-                           device=args.device, progress=not args.no_progress, max_steps=args.max_steps)
-    print(json.dumps(summary))
-    if summary["finished"]:
-        _export(args, "promptable")
-    return 0
+    return _run_trainer(args, train_prompt, "promptable")

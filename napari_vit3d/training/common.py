@@ -130,6 +130,19 @@ def load_checkpoint(path: Path, *, modules: dict, optimizer, device) -> tuple[in
     return int(state["step"]), json.loads(state["extra"])
 
 
+def optimiser_and_resume(network, cfg: dict, out: Path, resume: bool, device) -> tuple[list, object, int]:
+    """AdamW over all of ``network``'s parameters (``lr``, ``weight_decay`` of ``cfg``) and the step to start
+    from: the checkpoint's when ``resume`` and ``out/ckpt.pt`` exists (network and optimiser restored),
+    else 0. Returns ``(params, optimizer, step)``."""
+    params = list(network.parameters())
+    optimizer = torch.optim.AdamW(params, lr=float(cfg["lr"]), weight_decay=float(cfg["weight_decay"]))
+    step = 0
+    if resume and (Path(out) / "ckpt.pt").exists():
+        step, _ = load_checkpoint(Path(out) / "ckpt.pt", modules={"network": network}, optimizer=optimizer,
+                                  device=device)
+    return params, optimizer, step
+
+
 def optimise_step(loss, parts: dict, *, step: int, stop: int, params, optimizer, network, bar, logger, cfg: dict,
                   out: Path, clip: float = 5.0) -> dict:
     """One optimiser step of a segmentation-style loop (``train-seg``, ``train-prompt``): backward, gradient

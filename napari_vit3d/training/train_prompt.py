@@ -23,14 +23,13 @@ checkpoint format as ``train-seg``). Outputs: ``config.json``, ``ckpt.pt``, ``lo
 from __future__ import annotations
 
 from dataclasses import fields
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..models.registry import build_network
 from ..models.spec import ModelSpec
-from .common import (Logger, TrainingError, load_checkpoint, lr_at, merge_config, optimise_step, progress_bar,
+from .common import (Logger, TrainingError, lr_at, merge_config, optimiser_and_resume, optimise_step, progress_bar,
                      set_lr, start_run, step_rng)
 from .prompt_data import PromptSampleConfig, build_sources, sample
 from .train_seg import _init_from, dice_ce_loss, write_outputs
@@ -117,22 +116,18 @@ def train_prompt(config: dict, out, *, data_dir=None, sources=None, resume: bool
     network = build_network(spec).to(dev)
     if cfg.get("init"):
         _init_from(network, cfg["init"])
-    params = list(network.parameters())
-    optimizer = torch.optim.AdamW(params, lr=float(cfg["lr"]), weight_decay=float(cfg["weight_decay"]))
-    step = 0
-    if resume and (Path(out) / "ckpt.pt").exists():
-        step, _ = load_checkpoint(out / "ckpt.pt", modules={"network": network}, optimizer=optimizer, device=dev)
+    params, optimizer, step = optimiser_and_resume(network, cfg, out, resume, dev)
     total = int(cfg["steps"])
     stop = total if max_steps is None else min(total, int(max_steps))
     logger = Logger(out)
     bar = progress_bar(total, step, "train-prompt", progress)
     network.train()
+    loss_fn = object_dice_ce_loss if cfg["loss"] == "object_dice_ce" else dice_ce_loss
     last = {}
     while step < stop:
         set_lr(optimizer, lr_at(step, lr=float(cfg["lr"]), warmup=int(cfg["warmup"]), total=total))
         x, y = make_batch(sources, seed, step, cfg["batch_size"], scfg)
         logits = network(x.to(dev))
-        loss_fn = object_dice_ce_loss if cfg["loss"] == "object_dice_ce" else dice_ce_loss
         loss, parts = loss_fn(logits, y.to(dev), dice_weight=float(cfg["dice_weight"]),
                               ce_weight=float(cfg["ce_weight"]))
         last = optimise_step(loss, parts, step=step, stop=stop, params=params, optimizer=optimizer, network=network,

@@ -40,7 +40,7 @@ from ..inference.preprocess import normalize
 from ..models.checkpoints import apply_state_dict, load_state_dict, save_safetensors
 from ..models.registry import build_network
 from ..models.spec import ModelSpec
-from .common import (Logger, TrainingError, load_checkpoint, lr_at, merge_config, optimise_step, progress_bar,
+from .common import (Logger, TrainingError, lr_at, merge_config, optimiser_and_resume, optimise_step, progress_bar,
                      set_lr, start_run, step_rng)
 from .synthesis import N_CLASSES, build_bank, load_bank
 
@@ -216,11 +216,7 @@ def train_seg(config: dict, out, *, data_dir=None, resume: bool = False, device=
     if cfg.get("init"):
         init_keys = _init_from(network, cfg["init"])
     images, labels = ensure_bank(cfg["bank"], data_dir)
-    params = list(network.parameters())
-    optimizer = torch.optim.AdamW(params, lr=float(cfg["lr"]), weight_decay=float(cfg["weight_decay"]))
-    step = 0
-    if resume and (out / "ckpt.pt").exists():
-        step, _ = load_checkpoint(out / "ckpt.pt", modules={"network": network}, optimizer=optimizer, device=dev)
+    params, optimizer, step = optimiser_and_resume(network, cfg, out, resume, dev)
     total = int(cfg["steps"])
     stop = total if max_steps is None else min(total, int(max_steps))
     frozen = set(init_keys)
