@@ -22,7 +22,6 @@ Nothing here imports Qt or napari; the GUI and the CLI call this.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -147,7 +146,7 @@ class PromptSession:
         corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
         ijk = (corners - self.volume.affine[:3, 3]) @ np.linalg.inv(self.volume.affine[:3, :3]).T
         shape = np.asarray(self.volume.spatial_shape)
-        if np.all(ijk.max(0) < -0.5) or np.any(ijk.max(0) < -0.5) or np.any(ijk.min(0) > shape - 0.5):
+        if np.any(ijk.max(0) < -0.5) or np.any(ijk.min(0) > shape - 0.5):
             raise GeometryError("the box lies outside the scan")
         self.box = (lo, hi)
 
@@ -332,12 +331,6 @@ class PromptSession:
                         ornt=np.array([[0, 1], [1, 1], [2, 1]]), resampled=True,
                         spacing=(crop.spacing,) * 3, normalization=dict(self.spec.normalization), channels=(0, 1, 2, 3))
         return ExplainSession(self.model, self.volume, model_input=mi)
-
-
-def save_prompt_json(path, result: PromptResult) -> None:
-    from ..io.atomic import write_json_atomic
-
-    write_json_atomic(path, json.loads(json.dumps(result.mask.metadata, default=str)))
 
 
 __all__ = ["Click", "DEFAULT_PROMPT_MODEL", "PromptResult", "PromptSession", "check_prompt_spec", "list_prompt_models",
