@@ -27,10 +27,10 @@ $(VPY):
 	$(PY) -m venv $(VENV)
 
 # torch first, so a CPU-only machine does not pull the CUDA build; a GPU user may preinstall their own.
-$(STAMP): $(VPY) setup.cfg pyproject.toml
+$(STAMP): $(VPY) pyproject.toml
 	$(VPY) -m pip install -q --upgrade pip
 	@$(VPY) -c "import torch" 2>/dev/null || $(VPY) -m pip install -q $(TORCH_SPEC)
-	$(VPY) -m pip install -q -e ".[qt,testing,cluster]"
+	$(VPY) -m pip install -q -e ".[all,testing]"
 	touch $(STAMP)
 
 setup: system-deps $(STAMP)
