@@ -37,7 +37,7 @@ from napari_vit3d.io import read_nifti
 from napari_vit3d.models import ModelSpec, build_network
 
 REPO = Path(__file__).resolve().parents[1]
-SAMPLE = REPO / "resources" / "samples" / "colin27_t1.nii.gz"
+SAMPLE = REPO / "napari_vit3d" / "resources" / "samples" / "colin27_t1.nii.gz"
 LABELS = [{"index": i, "name": n} for i, n in enumerate(("background", "brain"))]
 
 #: default-size configurations (MONAI defaults; SegFormer3D from the paper; ViTSeg with patch 8)

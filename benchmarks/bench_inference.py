@@ -44,7 +44,7 @@ except ImportError:  # pragma: no cover
     from ._machine import cpu_name, load_average
 
 REPO = Path(__file__).resolve().parents[1]
-SAMPLE = REPO / "resources" / "samples" / "colin27_t1.nii.gz"
+SAMPLE = REPO / "napari_vit3d" / "resources" / "samples" / "colin27_t1.nii.gz"
 LABELS = [{"index": i, "name": n} for i, n in enumerate(("background", "grey matter", "white matter"))]
 
 #: default-size configurations (MONAI defaults; SegFormer3D from the paper; ViTSeg with patch 8) and the

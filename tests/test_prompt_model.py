@@ -1,4 +1,4 @@
-"""The bundled promptable model (resources/prompt_models), through the real loading code and the CLI.
+"""The bundled promptable model (napari_vit3d/resources/prompt_models), through the real loading code and the CLI.
 
 Regression floors, not quality claims: the bundled model is under-trained (its card: it draws a
 blob of roughly fixed size around the click rather than following the object's border), so the

@@ -32,16 +32,15 @@ def _copy_source(dest: Path) -> Path:
     """The package's sources in a scratch folder, so the build never writes into the checkout."""
     src = dest / "src"
     src.mkdir()
-    for name in ("setup.cfg", "pyproject.toml", "README.md", "LICENSE", "MANIFEST.in"):
+    for name in ("pyproject.toml", "README.md", "LICENSE", "MANIFEST.in"):
         if (REPO / name).exists():
             shutil.copy2(REPO / name, src / name)
-    shutil.copytree(REPO / "napari_vit3d", src / "napari_vit3d", symlinks=True, ignore=_IGNORE)
-    shutil.copytree(REPO / "resources", src / "resources", ignore=_IGNORE)
+    shutil.copytree(REPO / "napari_vit3d", src / "napari_vit3d", ignore=_IGNORE)  # resources/ included
     return src
 
 
 def _can_build_offline() -> bool:
-    """setuptools ≥ 70.1 builds wheels by itself (older ones need the ``wheel`` package)."""
+    """setuptools ≥ 77 (the SPDX ``license`` expression in pyproject.toml) builds wheels by itself."""
     from importlib.metadata import PackageNotFoundError, version
 
     def ver(name):
@@ -51,7 +50,7 @@ def _can_build_offline() -> bool:
             return None
 
     st = ver("setuptools")
-    return st is not None and st >= (69, 0) and (st >= (70, 1) or ver("wheel") is not None)
+    return st is not None and st >= (77, 0)
 
 
 def _run(cmd, **kw):
@@ -70,6 +69,8 @@ def test_wheel_installs_and_opens_sample_in_fresh_venv(tmp_path):
         _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", wheels, src])
     (wheel,) = wheels.glob("napari_vit3d-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
+    licences = {n.split(".dist-info/licenses/", 1)[1] for n in names if ".dist-info/licenses/" in n}
+    assert {"LICENSE", "napari_vit3d/resources/NOTICE.txt"} <= licences, licences
     for required in ("napari_vit3d/napari.yaml", "napari_vit3d/resources/NOTICE.txt",
                      "napari_vit3d/resources/samples/colin27_t1.nii.gz",
                      "napari_vit3d/resources/samples/colin27_brainmask.nii.gz",
@@ -99,7 +100,7 @@ def test_wheel_installs_and_opens_sample_in_fresh_venv(tmp_path):
     out = json.loads(_run([vpy, "-c", script], cwd=tmp_path).stdout.strip().splitlines()[-1])
     assert Path(out["package"]).resolve().is_relative_to(venv.resolve())
     assert Path(out["sample"]).resolve().is_relative_to(venv.resolve())
-    ref = nib.load(str(REPO / "resources" / "samples" / "colin27_t1.nii.gz"))
+    ref = nib.load(str(REPO / "napari_vit3d" / "resources" / "samples" / "colin27_t1.nii.gz"))
     assert tuple(out["shape"]) == ref.shape
     np.testing.assert_allclose(out["affine"], ref.affine)
     assert out["manifest"] == "napari-vit3d"

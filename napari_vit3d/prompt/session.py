@@ -1,6 +1,6 @@
 """Click-prompted segmentation of one scan: :class:`PromptSession`.
 
-A session holds a scan, a promptable model (``resources/prompt_models``), the clicks so far and the
+A session holds a scan, a promptable model (``napari_vit3d/resources/prompt_models``), the clicks so far and the
 current mask. Each :meth:`PromptSession.predict`:
 
 1. picks the **crop**: centred on the clicks (and the box, and the current mask), at the finest
