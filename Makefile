@@ -1,4 +1,4 @@
-# napari-vit3d: the two commands in the README are `make demo` and `make test`.
+# napari-vit3d: the two commands in the README are `make demo` and `make test` (lint, then the tests).
 SHELL := /bin/bash
 PY ?= python3.11
 VENV := .venv
@@ -6,7 +6,7 @@ VPY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test setup system-deps venv clean screenshots bench
+.PHONY: demo test lint setup system-deps venv clean screenshots bench
 
 # Debian packages napari needs for an X server and OpenGL (only when root and apt exists).
 SYSTEM_PACKAGES := xvfb xauth libgl1 libglx-mesa0 libgl1-mesa-dri libegl1 libopengl0 libdbus-1-3 \
@@ -35,7 +35,11 @@ $(STAMP): $(VPY) pyproject.toml
 
 setup: system-deps $(STAMP)
 
-test: setup
+# ruff's settings live in pyproject.toml ([tool.ruff]); CI runs `make test`, so lint gates it.
+lint: setup
+	$(VPY) -m ruff check napari_vit3d tests benchmarks
+
+test: setup lint
 	QT_QPA_PLATFORM=xcb $(VPY) -m pytest -p xvfb tests
 
 demo: setup
