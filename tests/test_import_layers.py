@@ -20,9 +20,10 @@ import napari_vit3d
 PKG = Path(napari_vit3d.__file__).resolve().parent
 
 #: rank of each top-level part: a module may import parts of lower or equal rank only
-RANK = {"errors": 0, "io": 1, "models": 2, "inference": 3, "explain": 4, "review": 4, "prompt": 4, "training": 5,
-        "batch": 5, "cli": 6, "gui": 6, "_napari": 6, "demo": 7}
-ENGINE = ("errors", "io", "models", "inference", "explain", "review", "prompt", "training", "batch", "cli")
+RANK = {"errors": 0, "_lazy": 0, "io": 1, "models": 2, "inference": 3, "explain": 4, "review": 4, "prompt": 4,
+        "training": 5, "batch": 5, "usecases": 5, "cli": 6, "gui": 6, "_napari": 6, "demo": 7}
+ENGINE = ("errors", "_lazy", "io", "models", "inference", "explain", "review", "prompt", "training", "batch",
+          "usecases", "cli")
 GUI_LIBS = ("napari", "qtpy", "PyQt5", "PyQt6", "PySide2", "PySide6", "magicgui", "vispy")
 
 

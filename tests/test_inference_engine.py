@@ -174,7 +174,7 @@ def test_provenance_and_bad_settings():
 def test_cuda_out_of_memory_halves_the_batch_then_falls_back_to_cpu():
     """The retry policy, driven by a fake pass that runs out of GPU memory above a given batch size."""
     from napari_vit3d.errors import ResourceLimitError
-    from napari_vit3d.inference.engine import DeviceFallbackWarning, run_with_memory_fallback
+    from napari_vit3d.inference.predictor import DeviceFallbackWarning, run_with_memory_fallback
 
     seen = []
 

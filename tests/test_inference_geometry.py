@@ -199,7 +199,7 @@ def test_separable_resampling_equals_scipy_map_coordinates():
     """The axis-by-axis path gives scipy's trilinear values (through io.resample) on permuted, scaled grids."""
     from scipy import ndimage
 
-    from napari_vit3d.inference.preprocess import resample_edge
+    from napari_vit3d.io.resample import resample_edge
 
     rng = np.random.default_rng(0)
     data = rng.random((20, 25, 9, 2)).astype(np.float32)

@@ -89,9 +89,9 @@ def test_identity_model_returns_the_input_mask():
 def test_bad_arch_kwargs_are_user_errors():
     with pytest.raises(ModelError, match="arch_kwargs"):
         build_network(spec("segformer3d", arch_kwargs={"no_such_argument": 1}))
-    with pytest.raises(ModelError, match="ROI divisible by 32"):
+    with pytest.raises(ModelError, match=r"ROI \(32, 32, 40\) must be a multiple of 32"):
         build_network(spec("segformer3d", roi_size=(32, 32, 40)))
-    with pytest.raises(ModelError, match="must equal roi_size"):
+    with pytest.raises(ModelError, match="only accepts windows of its img_size"):
         build_network(spec("unetr", arch_kwargs={"img_size": [64, 64, 64]}))
     with pytest.raises(ModelError, match="out_channels=3 but 2 labels"):
         build_network(spec("unetr", arch_kwargs={"out_channels": 3}))
@@ -172,25 +172,30 @@ def test_random_init_warns_and_unknown_names_list_known_ones(no_bundled):
 
 
 def test_one_device_choice_for_inference_and_loading(monkeypatch):
-    """``inference.pick_device`` is ``registry.resolve_device`` with "auto" as default: same answers, same
-    messages; a GPU index that does not exist is refused in one line instead of failing inside torch."""
+    """One ``resolve_device`` (``models.devices``) for loading, inference and the front ends: "auto"
+    (also None / "") picks CUDA > MPS > CPU; a GPU index that does not exist is refused in one line
+    instead of failing inside torch."""
     import torch
 
+    from napari_vit3d import inference
     from napari_vit3d.errors import ModelError
-    from napari_vit3d.inference import pick_device
-    from napari_vit3d.models.registry import resolve_device
+    from napari_vit3d.models import devices, registry
 
-    assert pick_device() == resolve_device("auto")
-    assert pick_device(None) == resolve_device("auto") and resolve_device(None) == torch.device("cpu")
-    assert pick_device("CPU") == resolve_device(torch.device("cpu")) == torch.device("cpu")
+    resolve_device = devices.resolve_device
+    assert inference.resolve_device is resolve_device and registry.resolve_device is resolve_device
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    if not devices._mps_available():
+        assert resolve_device() == resolve_device(None) == resolve_device("") == torch.device("cpu")
+    assert resolve_device("CPU") == resolve_device(torch.device("cpu")) == torch.device("cpu")
     for bad in ("gpu9", "meta"):
         with pytest.raises(ModelError, match=f"unknown device '{bad}'"):
-            pick_device(bad)
+            resolve_device(bad)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    assert pick_device("cuda:0") == torch.device("cuda:0")
+    assert resolve_device("auto") == torch.device("cuda")
+    assert resolve_device("cuda:0") == torch.device("cuda:0")
     with pytest.raises(ModelError, match="only 1 CUDA GPU"):
-        pick_device("cuda:3")
+        resolve_device("cuda:3")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ModelError, match="no CUDA GPU is available"):
         resolve_device(torch.device("cuda"))

@@ -20,7 +20,6 @@ from .inputs import find_inputs
 from .task import output_paths, process_scan
 
 EXIT_SOME_FAILED = 3
-EXPLAIN_METHODS = ("attention", "erf", "rollout", "dino-heads")
 BASE_COLUMNS = ["input", "status", "output", "seconds", "worker", "message"]
 
 
@@ -118,9 +117,11 @@ def run_batch(inputs, out_dir, *, model=None, list_file=None, client=None, sched
     paths = find_inputs(inputs, list_file)
     if not paths:
         raise VolumeError("no input scans: give files, folders or --list FILE")
+    from ..explain.methods import method_names
+
     for m in explain or ():
-        if m not in EXPLAIN_METHODS:
-            raise ModelError(f"unknown explanation {m!r}; known: {', '.join(EXPLAIN_METHODS)}")
+        if m not in method_names(cli=True):
+            raise ModelError(f"unknown explanation {m!r}; known: {', '.join(method_names(cli=True))}")
     stems = {}
     for p in paths:
         s = output_paths(p, out_dir)["stem"]
@@ -131,7 +132,7 @@ def run_batch(inputs, out_dir, *, model=None, list_file=None, client=None, sched
     if not os.access(out_dir, os.W_OK):
         raise VolumeError(f"{out_dir}: the output folder is not writable")
     ref, sha, labels = _model_ref_and_hash(model)
-    names = [l.name for l in labels if int(l.index) != 0]
+    names = [lab.name for lab in labels if int(lab.index) != 0]
     settings = {"device": device, "overlap": 0.25, "save_uncertainty": bool(save_uncertainty),
                 "explain": list(explain or ()), "torch_threads": int(threads_per_worker)}
     own_cluster = None
@@ -151,7 +152,7 @@ def run_batch(inputs, out_dir, *, model=None, list_file=None, client=None, sched
             pending.discard(fut)
             try:
                 row = fut.result()
-            except Exception as exc:  # a worker died or the task could not run: that scan's row fails
+            except Exception as exc:  # noqa: BLE001 - a worker died or the task could not run: that scan's row fails
                 row = {"input": str(futures[fut]), "status": "failed", "output": "", "seconds": 0.0,
                        "worker": "", "message": f"{type(exc).__name__}: {exc}".splitlines()[0]}
             rows.append(row)
@@ -174,4 +175,4 @@ def run_batch(inputs, out_dir, *, model=None, list_file=None, client=None, sched
     return rows
 
 
-__all__ = ["EXIT_SOME_FAILED", "EXPLAIN_METHODS", "qc_flags", "run_batch", "summary_table", "write_summary"]
+__all__ = ["EXIT_SOME_FAILED", "qc_flags", "run_batch", "summary_table", "write_summary"]

@@ -100,27 +100,24 @@ def process_scan(input_path: str, out_dir: str, *, model_ref: str, model_sha: st
 
 
 def _segment_one(inp: Path, paths: dict, model_ref: str, settings: dict) -> dict:
-    from ..inference import segment
+    from ..usecases import label_volumes, segment_scan
     from ..io.nifti import read_nifti, write_image, write_labels
 
     model = _model(model_ref, settings.get("device", "cpu"), settings.get("torch_threads"))
     scan = read_nifti(inp, as_labels=False)
     want_unc = bool(settings.get("save_uncertainty"))
-    result = segment(scan, model, device=settings.get("device", "cpu"), overlap=float(settings.get("overlap", 0.25)),
-                     return_probabilities=True, use_cache=False)
-    labels = result.labels.data
+    seg = segment_scan(scan, model, device=settings.get("device", "cpu"), overlap=float(settings.get("overlap", 0.25)),
+                       uncertainty=True, use_cache=False)
+    labels = seg.labels.data
     write_labels(paths["labels"], labels, scan.affine, header=scan.header, source_path=scan.source_path)
-    from ..review.uncertainty import softmax_entropy
-
-    ent = softmax_entropy(result.probabilities.data)
+    ent = seg.uncertainty.data
     fg = labels > 0
     mean_unc = float(ent[fg].mean()) if fg.any() else float(ent.mean())
     if want_unc:
         write_image(paths["uncertainty"], ent, scan.affine, header=scan.header, protect=(scan.source_path,))
-    names = {int(l.index): l.name for l in model.spec.labels}
-    counts = np.bincount(labels.ravel().astype(np.int64), minlength=max(names) + 1 if names else 1)
-    vols = {names.get(i, str(i)): round(float(counts[i]) * scan.voxel_volume_ml, 3)
-            for i in sorted(names) if i != 0}
+    names = {int(lab.index): lab.name for lab in model.spec.labels}
+    measured = label_volumes(labels, scan.affine)
+    vols = {names.get(i, str(i)): round(measured.get(i, {}).get("ml", 0.0), 3) for i in sorted(names) if i != 0}
     out = {"volumes_ml": vols, "mean_uncertainty": round(mean_unc, 4)}
     for method in settings.get("explain") or []:
         out.setdefault("explained", []).append(_explain_one(model, scan, labels, method, paths))
@@ -134,9 +131,7 @@ def _explain_one(model, scan, labels, method: str, paths: dict) -> str:
 
     fg = np.argwhere(labels > 0)
     voxel = tuple(int(v) for v in (fg.mean(0).round() if len(fg) else np.array(labels.shape) // 2))
-    fn = {"attention": explain.point_attention, "erf": explain.erf_map, "rollout": explain.attention_rollout,
-          "dino-heads": explain.dino_heads}[method]
-    vol = fn(model, scan, voxel=voxel)
+    vol = explain.run_method(method, model, scan, voxel=voxel)
     target = paths["labels"].parent / f"{paths['stem']}_{method}.nii.gz"
     write_image(target, vol.data, scan.affine, header=scan.header, protect=(scan.source_path,))
     return str(target)

@@ -57,12 +57,12 @@ def run_models(args) -> int:
     from ..io.nifti import read_nifti
     from ..review.compare import compare_labels
 
-    from ..inference import pick_device, segment
+    from ..inference import resolve_device, segment
     from ..models.registry import get_spec
 
     # fail fast, before the first (slow) model run: output path, device, both models' specs
     check_output_paths(args.scan, [args.output])
-    device = pick_device(args.device)
+    device = resolve_device(args.device)
     for ref in (args.model_a, args.model_b):
         get_spec(ref)
     scan = read_nifti(args.scan, as_labels=False)

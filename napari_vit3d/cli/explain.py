@@ -27,14 +27,9 @@ import numpy as np
 from ..errors import GeometryError, ModelError, VolumeError
 from ._common import check_output_paths
 
-METHODS = ("attention", "rollout", "dino-heads", "erf")
-#: architectures (ModelSpec.architecture) each method can explain
-SUPPORTED = {
-    "attention": ("vit_seg", "unetr", "swin_unetr", "segformer3d"),
-    "rollout": ("vit_seg", "unetr"),
-    "dino-heads": ("vit_seg",),
-    "erf": ("vit_seg", "unetr", "swin_unetr", "segformer3d"),
-}
+from ..explain.methods import architectures_supporting, method_names
+
+METHODS = method_names(cli=True)
 
 
 def register(subparsers) -> None:
@@ -94,7 +89,7 @@ def choose_model(method: str) -> str:
     """A registered model name that supports ``method`` (the default model first)."""
     from ..models.registry import default_model_name, list_models
 
-    ok = SUPPORTED[method]
+    ok = architectures_supporting(method)
     try:
         default = default_model_name()
     except ModelError:
@@ -117,7 +112,7 @@ def _check_outputs(args) -> None:
 
 def run(args) -> int:
     from .. import explain as ex
-    from ..inference.engine import pick_device
+    from ..models.devices import resolve_device
     from ..io.atomic import to_json, write_text_atomic
     from ..io.nifti import read_nifti, write_image, write_labels
     from ..models.registry import load_model
@@ -133,10 +128,8 @@ def run(args) -> int:
         point["voxel"] = _triple(args.point_voxel, "--point-voxel", as_int=True)
     if point:
         ex.query_world(scan, **point)  # fail fast on a point outside the scan
-    if args.method == "attention" and not point:
-        raise GeometryError("--method attention needs a query: --point-world X,Y,Z or --point-voxel I,J,K")
-    if args.method == "erf" and not point and not args.region:
-        raise GeometryError("--method erf needs a query (--point-world / --point-voxel) or --region MASK")
+    region = read_nifti(args.region, as_labels=True) if args.region else None
+    ex.methods.check_query(args.method, region=region, **point)
     head = args.head if args.head in ("mean", "all") else None
     if head is None:
         try:
@@ -145,10 +138,10 @@ def run(args) -> int:
             raise ModelError(f"--head must be a head number, mean or all; got {args.head!r}") from None
 
     model_ref = args.model or choose_model(args.method)
-    model = load_model(model_ref, pick_device(args.device))
+    model = load_model(model_ref, resolve_device(args.device))
     if not ex.supports(model.network, args.method):
         raise ModelError(f"model {model.spec.name!r} ({model.spec.architecture}) does not support {args.method}; "
-                         f"models that do: {', '.join(SUPPORTED[args.method])}")
+                         f"models that do: {', '.join(architectures_supporting(args.method))}")
     print(f"explain: {args.method} with model {model.spec.name} ({model.spec.architecture})", file=sys.stderr)
 
     def progress(done, total):
@@ -157,22 +150,17 @@ def run(args) -> int:
     sess = ex.ExplainSession(model, scan)
     masks = None
     stats = None
-    if args.method == "attention":
-        vol = ex.point_attention(model, scan, layer=args.layer, head=head, session=sess, progress=progress, **point)
-    elif args.method == "rollout":
-        vol = ex.attention_rollout(model, scan, head_fusion=args.head_fusion, discard_ratio=args.discard_ratio,
-                                   start_layer=args.start_layer, session=sess, progress=progress, **point)
-    elif args.method == "dino-heads":
-        vol = ex.dino_heads(model, scan, layer=args.layer, session=sess, progress=progress, **point)
-        if args.masks_output:
-            masks = ex.dino_head_masks(model, scan, keep_mass=args.keep_mass, layer=args.layer, session=sess, **point)
-    else:
-        region = read_nifti(args.region, as_labels=True) if args.region else None
-        vol = ex.erf_map(model, scan, region=region, target_class=args.target_class, log1p=args.log1p,
-                         session=sess, progress=progress, **point)
-        if args.stats:
-            raw = vol if not args.log1p else vol.with_data(np.expm1(vol.data))
-            stats = ex.erf_statistics(raw)
+    options = {"attention": dict(layer=args.layer, head=head),
+               "rollout": dict(head_fusion=args.head_fusion, discard_ratio=args.discard_ratio,
+                               start_layer=args.start_layer),
+               "dino-heads": dict(layer=args.layer),
+               "erf": dict(region=region, target_class=args.target_class, log1p=args.log1p)}[args.method]
+    vol = ex.run_method(args.method, model, scan, session=sess, progress=progress, **options, **point)
+    if args.masks_output:
+        masks = ex.run_method("dino-masks", model, scan, keep_mass=args.keep_mass, layer=args.layer, session=sess,
+                              **point)
+    if args.method == "erf" and args.stats:
+        stats = ex.erf_statistics(vol if not args.log1p else vol.with_data(np.expm1(vol.data)))
 
     import nibabel as nib
 
@@ -183,9 +171,8 @@ def run(args) -> int:
     meta = {k: v for k, v in vol.metadata.items() if k != "protect_path"}
     meta.update({"input": str(Path(args.input).resolve()), "output": str(Path(args.output).resolve()),
                  "model": model.spec.name, "model_chosen_automatically": not bool(args.model)})
-    labels = None
+    labels = masks
     if masks is not None:
-        labels = ex.head_mask_labels(masks, vol)
         meta["masks"] = {"path": str(Path(args.masks_output).resolve()), "labels": "head + 1 (0 = no head keeps it)",
                          **masks.metadata.get("parameters", {})}
     if stats is not None:

@@ -67,7 +67,7 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from ..io.atomic import write_json_atomic
     from ..io.nifti import read_nifti, write_labels
-    from ..inference.engine import pick_device
+    from ..models.devices import resolve_device
     from ..prompt.session import PromptSession, load_prompt_model
 
     outs = check_output_paths(args.input, (args.output,))
@@ -91,7 +91,7 @@ def run(args) -> int:
     if sidecar.exists() and not _is_prompt_sidecar(sidecar):
         raise GeometryError(f"{sidecar}: exists and is not a prompt sidecar; refusing to replace it (choose another -o)")
     scan = read_nifti(args.input, as_labels=False)
-    model = load_prompt_model(args.model, device=pick_device(args.device))
+    model = load_prompt_model(args.model, device=resolve_device(args.device))
     session = PromptSession(model, scan)
     # validate every prompt before the first (slow) prediction
     checked = [(session.add_point(**{kind: p}, positive=True)) for kind, p in positives]

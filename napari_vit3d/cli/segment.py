@@ -52,15 +52,15 @@ def _check_outputs(args) -> list[Path]:
 
 
 def run(args) -> int:
-    from ..inference import segment
+    from ..usecases import segment_scan
     from ..io.nifti import read_nifti, write_image, write_labels
-    from ..inference.engine import pick_device
+    from ..models.devices import resolve_device
     from ..models.registry import default_model_name, load_model
 
     _check_outputs(args)  # before the (slow) model run: fail fast on a bad output path
     scan = read_nifti(args.input, as_labels=False)
     model_ref = args.model if args.model else default_model_name()
-    device = pick_device(args.device)
+    device = resolve_device(args.device)
     model = load_model(model_ref, device)
 
     bar = None
@@ -76,33 +76,28 @@ def run(args) -> int:
             bar.refresh()
 
     try:
-        result = segment(scan, model, device=device, overlap=args.overlap, sw_batch_size=args.sw_batch_size,
-                         channels=args.channels, progress=progress,
-                         return_probabilities=bool(args.save_probabilities or args.save_uncertainty),
-                         use_cache=False)
+        out = segment_scan(scan, model, device=device, overlap=args.overlap, sw_batch_size=args.sw_batch_size,
+                           channels=args.channels, progress=progress, probabilities=bool(args.save_probabilities),
+                           uncertainty=bool(args.save_uncertainty), use_cache=False)
     finally:
         if bar is not None:
             bar.close()
 
     protect = (scan.source_path,)
-    write_labels(args.output, result.labels.data, scan.affine, header=scan.header, source_path=scan.source_path)
+    write_labels(args.output, out.labels.data, scan.affine, header=scan.header, source_path=scan.source_path)
     written = [args.output]
     if args.save_probabilities:
-        write_image(args.save_probabilities, result.probabilities.data, scan.affine, header=scan.header,
+        write_image(args.save_probabilities, out.probabilities.data, scan.affine, header=scan.header,
                     protect=protect)
         written.append(args.save_probabilities)
     if args.save_uncertainty:
-        from ..review.uncertainty import softmax_entropy
-
-        write_image(args.save_uncertainty, softmax_entropy(result.probabilities.data), scan.affine, header=scan.header,
-                    protect=protect)
+        write_image(args.save_uncertainty, out.uncertainty.data, scan.affine, header=scan.header, protect=protect)
         written.append(args.save_uncertainty)
-    labels = result.labels.data
-    present = [int(v) for v in np.unique(labels)]
-    names = result.metadata.get("label_names", {})
+    present = [int(v) for v in out.present]
+    names = out.label_names
     present_txt = ", ".join(f"{v} {names.get(v, '')}".strip() for v in present[:20])
     if len(present) > 20:
         present_txt += f", … ({len(present)} labels)"
-    print(f"wrote {', '.join(str(w) for w in written)}  (model {result.metadata['model']}, "
+    print(f"wrote {', '.join(str(w) for w in written)}  (model {out.metadata['model']}, "
           f"labels present: {present_txt})", file=sys.stderr)
     return 0

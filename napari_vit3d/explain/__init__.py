@@ -12,37 +12,29 @@ method, model, layer, head, query, window, parameters and units)::
     model_erf(model, volume, n_samples=8)            # kernel in offset mm
     erf_statistics(erf_volume)
 
+The method registry (:mod:`.methods`: ``METHODS``, ``run_method(name, model, volume, **options)``,
+``supports(network, name)``) is what the CLI, the Explain widget and batch runs use.
 ``ExplainSession(model, volume)`` keeps the preprocessing and the captured windows, so a new click
 in an already captured window costs no forward pass (pass ``session=`` to the functions above).
 Lower level: :class:`~.capture.AttentionCapture`, :func:`~.attention.rollout_vector`,
-:func:`~.erf.input_gradient`, :class:`~.tokens.TokenGrid`. Nothing here imports Qt or napari.
+:func:`~.erf.input_gradient`, :class:`~.tokens.TokenGrid`. Nothing here imports Qt or napari. Names are imported from their modules on first use, so
+``from napari_vit3d.explain import methods`` (listing methods in a widget) does not import torch.
 """
 
-from .attention import (attention_rollout, dino_head_masks, dino_heads, discard_lowest, fuse_heads,
-                        head_mask_labels, point_attention, rollout_vector, top_mass_mask)
-from .capture import AttentionCapture, attention_layers, family, has_cls_token
-from .erf import erf_map, erf_statistics, input_gradient, model_erf
-from .memory import check_memory, estimate_bytes
-from .session import ExplainSession, query_world
-from .tokens import TokenGrid
+from .._lazy import lazy_exports
 
-METHODS = ("attention", "rollout", "dino-heads", "erf")
-
-
-def supports(network, method: str) -> bool:
-    """Whether ``network`` can be explained by ``method`` (one of :data:`METHODS`)."""
-    try:
-        fam = family(network)
-    except Exception:
-        return method == "erf"
-    if method == "rollout":
-        return fam == "vit"
-    if method == "dino-heads":
-        return fam == "vit" and has_cls_token(network)
-    return method in ("attention", "erf")
+#: public name -> submodule that defines it
+_HOME = {
+    **dict.fromkeys(("attention_rollout", "dino_head_masks", "dino_heads", "dino_mask_labels", "discard_lowest",
+                     "fuse_heads", "head_mask_labels", "point_attention", "rollout_vector", "top_mass_mask"),
+                    "attention"),
+    **dict.fromkeys(("AttentionCapture", "attention_layers", "family", "has_cls_token"), "capture"),
+    **dict.fromkeys(("erf_map", "erf_statistics", "input_gradient", "model_erf"), "erf"),
+    **dict.fromkeys(("check_memory", "estimate_bytes"), "memory"),
+    **dict.fromkeys(("METHODS", "ExplainMethod", "get_method", "method_names", "supports"), "methods"),
+    **dict.fromkeys(("ExplainSession", "query_world"), "session"),
+    "TokenGrid": "tokens",
+}
 
 
-__all__ = ["AttentionCapture", "ExplainSession", "METHODS", "TokenGrid", "attention_layers", "attention_rollout",
-           "check_memory", "dino_head_masks", "dino_heads", "discard_lowest", "erf_map", "erf_statistics",
-           "estimate_bytes", "family", "fuse_heads", "has_cls_token", "head_mask_labels", "input_gradient",
-           "model_erf", "point_attention", "query_world", "rollout_vector", "supports", "top_mass_mask"]
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {**_HOME, "run_method": "methods:run"})

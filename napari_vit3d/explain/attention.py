@@ -92,7 +92,7 @@ def point_attention(model, volume: Volume, *, voxel=None, world=None, layer=None
         data = maps[..., 0] if maps.shape[-1] == 1 else maps
         return Volume(data=np.ascontiguousarray(data, dtype=np.float32), affine=row.key_grid.affine(waff),
                       name=f"{volume.name} · {name} (tokens)",
-                      metadata={"kind": "image", "model": sess.model_name, "grid": "tokens", **meta})
+                      metadata={"kind": "map", "model": sess.model_name, "grid": "tokens", **meta})
     scan = sess.to_scan(sess.place_tokens(maps, row.key_grid, start))
     return sess.make_volume(scan, name=name, metadata=meta)
 
@@ -300,6 +300,17 @@ def dino_head_masks(model, volume: Volume, *, keep_mass: float = 0.6, voxel=None
             "parameters": {"layer": L, "keep_mass": float(keep_mass)}}
     return sess.make_volume(np.rint(scan).astype(np.uint8), name=f"DINO masks L{L} {keep_mass:g}", metadata=meta,
                             kind="labels")
+
+
+def dino_mask_labels(model, volume: Volume, *, keep_mass: float = 0.6, voxel=None, world=None, layer=None,
+                     session: ExplainSession | None = None, progress=None, cancel=None) -> Volume:
+    """DINO per-head masks as one 3D label map: :func:`dino_head_masks` → :func:`head_mask_labels`, overlaps
+    to the head attending most (:func:`dino_heads`). ``metadata["n_heads"]`` holds the head count."""
+    common = dict(voxel=voxel, world=world, layer=layer, session=session, progress=progress, cancel=cancel)
+    heads = dino_heads(model, volume, **common)
+    out = head_mask_labels(dino_head_masks(model, volume, keep_mass=keep_mass, **common), heads)
+    out.metadata.setdefault("n_heads", int(heads.data.shape[-1]) if heads.data.ndim == 4 else 1)
+    return out
 
 
 def head_mask_labels(masks: Volume, attention: Volume | None = None) -> Volume:

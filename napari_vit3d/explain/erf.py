@@ -179,7 +179,7 @@ def model_erf(model, volume: Volume, *, n_samples: int = 8, target_class: int | 
             "coordinates": "offset from the query in mm (model axes)",
             "parameters": {"target_class": cls, "n_samples": len(queries), "seed": int(seed)}}
     return Volume(data=acc.astype(np.float32), affine=a, name=f"{volume.name} · model ERF class {cls}",
-                  metadata={"kind": "image", "model": sess.model_name, **meta})
+                  metadata={"kind": "map", "model": sess.model_name, **meta})
 
 
 def erf_statistics(erf: Volume, centre_world=None, fractions=FRACTIONS) -> dict:

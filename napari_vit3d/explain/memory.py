@@ -1,7 +1,7 @@
 """Memory estimates for explanations, checked *before* anything large is allocated.
 
-The estimate is ``SAFETY × bytes_per_voxel[architecture][pass] × window voxels`` (+ the rollout work
-buffer), where ``bytes_per_voxel`` is the peak growth of the process's resident memory measured by
+The estimate is ``SAFETY × bytes_per_voxel[pass] × window voxels`` (+ the rollout work buffer), where
+``bytes_per_voxel`` (the architecture's record in ``models.architectures``) is the peak growth of the process's resident memory measured by
 ``benchmarks/bench_explain.py`` for the default-size models on CPU (``docs/performance.md``,
 "Explanations"): ``forward`` for a captured forward pass without gradients (attention, rollout, DINO
 heads), ``backward`` for one forward + backward pass (ERF). Architectures not measured get a
@@ -15,15 +15,8 @@ import numpy as np
 from torch import nn
 
 from ..errors import ResourceLimitError
+from ..models.architectures import UNKNOWN_BYTES_PER_VOXEL, architecture_of
 
-#: measured peak RSS growth per window voxel (bytes) at the default sizes: (forward, backward)
-BYTES_PER_VOXEL = {
-    "unetr": (560, 1500),
-    "vit_seg": (380, 2100),
-    "segformer3d": (340, 1200),
-    "swin_unetr": (1500, 6000),
-    None: (1500, 6000),
-}
 SAFETY = 2.0
 #: rollout computes one layer's fused attention this many bytes at a time (row chunks)
 ROLLOUT_CHUNK_BYTES = 64 * 1024**2
@@ -31,22 +24,11 @@ ROLLOUT_CHUNK_BYTES = 64 * 1024**2
 USABLE_FRACTION = 0.8
 
 
-def architecture_of(network: nn.Module) -> str | None:
-    from monai.networks.nets import UNETR, SwinUNETR
-
-    from ..models.segformer3d import SegFormer3D
-    from ..models.vit_seg import ViTSeg
-
-    for cls, name in ((UNETR, "unetr"), (SwinUNETR, "swin_unetr"), (ViTSeg, "vit_seg"), (SegFormer3D, "segformer3d")):
-        if isinstance(network, cls):
-            return name
-    return None
-
-
 def estimate_bytes(network: nn.Module, roi, method: str, in_channels: int = 1) -> int:
     """Estimated peak memory (bytes) of ``method`` on one window of size ``roi``."""
     vox = float(np.prod([int(r) for r in roi]))
-    fwd, bwd = BYTES_PER_VOXEL.get(architecture_of(network), BYTES_PER_VOXEL[None])
+    arch = architecture_of(network)
+    fwd, bwd = arch.bytes_per_voxel if arch is not None else UNKNOWN_BYTES_PER_VOXEL
     per = bwd if method == "erf" else fwd
     extra = ROLLOUT_CHUNK_BYTES if method == "rollout" else 0
     return int(SAFETY * per * vox * max(1, in_channels) ** 0.5 + extra)

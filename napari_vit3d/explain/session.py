@@ -233,7 +233,7 @@ class ExplainSession:
 
         return to_scan_grid(model_maps, self.model_input, order=order)
 
-    def make_volume(self, scan_maps: np.ndarray, *, name: str, metadata: dict, kind: str = "image") -> Volume:
+    def make_volume(self, scan_maps: np.ndarray, *, name: str, metadata: dict, kind: str = "map") -> Volume:
         data = scan_maps[..., 0] if scan_maps.ndim == 4 and scan_maps.shape[3] == 1 else scan_maps
         meta = {"kind": kind, "model": self.model_name, "weights_sha256": self.weights_sha256,
                 "architecture": self.spec.architecture, "source": self.volume.source_path, **metadata}

@@ -17,6 +17,7 @@ from qtpy.QtCore import QObject, Signal
 from qtpy.QtWidgets import QComboBox, QFrame, QLabel, QMessageBox, QWidget
 
 from ..errors import Cancelled, Vit3dError
+from ..io import keys
 
 SEP = " · "
 
@@ -54,10 +55,7 @@ def scan_layers(viewer) -> list[Image]:
     for layer in viewer.layers:
         if not isinstance(layer, Image) or layer.rgb:
             continue
-        meta = layer.metadata.get("vit3d") or {}
-        if meta.get("kind") in ("map", "probability", "uncertainty", "explanation"):
-            continue
-        if "vit3d_map" in layer.metadata:
+        if keys.MAP in layer.metadata:  # a map the plugin made (explanation, probability, uncertainty)
             continue
         out.append(layer)
     return out

@@ -24,19 +24,11 @@ from ._common import (SEP, LayerCombo, create_engine_worker, find_layer, report_
                       set_mouse_callback, unwrap)
 from ._layers import file_voxel_to_world, inside, layer_kwargs, volume_from_layer, world_to_file_voxel
 from .session import load_model_cached, run_of
-from .styles import MAP_STYLE, labels_colormap, labels_features
+from ..explain.methods import METHODS, get_method
+from .styles import labels_colormap, labels_features
 
-#: (key, label shown, explain function name, uses layer, uses head)
-METHODS = [
-    ("point_attention", "Point attention (clicked voxel)", "point_attention", True, True),
-    ("rollout", "Attention rollout (clicked voxel; ViT/UNETR)", "attention_rollout", False, False),
-    ("dino_heads", "DINO heads (CLS attention per head; ViT)", "dino_heads", True, False),
-    ("erf", "Effective receptive field (clicked voxel)", "erf_map", False, False),
-]
-_BY_KEY = {m[0]: m for m in METHODS}
 #: the model entry that explains the promptable network's last prediction (Review → Click to segment)
 PROMPT_ENTRY = "segformer3d-prompt (last click)"
-_FIXED_OPTIONS = {"erf": {"log1p": True}}
 
 
 class _Progress(QObject):
@@ -47,28 +39,23 @@ def _explain_job(session_holder: dict, key: tuple, model_key: str, volume, devic
                  voxel, options: dict, progress, cancel):
     """Worker thread: reuse or build the ExplainSession, then run one explanation method.
 
-    ``method`` "dino_masks" returns the per-head masks as one 3D label map (``head_mask_labels``).
+    ``method`` is a name of the explanation-method registry (``explain.methods``); the GUI's fixed options
+    (``gui_defaults``, e.g. ERF on a log scale) are added.
     """
     from .. import explain
-    from ..inference import pick_device
+    from ..models.devices import resolve_device
 
     if model_key == PROMPT_ENTRY:
         return _explain_prompt(key[0], method, voxel, options, progress, cancel)
-    dev = str(pick_device(device))
+    dev = str(resolve_device(device))
     loaded = load_model_cached(model_key, dev)
     session = session_holder.get(key)
     if session is None:
         session = explain.ExplainSession(loaded, volume)
         session_holder.clear()  # one scan/model at a time: captured windows are large
         session_holder[key] = session
-    common = dict(voxel=tuple(int(v) for v in voxel), session=session, progress=progress, cancel=cancel)
-    if method == "dino_masks":
-        keep = float(options.pop("keep_mass", 0.6))
-        heads = explain.dino_heads(loaded, volume, **common, **options)
-        masks = explain.dino_head_masks(loaded, volume, keep_mass=keep, **common, **options)
-        return explain.head_mask_labels(masks, heads)
-    fn = getattr(explain, _BY_KEY[method][2])
-    return fn(loaded, volume, **common, **_FIXED_OPTIONS.get(method, {}), **options)
+    return explain.run_method(method, loaded, volume, voxel=tuple(int(v) for v in voxel), session=session,
+                              progress=progress, cancel=cancel, **{**get_method(method).gui_defaults, **options})
 
 
 def _explain_prompt(scan_name: str, method: str, voxel, options: dict, progress, cancel):
@@ -81,14 +68,15 @@ def _explain_prompt(scan_name: str, method: str, voxel, options: dict, progress,
     if ps is None or ps.last is None:
         raise ModelError("Ctrl+click a structure in Review and correct › Click to segment first: the promptable "
                          "model is explained on its last prediction")
-    if method not in ("point_attention", "erf"):
-        raise ModelError("the promptable model (SegFormer3D) supports point attention and ERF")
+    if not explain.supports(ps.model.network, method):
+        raise ModelError(f"the promptable model (SegFormer3D) does not support {get_method(method).title.lower()}; "
+                         "use point attention or the effective receptive field")
     world = ps.volume.affine[:3, :3] @ np.asarray(voxel, float) + ps.volume.affine[:3, 3]
     if not ps.last.crop.contains(world):
         raise GeometryError("the query lies outside the promptable model's last crop; click inside the object's crop")
-    fn = getattr(explain, _BY_KEY[method][2])
-    return fn(ps.model, ps.volume, voxel=tuple(int(v) for v in voxel), session=ps.explain_session(),
-              progress=progress, cancel=cancel, **_FIXED_OPTIONS.get(method, {}), **options)
+    return explain.run_method(method, ps.model, ps.volume, voxel=tuple(int(v) for v in voxel),
+                              session=ps.explain_session(), progress=progress, cancel=cancel,
+                              **{**get_method(method).gui_defaults, **options})
 
 
 class ExplainWidget(QWidget):
@@ -117,8 +105,9 @@ class ExplainWidget(QWidget):
         self.model_combo = QComboBox()
         form.addRow("Model", self.model_combo)
         self.method_combo = QComboBox()
-        for key, label, *_ in METHODS:
-            self.method_combo.addItem(label, key)
+        for name, m in METHODS.items():
+            if m.cli:  # composite methods (DINO head masks) have their own button
+                self.method_combo.addItem(m.title, name)
         self.method_combo.currentIndexChanged.connect(self._on_method)
         form.addRow("Method", self.method_combo)
         self.layer_spin = QSpinBox()
@@ -200,11 +189,11 @@ class ExplainWidget(QWidget):
         return self.method_combo.currentData()
 
     def _on_method(self, *_):
-        _, _, _, uses_layer, uses_head = _BY_KEY[self.method()]
-        self.layer_spin.setEnabled(uses_layer)
-        self.head_spin.setEnabled(uses_head)
-        self.mass_spin.setEnabled(self.method() == "dino_heads")
-        self.masks_button.setEnabled(self.method() == "dino_heads")
+        m = get_method(self.method())
+        self.layer_spin.setEnabled(m.uses_layer)
+        self.head_spin.setEnabled(m.uses_head)
+        self.mass_spin.setEnabled(m.name == "dino-heads")
+        self.masks_button.setEnabled(m.name == "dino-heads")
 
     # -- clicks ---------------------------------------------------------------------------------
     def set_active(self, on: bool):
@@ -267,11 +256,11 @@ class ExplainWidget(QWidget):
 
     # -- running --------------------------------------------------------------------------------
     def options(self) -> dict:
-        m = self.method()
+        m = get_method(self.method())
         opts = {}
-        if _BY_KEY[m][3] and self.layer_spin.value() >= 0:
+        if m.uses_layer and self.layer_spin.value() >= 0:
             opts["layer"] = int(self.layer_spin.value())
-        if _BY_KEY[m][4]:
+        if m.uses_head:
             opts["head"] = int(self.head_spin.value()) if self.head_spin.value() >= 0 else "mean"
         return opts
 
@@ -297,8 +286,9 @@ class ExplainWidget(QWidget):
             report_error(exc, "Explain")
             return None
         method = method or self.method()
-        options = self.options() if method != "dino_masks" else {**self.options(), "keep_mass": self.mass_spin.value()}
-        key = (scan.name, volume.content_hash(), model_key, "auto")
+        options = self.options() if method != "dino-masks" else {**self.options(), "keep_mass": self.mass_spin.value()}
+        # the session is kept per scan data (not re-hashed here: hashing a scan takes tens of ms on this thread)
+        key = (scan.name, id(scan.data), model_key, "auto")
         self._cancel.clear()
         worker = create_engine_worker(_explain_job, self._sessions, key, model_key, volume, "auto", method,
                                       self.query_voxel, options, bridge=self._bridge, cancel_event=self._cancel)
@@ -338,7 +328,7 @@ class ExplainWidget(QWidget):
 
     # -- results --------------------------------------------------------------------------------
     def layer_name(self, scan_name: str, method: str) -> str:
-        return f"{scan_name}{SEP}{method.replace('_', ' ')}"
+        return f"{scan_name}{SEP}{get_method(method).layer_name}"
 
     def _show(self, vol, scan_name: str, method: str):
         if self._cancel.is_set():
@@ -349,8 +339,8 @@ class ExplainWidget(QWidget):
             report_error(exc, "Explain")
 
     def _put_map(self, vol, scan_name, method):
-        if method == "dino_masks":
-            return self._put_masks(vol, scan_name)
+        if get_method(method).output == "labels":
+            return self._put_masks(vol, scan_name, method)
         meta = dict(vol.metadata)
         data, kw = layer_kwargs(vol, metadata={"vit3d_map": meta})
         lo, hi = robust_limits(data, lo=60.0)  # the weakest 60 % of the map fade out: peaks stand out
@@ -366,7 +356,7 @@ class ExplainWidget(QWidget):
         else:
             if existing is not None:
                 self.viewer.layers.remove(existing)
-            kw.update(colormap=MAP_STYLE.get(method, "inferno"), blending="additive", opacity=0.8,
+            kw.update(colormap=get_method(method).colormap, blending="additive", opacity=0.8,
                       contrast_limits=(lo, hi))
             lyr = self.viewer.add_image(data, name=name, **kw)
         if active is not None and active in self.viewer.layers:
@@ -381,15 +371,15 @@ class ExplainWidget(QWidget):
 
     def masks_to_labels(self):
         """DINO head masks (top ``keep mass`` of each head's CLS attention) → one labels layer (head + 1)."""
-        return self.explain(method="dino_masks")
+        return self.explain(method="dino-masks")
 
-    def _put_masks(self, vol, scan_name):
+    def _put_masks(self, vol, scan_name, method):
         from ..io.labels import LabelTable
 
         data, kw = layer_kwargs(vol, kind="labels", metadata={"vit3d_map": dict(vol.metadata)})
         n_heads = int(vol.metadata.get("n_heads") or int(data.max()))
         table = LabelTable.default(range(n_heads + 1), {h + 1: f"head {h}" for h in range(n_heads)})
-        name = f"{scan_name}{SEP}dino head masks"
+        name = self.layer_name(scan_name, method)
         existing = find_layer(self.viewer, name)
         if existing is not None:
             self.viewer.layers.remove(existing)

@@ -47,10 +47,10 @@ COMPARE_KEY = "vit3d_compare"
 
 def _compare_job(labels_a, scan, model_key: str, device: str, settings: dict, table, name_a: str, progress, cancel):
     """Runs in the worker thread: load model B (cached), segment the scan with it, compare with A."""
-    from ..inference import pick_device
+    from ..models.devices import resolve_device
     from ..review.compare import compare_with_model
 
-    dev = str(pick_device(device))
+    dev = str(resolve_device(device))
     loaded = load_model_cached(model_key, dev)
     return compare_with_model(labels_a, scan, loaded, label_table=table, name_a=name_a, name_b=model_key,
                               device=dev, overlap=float(settings.get("overlap", 0.25)),

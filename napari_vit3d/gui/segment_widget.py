@@ -17,6 +17,7 @@ from qtpy.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, Q
 
 from ..errors import VolumeError
 from ..io import Volume, same_grid
+from ..models.devices import available_devices
 from . import autosave, recovery
 from ._common import (create_engine_worker, SEP, LayerCombo, ModelCombo, ProgressBridge, ask_yes_no_cancel, find_layer, info, report_error,
                       scan_layers, unique_name, unwrap)
@@ -27,27 +28,13 @@ from .styles import labels_colormap, labels_features
 AUTO = "auto"
 
 
-def available_devices() -> list[str]:
-    out = [AUTO, "cpu"]
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            out.append("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            out.append("mps")
-    except Exception:  # torch missing or broken: the error appears when a model is loaded
-        pass
-    return out
-
-
 def _segment_job(volume: Volume, model_key: str, device: str, settings: dict, progress, cancel):
     """Runs in the worker thread: load the model (cached), segment, optional uncertainty."""
     from ..inference import segment
 
-    from ..inference import pick_device
+    from ..models.devices import resolve_device
 
-    dev = str(pick_device(device))
+    dev = str(resolve_device(device))
     loaded = load_model_cached(model_key, dev)
     kwargs = dict(device=dev,
                   overlap=settings["overlap"], sw_batch_size=settings["sw_batch_size"],

@@ -4,17 +4,6 @@ from __future__ import annotations
 
 from napari.utils.colormaps import DirectLabelColormap
 
-#: explanation method → (colormap, blending); all maps are drawn additively over the grey scan
-MAP_STYLE = {
-    "point_attention": "inferno",
-    "rollout": "inferno",
-    "dino_heads": "turbo",
-    "erf": "magma",
-    "uncertainty": "viridis",
-    "probability": "magma",
-}
-
-
 def labels_colormap(table, hidden=()) -> DirectLabelColormap:
     """A direct colormap with the table's colours; indices in ``hidden`` (and 0) are transparent.
 

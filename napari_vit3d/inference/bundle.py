@@ -23,11 +23,12 @@ import torch
 
 from ..errors import Cancelled, ModelError
 from ..io.nifti import label_dtype, write_image
-from ..io.resample import resample_array
+from ..io.resample import resample_array, resample_edge
 from ..io.volume import Volume
-from .engine import (CancelFn, ProgressFn, SegmentationResult, _Predictor, autocast_dtype, count_windows,
-                     pick_device, probabilities_from_logits)
-from .preprocess import ModelInput, resample_edge
+from ..models.devices import autocast_dtype, resolve_device
+from .predictor import CancelFn, Predictor, ProgressFn, count_windows
+from .preprocess import ModelInput
+from .results import SegmentationResult, output_volume, probabilities_from_logits
 
 _LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
@@ -92,7 +93,7 @@ def segment_bundle(volume: Volume, bundle, spec, *, device="auto", weights_sha25
     post = _without_saving(bundle.postprocessing)
     if inferer is None:
         raise ModelError(f"bundle {spec.name!r} has no 'inferer' in its config")
-    dev = pick_device(device)
+    dev = resolve_device(device)
     amp_dtype = autocast_dtype(dev, amp)
     if cancel is not None and cancel():
         raise Cancelled("segmentation was cancelled; nothing was written")
@@ -112,7 +113,7 @@ def segment_bundle(volume: Volume, bundle, spec, *, device="auto", weights_sha25
     overlap = float(getattr(inferer, "overlap", 0.25) if not isinstance(getattr(inferer, "overlap", 0.25), (tuple, list))
                     else getattr(inferer, "overlap")[0])
     total = count_windows(image.shape[1:], roi, overlap) if roi is not None else 1
-    predictor = _Predictor(network, total, progress, cancel, amp_dtype, dev)
+    predictor = Predictor(network, total, progress, cancel, amp_dtype, dev)
     network.to(dev).eval()
     try:
         with torch.inference_mode():
@@ -165,16 +166,13 @@ def segment_bundle(volume: Volume, bundle, spec, *, device="auto", weights_sha25
             "settings": {"device": dev.type, "roi_size": None if roi is None else [int(r) for r in roi],
                          "overlap": overlap, "bundle": str(getattr(bundle, "folder", ""))},
             "label_names": {int(l.index): l.name for l in (spec.labels or ())}}
-    labels_vol = Volume(data=lab, affine=volume.affine.copy(), header=volume.header, name=f"{volume.name} · labels",
-                        metadata={"kind": "labels", "protect_path": volume.source_path, "vit3d": meta})
+    labels_vol = output_volume(volume, lab, kind="labels", name="labels", vit3d=meta)
     probs_vol = None
     if return_probabilities:
         probs = probabilities_from_logits(scan_logits)
         classes = values if values is not None and len(values) == probs.shape[-1] else np.arange(probs.shape[-1])
-        probs_vol = Volume(data=probs, affine=volume.affine.copy(), header=volume.header,
-                           name=f"{volume.name} · probabilities",
-                           metadata={"kind": "probabilities", "protect_path": volume.source_path, "units": "probability",
-                                     "classes": [int(v) for v in classes], "vit3d": meta})
+        probs_vol = output_volume(volume, probs, kind="probabilities", name="probabilities", units="probability",
+                                  classes=[int(v) for v in classes], vit3d=meta)
     return SegmentationResult(labels=labels_vol, probabilities=probs_vol, logits=logits, model_input=mi, metadata=meta)
 
 

@@ -37,8 +37,9 @@ from nibabel.orientations import (apply_orientation, axcodes2ornt, inv_ornt_aff,
 
 from ..errors import GeometryError, ModelError, VolumeError, VolumeWarning
 from ..io.geometry import voxel_spacing
-from ..io.resample import resample_array
+from ..io.resample import resample_edge
 from ..io.volume import Volume
+from ..models.architectures import check_window
 
 NORMALIZATIONS = ("zscore_nonzero", "zscore", "percentile", "none")
 
@@ -89,34 +90,6 @@ class ModelInput:
 
 # --------------------------------------------------------------------------------------------
 # helpers
-
-def required_multiple(spec) -> int:
-    """The size every ROI axis must be a multiple of for ``spec.architecture``."""
-    arch = spec.architecture
-    if arch in ("segformer3d", "swin_unetr"):
-        return 32
-    if arch in ("unetr", "vit_seg"):
-        p = spec.arch_kwargs.get("patch_size", 16)
-        p = p if isinstance(p, int) else int(np.lcm.reduce([int(v) for v in p]))
-        return int(p)
-    return 1
-
-
-def check_roi(spec, roi_size) -> tuple[int, int, int]:
-    roi = tuple(int(r) for r in roi_size)
-    if len(roi) != 3 or min(roi) <= 0:
-        raise ModelError(f"model {spec.name!r}: ROI must be three positive sizes, got {roi_size}")
-    m = required_multiple(spec)
-    if any(r % m for r in roi):
-        raise ModelError(f"model {spec.name!r} ({spec.architecture}): ROI {roi} must be a multiple of {m} on every axis")
-    if spec.architecture in ("unetr", "vit_seg"):
-        img = spec.arch_kwargs.get("img_size")
-        if img is not None:
-            img = (int(img),) * 3 if isinstance(img, (int, float)) else tuple(int(v) for v in img)
-            if img != roi:
-                raise ModelError(f"model {spec.name!r}: {spec.architecture} only accepts windows of its img_size {img}, not ROI {roi}")
-    return roi
-
 
 def select_channels(volume: Volume, spec, channels=None) -> tuple[np.ndarray, tuple[int, ...]]:
     """(X, Y, Z, C_model) float32 array of the channels the model reads."""
@@ -225,7 +198,7 @@ def model_grid(volume: Volume, spec) -> tuple[np.ndarray, tuple[int, int, int], 
 
 def preprocess(volume: Volume, spec, *, roi_size=None, channels=None) -> ModelInput:
     """Prepare ``volume`` for the model described by ``spec`` (see the module docstring)."""
-    roi = check_roi(spec, roi_size if roi_size is not None else spec.roi_size)
+    roi = check_window(spec, roi_size if roi_size is not None else spec.roi_size)
     data, channels = select_channels(volume, spec, channels)
     finite = np.isfinite(data)
     if not finite.all():
@@ -284,73 +257,6 @@ def to_scan_grid(maps, model_input: ModelInput, order: int = 1) -> np.ndarray:
                          model_input.scan_shape, order=order, cval=0.0)
 
 
-def resample_edge(data: np.ndarray, source_affine, target_affine, target_shape, *, order: int = 1,
-                  cval: float = 0.0) -> np.ndarray:
-    """Sample ``data`` (source grid; spatial axes first, optional trailing channels) on a target grid.
-
-    Linear (``order=1``) or nearest (``order=0``) interpolation at each target voxel centre, taken to
-    world mm by ``target_affine`` and into the source by ``inv(source_affine)``. The source's edge voxels
-    are repeated once, so a target point within half a voxel outside the outermost source centres (still
-    inside its field of view) gets the edge value rather than a blend with ``cval``; points further out
-    fade to ``cval``. When the voxel-to-voxel map is a permutation with per-axis scale and offset (always
-    the case between a scan and its model grid, oblique or not) the interpolation is done axis by axis
-    (the same trilinear values, much cheaper); otherwise through
-    :func:`napari_vit3d.io.resample.resample_array`. Returns float32 (X, Y, Z[, C]).
-    """
-    data = np.asarray(data, dtype=np.float32)
-    target_shape = tuple(int(v) for v in target_shape[:3])
-    vox = np.linalg.inv(np.asarray(source_affine, float)) @ np.asarray(target_affine, float)
-    axes = _separable_axes(vox)
-    if axes is not None and order == 1:
-        return _resample_separable(data, axes, target_shape, cval)
-    pad = [(1, 1)] * 3 + [(0, 0)] * (data.ndim - 3)
-    padded = np.pad(data, pad, mode="edge")
-    shift = np.eye(4)
-    shift[:3, 3] = -1.0  # padded index p is source index p - 1
-    return resample_array(padded, np.asarray(source_affine, float) @ shift, target_affine, target_shape,
-                          order=order, cval=cval).astype(np.float32, copy=False)
-
-
-def _separable_axes(vox: np.ndarray, tol: float = 1e-9):
-    """For a target→source voxel map that is a permuted diagonal: [(source_axis, scale, offset)] per target axis."""
-    lin = vox[:3, :3]
-    src = np.argmax(np.abs(lin), axis=0)
-    if sorted(src.tolist()) != [0, 1, 2]:
-        return None
-    out = []
-    for t in range(3):
-        col = lin[:, t].copy()
-        scale = col[src[t]]
-        col[src[t]] = 0
-        if np.abs(col).max() > tol * max(1.0, abs(scale)):
-            return None
-        out.append((int(src[t]), float(scale), float(vox[src[t], 3])))
-    return out
-
-
-def _resample_separable(data: np.ndarray, axes, target_shape, cval: float) -> np.ndarray:
-    """Linear interpolation one axis at a time (see :func:`resample_edge` for the edge rule)."""
-    extra = list(range(3, data.ndim))
-    x = np.transpose(data, [a for a, _, _ in axes] + extra)  # source axes in target order
-    for t, (_, scale, offset) in enumerate(axes):
-        n = x.shape[t]
-        pos = scale * np.arange(target_shape[t], dtype=np.float64) + offset
-        # within one voxel beyond the outermost centres: the edge value; further out: cval
-        outside = (pos < -1.0 - 1e-6) | (pos > n + 1e-6)
-        q = np.clip(pos, 0.0, n - 1.0)
-        i0 = np.minimum(np.floor(q).astype(np.int64), max(n - 2, 0))
-        i1 = np.minimum(i0 + 1, n - 1)
-        shape = [1] * x.ndim
-        shape[t] = -1
-        w = (q - i0).astype(np.float32).reshape(shape)
-        x = np.take(x, i0, axis=t) * (1 - w) + np.take(x, i1, axis=t) * w
-        if outside.any():
-            idx = [slice(None)] * x.ndim
-            idx[t] = outside
-            x[tuple(idx)] = cval
-    return np.ascontiguousarray(x, dtype=np.float32)
-
-
 def _inverse_ornt(ornt: np.ndarray) -> np.ndarray:
     """The orientation transform that undoes ``ornt`` (file axes → model axes)."""
     ornt = np.asarray(ornt)
@@ -360,5 +266,5 @@ def _inverse_ornt(ornt: np.ndarray) -> np.ndarray:
     return inv
 
 
-__all__ = ["ModelInput", "NORMALIZATIONS", "check_roi", "model_grid", "model_orientation", "normalize", "preprocess",
-           "required_multiple", "resample_edge", "select_channels", "to_scan_grid"]
+__all__ = ["ModelInput", "NORMALIZATIONS", "model_grid", "model_orientation", "normalize", "preprocess",
+           "select_channels", "to_scan_grid"]

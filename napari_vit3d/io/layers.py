@@ -20,11 +20,12 @@ import numpy as np
 from nibabel.orientations import apply_orientation, inv_ornt_aff, io_orientation
 
 from ..errors import GeometryError, VolumeError
+from . import keys
 from .geometry import _REVERSE, DisplayGeometry, check_affine
 from .volume import Volume
 
 #: key of the plugin's dict in ``layer.metadata``
-METADATA_KEY = "vit3d"
+METADATA_KEY = keys.PLUGIN
 AXIS_LABELS = ("S", "A", "R")
 UNITS = "mm"
 _MAX_PERCENTILE_SAMPLES = 2_000_000
@@ -75,11 +76,8 @@ def robust_contrast_limits(data: np.ndarray, low: float = 1.0, high: float = 99.
 
 
 def _kind_of(volume: Volume, kind: str | None) -> str:
-    if kind is not None:
-        return kind
-    if volume.metadata.get("kind") in ("image", "labels"):
-        return volume.metadata["kind"]
-    return "image"
+    """The napari layer type: ``kind`` if given, else the one the volume's :class:`VolumeKind` is shown as."""
+    return kind if kind is not None else volume.kind.layer_type
 
 
 def volume_to_layer_data(volume: Volume, *, kind: str | None = None, name: str | None = None,

@@ -83,4 +83,71 @@ def resample_to_grid(volume: Volume, target_affine, target_shape, order: int = 0
                   source_path=volume.source_path, metadata=meta)
 
 
-__all__ = ["resample_array", "resample_to_grid"]
+def resample_edge(data: np.ndarray, source_affine, target_affine, target_shape, *, order: int = 1,
+                  cval: float = 0.0) -> np.ndarray:
+    """Sample ``data`` (source grid; spatial axes first, optional trailing channels) on a target grid.
+
+    Linear (``order=1``) or nearest (``order=0``) interpolation at each target voxel centre, taken to
+    world mm by ``target_affine`` and into the source by ``inv(source_affine)``. The source's edge voxels
+    are repeated once, so a target point within half a voxel outside the outermost source centres (still
+    inside its field of view) gets the edge value rather than a blend with ``cval``; points further out
+    fade to ``cval``. When the voxel-to-voxel map is a permutation with per-axis scale and offset (always
+    the case between a scan and its model grid, oblique or not) the interpolation is done axis by axis
+    (the same trilinear values, much cheaper); otherwise through
+    :func:`resample_array`. Returns float32 (X, Y, Z[, C]).
+    """
+    data = np.asarray(data, dtype=np.float32)
+    target_shape = tuple(int(v) for v in target_shape[:3])
+    vox = np.linalg.inv(np.asarray(source_affine, float)) @ np.asarray(target_affine, float)
+    axes = _separable_axes(vox)
+    if axes is not None and order == 1:
+        return _resample_separable(data, axes, target_shape, cval)
+    pad = [(1, 1)] * 3 + [(0, 0)] * (data.ndim - 3)
+    padded = np.pad(data, pad, mode="edge")
+    shift = np.eye(4)
+    shift[:3, 3] = -1.0  # padded index p is source index p - 1
+    return resample_array(padded, np.asarray(source_affine, float) @ shift, target_affine, target_shape,
+                          order=order, cval=cval).astype(np.float32, copy=False)
+
+
+def _separable_axes(vox: np.ndarray, tol: float = 1e-9):
+    """For a target→source voxel map that is a permuted diagonal: [(source_axis, scale, offset)] per target axis."""
+    lin = vox[:3, :3]
+    src = np.argmax(np.abs(lin), axis=0)
+    if sorted(src.tolist()) != [0, 1, 2]:
+        return None
+    out = []
+    for t in range(3):
+        col = lin[:, t].copy()
+        scale = col[src[t]]
+        col[src[t]] = 0
+        if np.abs(col).max() > tol * max(1.0, abs(scale)):
+            return None
+        out.append((int(src[t]), float(scale), float(vox[src[t], 3])))
+    return out
+
+
+def _resample_separable(data: np.ndarray, axes, target_shape, cval: float) -> np.ndarray:
+    """Linear interpolation one axis at a time (see :func:`resample_edge` for the edge rule)."""
+    extra = list(range(3, data.ndim))
+    x = np.transpose(data, [a for a, _, _ in axes] + extra)  # source axes in target order
+    for t, (_, scale, offset) in enumerate(axes):
+        n = x.shape[t]
+        pos = scale * np.arange(target_shape[t], dtype=np.float64) + offset
+        # within one voxel beyond the outermost centres: the edge value; further out: cval
+        outside = (pos < -1.0 - 1e-6) | (pos > n + 1e-6)
+        q = np.clip(pos, 0.0, n - 1.0)
+        i0 = np.minimum(np.floor(q).astype(np.int64), max(n - 2, 0))
+        i1 = np.minimum(i0 + 1, n - 1)
+        shape = [1] * x.ndim
+        shape[t] = -1
+        w = (q - i0).astype(np.float32).reshape(shape)
+        x = np.take(x, i0, axis=t) * (1 - w) + np.take(x, i1, axis=t) * w
+        if outside.any():
+            idx = [slice(None)] * x.ndim
+            idx[t] = outside
+            x[tuple(idx)] = cval
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+__all__ = ["resample_array", "resample_edge", "resample_to_grid"]

@@ -4,12 +4,38 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field, replace
+from enum import Enum
 from typing import Any
 
 import numpy as np
 
 from ..errors import GeometryError, VolumeError
 from .geometry import DisplayGeometry, check_affine, voxel_spacing
+
+
+class VolumeKind(str, Enum):
+    """What a :class:`Volume` holds (``metadata["kind"]``); a ``str`` enum, so it compares equal to its value
+    and survives JSON. ``layer_type`` is the napari layer it is shown as."""
+
+    IMAGE = "image"  # a scan or any intensity image
+    LABELS = "labels"  # integer label map (segmentation, corrections, masks)
+    PROBABILITIES = "probabilities"  # per-class probabilities, classes last
+    UNCERTAINTY = "uncertainty"  # normalised entropy or another uncertainty map
+    MAP = "map"  # an explanation map (attention, rollout, DINO heads, ERF)
+
+    @property
+    def layer_type(self) -> str:
+        return "labels" if self is VolumeKind.LABELS else "image"
+
+    @classmethod
+    def of(cls, value) -> "VolumeKind":
+        """``value`` as a kind; None → IMAGE; anything unknown is a :class:`VolumeError`."""
+        if value is None:
+            return cls.IMAGE
+        try:
+            return cls(value)
+        except ValueError:
+            raise VolumeError(f"unknown volume kind {value!r}; known: {', '.join(k.value for k in cls)}") from None
 
 
 @dataclass
@@ -33,6 +59,11 @@ class Volume:
         self.affine = check_affine(self.affine)
         if self.data.ndim not in (3, 4):
             raise VolumeError(f"{self.name}: a volume needs 3 spatial axes (and at most one more), got {self.data.ndim}D")
+
+    @property
+    def kind(self) -> VolumeKind:
+        """What the volume holds (``metadata["kind"]``, default :attr:`VolumeKind.IMAGE`)."""
+        return VolumeKind.of(self.metadata.get("kind"))
 
     @property
     def spatial_shape(self) -> tuple[int, int, int]:

@@ -10,9 +10,12 @@ Heavier pieces are imported from their modules (``segformer3d``, ``vit_seg``, ``
 ``cost``).
 """
 
-from .registry import (LoadedModel, add_model, build_network, default_model_name, get_spec, list_models,
-                       load_model, remove_model)
-from .spec import LabelInfo, ModelSpec
+from .._lazy import lazy_exports
 
-__all__ = ["ModelSpec", "LabelInfo", "LoadedModel", "load_model", "build_network", "get_spec", "list_models",
-           "add_model", "remove_model", "default_model_name"]
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    **dict.fromkeys(("LoadedModel", "add_model", "build_network", "default_model_name", "get_spec", "list_models",
+                     "load_model", "remove_model"), "registry"),
+    **dict.fromkeys(("LabelInfo", "ModelSpec"), "spec"),
+    **dict.fromkeys(("Architecture", "get_architecture", "register_architecture"), "architectures"),
+    "resolve_device": "devices",
+})

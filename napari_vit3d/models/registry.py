@@ -27,10 +27,12 @@ from torch import nn
 
 from ..errors import ModelError
 from ..io.atomic import write_json_atomic
+from .architectures import check_window, get_architecture
+from .devices import resolve_device
 from .spec import ModelSpec
 
 __all__ = ["build_network", "list_models", "get_spec", "add_model", "remove_model", "default_model_name",
-           "load_model", "LoadedModel", "resolve_device", "config_dir", "bundled_models_dir", "ModelEntry", "IdentityNet",
+           "load_model", "LoadedModel", "config_dir", "bundled_models_dir", "ModelEntry", "IdentityNet",
            "CHECKPOINT_SUFFIXES"]
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".ckpt", ".bin")
@@ -75,65 +77,30 @@ def _out_channels(spec: ModelSpec, kwargs: dict) -> int:
 
 
 def build_network(spec: ModelSpec) -> nn.Module:
-    """A freshly initialised network for ``spec`` (no weights loaded), constructed with keywords only."""
+    """A freshly initialised network for ``spec`` (no weights loaded), constructed with keywords only.
+
+    The builder and the window rules come from the architecture's record (``models.architectures``)."""
     kwargs = dict(spec.arch_kwargs)
-    arch = spec.architecture
+    arch = get_architecture(spec.architecture)
     in_ch = int(kwargs.pop("in_channels", spec.in_channels))
     if in_ch != spec.in_channels:
         raise ModelError(f"model {spec.name!r}: arch_kwargs in_channels={in_ch} but in_channels={spec.in_channels}")
-    if arch == "monai_bundle":
+    if arch.external:
         from .bundle import load_bundle
 
         if spec.root is None:
             raise ModelError(f"model {spec.name!r}: a monai_bundle spec needs its bundle folder")
         return load_bundle(spec.root, weights=False).network
     out_ch = _out_channels(spec, kwargs)
-    multiple = {"segformer3d": 32, "swin_unetr": 32, "unetr": 16}.get(arch)
-    if multiple and any(int(r) % multiple for r in spec.roi_size):
-        raise ModelError(f"model {spec.name!r}: {arch} needs an ROI divisible by {multiple}, "
-                         f"got {tuple(spec.roi_size)}")
-    if arch in ("unetr", "vit_seg") and "img_size" in kwargs:
-        img = kwargs["img_size"]
-        img = (int(img),) * 3 if isinstance(img, (int, float)) else tuple(int(v) for v in img)
-        if img != tuple(spec.roi_size):
-            raise ModelError(f"model {spec.name!r}: {arch} img_size {img} must equal roi_size {tuple(spec.roi_size)} "
-                             "(its positional embedding fixes the window size)")
+    check_window(spec, spec.roi_size)
     try:
-        if arch == "unetr":
-            from monai.networks.nets import UNETR
-
-            kwargs.setdefault("img_size", spec.roi_size)
-            return UNETR(in_channels=in_ch, out_channels=out_ch, **kwargs)
-        if arch == "swin_unetr":
-            from monai.networks.nets import SwinUNETR
-
-            if "img_size" in kwargs:
-                warnings.warn(f"model {spec.name!r}: dropped the SwinUNETR argument img_size={kwargs['img_size']!r} "
-                              "(removed in MONAI 1.5)", stacklevel=2)
-                kwargs.pop("img_size")
-            if kwargs.get("use_checkpoint"):
-                warnings.warn(f"model {spec.name!r}: use_checkpoint=True ignored (inference and explanations need it off)",
-                              stacklevel=2)
-            kwargs["use_checkpoint"] = False
-            return SwinUNETR(in_channels=in_ch, out_channels=out_ch, **kwargs)
-        if arch == "vit_seg":
-            from .vit_seg import ViTSeg
-
-            kwargs.setdefault("img_size", spec.roi_size)
-            return ViTSeg(in_channels=in_ch, out_channels=out_ch, **kwargs)
-        if arch == "segformer3d":
-            from .segformer3d import SegFormer3D
-
-            return SegFormer3D(in_channels=in_ch, out_channels=out_ch, **kwargs)
-        if arch == "identity":
-            return IdentityNet(in_channels=in_ch, out_channels=out_ch)
+        return arch.build(spec, in_ch, out_ch, kwargs)
     except TypeError as exc:
-        raise ModelError(f"model {spec.name!r}: invalid arch_kwargs for {arch}: {exc}") from None
+        raise ModelError(f"model {spec.name!r}: invalid arch_kwargs for {arch.name}: {exc}") from None
     except (ValueError, AssertionError) as exc:
         if isinstance(exc, ModelError):
             raise
-        raise ModelError(f"model {spec.name!r}: cannot build {arch}: {exc}") from None
-    raise ModelError(f"model {spec.name!r}: no builder for architecture {arch!r}")
+        raise ModelError(f"model {spec.name!r}: cannot build {arch.name}: {exc}") from None
 
 
 # --------------------------------------------------------------------------------------------- registry
@@ -343,37 +310,6 @@ class LoadedModel:
     @property
     def name(self) -> str:
         return self.spec.name
-
-
-def resolve_device(device="cpu") -> torch.device:
-    """``"auto"`` → CUDA > MPS > CPU; otherwise the named device (``cpu``, ``cuda``, ``cuda:N``, ``mps``),
-    which must be available (:class:`ModelError` with a plain message if it is unknown or unavailable).
-
-    The one place devices are chosen: ``inference.pick_device`` is this with ``"auto"`` as default.
-    """
-    if isinstance(device, torch.device):
-        name = str(device)
-    else:
-        name = str(device or "cpu").strip().lower()
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        mps = getattr(torch.backends, "mps", None)
-        return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise ModelError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ModelError(f"device {name!r} was asked for but no CUDA GPU is available; use --device cpu or auto")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise ModelError(f"device {name!r} was asked for but there are only {torch.cuda.device_count()} CUDA GPU(s) "
-                         f"(cuda:0..cuda:{torch.cuda.device_count() - 1})")
-    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ModelError(f"device {name!r} was asked for but Apple MPS is not available; use --device cpu or auto")
-    if dev.type not in ("cpu", "cuda", "mps"):
-        raise ModelError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps")
-    return dev
 
 
 def load_model(spec_or_name_or_path, device="cpu") -> LoadedModel:

@@ -13,8 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..errors import ModelError
-
-ARCHITECTURES = ("unetr", "swin_unetr", "segformer3d", "vit_seg", "monai_bundle", "identity")
+from .architectures import architecture_names, get_architecture
 
 
 def _whole(v) -> int:
@@ -60,8 +59,9 @@ class ModelSpec:
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        if self.architecture not in ARCHITECTURES:
-            raise ModelError(f"model {self.name!r}: unknown architecture {self.architecture!r}; known: {', '.join(ARCHITECTURES)}")
+        if self.architecture not in architecture_names():
+            raise ModelError(f"model {self.name!r}: unknown architecture {self.architecture!r}; "
+                             f"known: {', '.join(architecture_names())}")
         what = "channel_names"
         try:  # a hand-written spec can hold anything: every conversion failure is one plain line
             self.channel_names = tuple(str(c) for c in self.channel_names)
@@ -85,9 +85,9 @@ class ModelSpec:
         except (TypeError, ValueError, KeyError, AttributeError) as exc:
             detail = f"missing key {exc}" if isinstance(exc, KeyError) else str(exc)
             raise ModelError(f"model {self.name!r}: invalid {what} ({detail})") from None
-        if self.architecture == "segformer3d":
-            # the attention scale changes the outputs of trained weights: always record it
-            self.arch_kwargs.setdefault("attn_scale", "head_dim")
+        # e.g. SegFormer3D's attention scale: it changes the outputs of trained weights, so it is always recorded
+        for key, value in get_architecture(self.architecture).spec_defaults.items():
+            self.arch_kwargs.setdefault(key, value)
         if len(self.channel_names) != self.in_channels:
             raise ModelError(f"model {self.name!r}: {self.in_channels} input channels but {len(self.channel_names)} channel names")
 

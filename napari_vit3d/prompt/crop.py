@@ -15,7 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import GeometryError
-from ..inference.preprocess import model_orientation, resample_edge
+from ..inference.preprocess import model_orientation
+from ..io.resample import resample_edge
 from ..io.geometry import voxel_spacing
 
 

@@ -15,8 +15,8 @@ Probability arrays have the class axis last: ``(X, Y, Z, C)``, as in a probabili
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Callable, Sequence
 
 import numpy as np
 from nibabel.affines import apply_affine
@@ -52,7 +52,7 @@ def softmax_entropy(probabilities, *, normalize: bool = True):
     if vol is None:
         return h
     return vol.with_data(h, name=f"{vol.name} · entropy",
-                         metadata={**vol.metadata, "kind": "image", "method": "softmax_entropy",
+                         metadata={**vol.metadata, "kind": "uncertainty", "method": "softmax_entropy",
                                    "units": "normalised entropy (0..1)" if normalize else "nats"})
 
 
@@ -129,7 +129,8 @@ def uncertain_regions(uncertainty, threshold: float, affine=None, min_voxels: in
     ``score`` = mean uncertainty × volume in mL (or × voxels when no affine is known) – a large,
     very uncertain region comes first. ``centroid_*`` is the region's mean position (it can lie
     outside a curved region); ``peak_*`` is its most uncertain voxel (always inside: the place to
-    jump to; on ties the first in C order). ``bbox_max`` is inclusive. ``connectivity`` 1 = faces, 2 = edges, 3 = corners.
+    jump to; on ties the first in C order). ``bbox_max`` is inclusive. ``connectivity`` 1 = faces,
+    2 = edges, 3 = corners.
     ``uncertainty`` may be a Volume (its affine is used when ``affine`` is None).
     """
     if isinstance(uncertainty, Volume):

@@ -29,9 +29,9 @@ class TrainingError(Vit3dError):
 def pick_device(name: str | None = None) -> torch.device:
     """The training device: ``name`` when given, else CUDA when present, else CPU (never MPS by default).
 
-    The name is checked by :func:`napari_vit3d.models.registry.resolve_device` (one home for device choice).
+    The name is checked by :func:`napari_vit3d.models.devices.resolve_device` (one home for device choice).
     """
-    from ..models.registry import resolve_device
+    from ..models.devices import resolve_device
 
     return resolve_device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
 
