@@ -122,9 +122,9 @@ def main(argv=None) -> int:
 
             wall, rss = timed(run)
             rows = list((out / "summary.csv").read_text().splitlines())[1:]
+            peak_rss = sorted(round(v / 2**20) for v in rss.values())[-w - 1:]
             results[f"batch, {w} worker(s)"] = {"wall_s": round(wall, 1), "scans_per_min": round(60 * args.n / wall, 2),
-                                                "rows": len(rows),
-                                                "peak_rss_mb_per_process": sorted(round(v / 2**20) for v in rss.values())[-w - 1:]}
+                                                "rows": len(rows), "peak_rss_mb_per_process": peak_rss}
             shutil.rmtree(out)
         fwd = forward_seconds(scans[0])
         results["forward_s_in_process"] = round(fwd, 2)

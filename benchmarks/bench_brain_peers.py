@@ -183,8 +183,8 @@ def main(argv=None) -> int:
                     secs[tool] = float(timing.read_text())
                     continue
                 t0 = time.time()
-                r = subprocess.run([str(py), str(ROOT / "benchmarks/peers/run_peer.py"), tool, str(sc["path"]), str(out)],
-                                   capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+                cmd = [str(py), str(ROOT / "benchmarks/peers/run_peer.py"), tool, str(sc["path"]), str(out)]
+                r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
                 secs[tool] = round(time.time() - t0, 1)
                 if r.returncode != 0 or not out.exists():
                     print(f"{sc['name']}: {tool} failed: {r.stderr.strip().splitlines()[-1:]}", flush=True)
@@ -264,7 +264,8 @@ def summarise(rows) -> dict:
             g[t] = {"n": len(rs), "dice_mean": round(float(np.mean([r[key]["dice"] for r in rs])), 4),
                     "dice_worst": round(float(np.min([r[key]["dice"] for r in rs])), 4),
                     "hd95_mean": round(float(np.mean(hd)), 2) if hd else None,
-                    "volume_error_pct_mean": round(float(np.mean([abs(r[key].get("volume_error_pct", 100)) for r in rs])), 1),
+                    "volume_error_pct_mean": round(float(np.mean([abs(r[key].get("volume_error_pct", 100))
+                                                                   for r in rs])), 1),
                     "seconds_mean": round(float(np.mean([r["seconds"] for r in rs])), 1)}
         out[group] = g
     return out

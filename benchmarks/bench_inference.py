@@ -33,8 +33,7 @@ from types import SimpleNamespace
 
 import torch
 
-from napari_vit3d.inference import (labels_from_logits, logits_to_scan, preprocess, probabilities_from_logits,
-                                    segment)
+from napari_vit3d.inference import labels_from_logits, logits_to_scan, preprocess, probabilities_from_logits, segment
 from napari_vit3d.io import read_nifti
 from napari_vit3d.models import ModelSpec, build_network
 

@@ -153,7 +153,8 @@ def run_random_walker(vol: Volume, gt: np.ndarray, spacing, crops, n: int):
         else:
             lab = random_walker(x, seeds, beta=130, mode="cg_j", tol=1e-3) == 1
         full = np.zeros(sub.shape, bool)
-        up = np.repeat(np.repeat(np.repeat(lab, step, 0), step, 1), step, 2)[:sub.shape[0], :sub.shape[1], :sub.shape[2]]
+        up = np.repeat(np.repeat(np.repeat(lab, step, 0), step, 1), step, 2)
+        up = up[:sub.shape[0], :sub.shape[1], :sub.shape[2]]
         full[:up.shape[0], :up.shape[1], :up.shape[2]] = up
         pred = np.zeros(gt.shape, bool)
         pred[box] = full
@@ -200,7 +201,8 @@ def main(argv=None) -> int:
                 continue
             summary[who][group] = {f"dice@{k}": round(float(np.mean([r[who]["dice"][k - 1] for r in sel])), 3)
                                    for k in CLICKS if k <= args.clicks}
-            summary[who][group]["seconds_per_click"] = round(float(np.mean([np.mean(r[who]["seconds"]) for r in sel])), 3)
+            per_click = [np.mean(r[who]["seconds"]) for r in sel]
+            summary[who][group]["seconds_per_click"] = round(float(np.mean(per_click)), 3)
             summary[who][group]["n"] = len(sel)
     print(json.dumps(summary, indent=1))
     if args.out:

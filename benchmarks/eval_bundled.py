@@ -23,12 +23,14 @@ best shot.
 
     python benchmarks/eval_bundled.py --model segformer3d-brain --data-dir ../shared/data \
         --n-synthetic 8 --n-real 10 --out benchmarks/results/segformer3d-brain.json
-    python benchmarks/eval_bundled.py --model dino-vit-brain --data-dir ../shared/data --heads-png docs/models/dino-vit-brain-heads.png
+    python benchmarks/eval_bundled.py --model dino-vit-brain --data-dir ../shared/data \
+        --heads-png docs/models/dino-vit-brain-heads.png
 
 ``--sample-png`` draws the model's labels on the bundled sample beside the reference (three axial
-slices and one coronal, brain outlines of model and reference on the T1). ``--heads-png`` also draws the DINO per-head CLS attention of the last block on the bundled Colin27
-sample (``explain.dino_heads``, the same code the GUI uses; each head contrast-stretched between its
-1st and 99.5th percentile inside the window) and reports how each head's attention mass splits over
+slices and one coronal, brain outlines of model and reference on the T1). ``--heads-png`` also draws
+the DINO per-head CLS attention of the last block on the bundled Colin27 sample
+(``explain.dino_heads``, the same code the GUI uses; each head contrast-stretched between its 1st
+and 99.5th percentile inside the window) and reports how each head's attention mass splits over
 air / scalp+skull / CSF / GM / WM, beside the voxel share of each region in the window (a head that
 picks nothing out has mass share = voxel share), and the coefficient of variation of each head's map.
 """
@@ -69,6 +71,11 @@ def colin_1mm(data_dir: Path, reference: str | None = None):
     return S.colin_label_map_1mm(data_dir, intracranial=(ref == "intracranial"))
 
 
+def _pad_tile(rgb: np.ndarray, size: int = 217) -> np.ndarray:
+    """An RGB slice padded (bottom, right) to ``size`` × ``size``, so tiles of one figure line up."""
+    return np.pad(rgb, ((0, size - rgb.shape[0]), (0, size - rgb.shape[1]), (0, 0)))
+
+
 def labelmap_figure(data_dir: Path, png: Path, log=print) -> dict:
     """The training label map's brain definition on Colin27: ``ch2bet``'s tight mask (red) and the
     intracranial mask (green) on the T1 (axial at 30/50/70 % of the head, coronal and sagittal through
@@ -100,7 +107,7 @@ def labelmap_figure(data_dir: Path, png: Path, log=print) -> dict:
         lab = np.repeat(grey[np.clip(sl, 0, 3)][..., None], 3, -1)
         lab[sb & ~sa] = [0.2, 0.5, 1.0]
         tiles = [rgb, lab]
-        rows.append(np.concatenate([np.pad(x, ((0, 217 - x.shape[0]), (0, 217 - x.shape[1]), (0, 0))) for x in tiles], 1))
+        rows.append(np.concatenate([_pad_tile(x) for x in tiles], 1))
     png.parent.mkdir(parents=True, exist_ok=True)
     imsave(str(png), (np.concatenate(rows, 0) * 255).astype(np.uint8), check_contrast=False)
     out = {"png": str(png), "tight_ml": float(tight.sum() / 1000), "intracranial_ml": float(icv.sum() / 1000),
@@ -198,7 +205,8 @@ def heldout_synthetic(maps, n: int, seed0: int = 10_000):
         rng = np.random.default_rng(seed0 + i)
         lm = maps[int(rng.integers(len(maps)))]
         img, cls = S.synthesize(lm, rng, cfg)
-        yield Volume(data=img, affine=aff, name=f"synthetic-{seed0 + i}"), cls > 0, cls, {"map": lm.name, "seed": seed0 + i}
+        meta = {"map": lm.name, "seed": seed0 + i}
+        yield Volume(data=img, affine=aff, name=f"synthetic-{seed0 + i}"), cls > 0, cls, meta
 
 
 # ------------------------------------------------------------------------------------------ report
@@ -206,8 +214,8 @@ def heldout_synthetic(maps, n: int, seed0: int = 10_000):
 def summarise(rows: list[dict], keys) -> dict:
     out = {}
     for who in ("model", "baseline"):
-        out[who] = {k: {"mean": float(np.mean([r[who][k] for r in rows])), "worst": float(np.min([r[who][k] for r in rows]))}
-                    for k in keys}
+        out[who] = {k: {"mean": float(np.mean([r[who][k] for r in rows])),
+                        "worst": float(np.min([r[who][k] for r in rows]))} for k in keys}
     return out
 
 
@@ -308,7 +316,7 @@ def sample_figure(model_name: str, data_dir: Path, png: Path, log=print) -> dict
         rgb[br] = [0.2, 1.0, 0.2]
         rgb[bp & br] = [1.0, 1.0, 0.2]
         tiles = [rgb, np.repeat(grey[s_p][..., None], 3, -1), np.repeat(grey[s_r][..., None], 3, -1)]
-        rows.append(np.concatenate([np.pad(t, ((0, 217 - t.shape[0]), (0, 217 - t.shape[1]), (0, 0))) for t in tiles], 1))
+        rows.append(np.concatenate([_pad_tile(t) for t in tiles], 1))
     png.parent.mkdir(parents=True, exist_ok=True)
     imsave(str(png), (np.concatenate(rows, 0) * 255).astype(np.uint8), check_contrast=False)
     out = {"png": str(png), "brain_dice_vs_ref": dice(pred > 0, brain)}

@@ -54,7 +54,7 @@ def _tabify(viewer, docks) -> None:
         for dock in docks[1:]:
             main.tabifyDockWidget(docks[0], dock)
         docks[0].raise_()
-    except Exception:  # cosmetic only: a napari without these internals keeps the docks stacked
+    except (AttributeError, TypeError, RuntimeError):  # cosmetic: without these napari internals, docks stay stacked
         pass
 
 
@@ -88,13 +88,14 @@ def _close_notification_toasts() -> None:
         for widget in QApplication.allWidgets():
             if type(widget).__name__ == "NapariQtNotification" and widget.isVisible():
                 widget.close()
-    except Exception:  # cosmetic only
+    except RuntimeError:  # cosmetic only: a widget whose Qt object is already gone
         pass
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m napari_vit3d.demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--headless", action="store_true", help="save a screenshot and exit (use Xvfb without a display)")
+    parser.add_argument("--headless", action="store_true",
+                        help="save a screenshot and exit (use Xvfb without a display)")
     parser.add_argument("--out", default="demo-output", help="folder for the screenshots (default: demo-output)")
     parser.add_argument("--no-segment", action="store_true", help="only open the sample and dock the widgets")
     args = parser.parse_args(argv)

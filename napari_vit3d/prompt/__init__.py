@@ -14,8 +14,14 @@ the session. Nothing here imports Qt or napari.
 
 from .clicks import dice, farthest_point, next_click
 from .crop import Crop, make_crop
-from .session import (DEFAULT_PROMPT_MODEL, PromptResult, PromptSession, list_prompt_models, load_prompt_model,
-                      prompt_models_dir)
+from .session import (
+    DEFAULT_PROMPT_MODEL,
+    PromptResult,
+    PromptSession,
+    list_prompt_models,
+    load_prompt_model,
+    prompt_models_dir,
+)
 
 __all__ = ["Crop", "DEFAULT_PROMPT_MODEL", "PromptResult", "PromptSession", "dice", "farthest_point",
            "list_prompt_models", "load_prompt_model", "make_crop", "next_click", "prompt_models_dir"]

@@ -117,4 +117,5 @@ def network_input(image: np.ndarray, positive, negative, previous: np.ndarray | 
                      prev])
 
 
-__all__ = ["CHANNELS", "ball_offsets", "border_distance", "dice", "encode_points", "network_input", "farthest_point", "largest_error", "next_click"]
+__all__ = ["CHANNELS", "ball_offsets", "border_distance", "dice", "encode_points", "network_input", "farthest_point",
+           "largest_error", "next_click"]

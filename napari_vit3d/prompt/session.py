@@ -59,7 +59,8 @@ def load_prompt_model(name_or_path=None, device="cpu"):
     if not p.exists():
         cand = prompt_models_dir() / f"{target}.json"
         if not cand.is_file():
-            raise ModelError(f"unknown promptable model {target!r}; bundled: {', '.join(list_prompt_models()) or 'none'}")
+            bundled = ", ".join(list_prompt_models()) or "none"
+            raise ModelError(f"unknown promptable model {target!r}; bundled: {bundled}")
         p = cand
     model = load_model(str(p), device=device)
     check_prompt_spec(model.spec)

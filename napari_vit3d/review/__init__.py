@@ -9,8 +9,7 @@ from .corrections import LabelDiff, diff, fill_holes, interpolate_slices, label_
 from .export import export_review
 from .metrics import average_precision, binary_metrics, evaluate
 from .provenance import build_provenance, write_json_atomic
-from .uncertainty import (UncertainRegion, flip_tta, softmax_entropy, tta_uncertainty,
-                          uncertain_regions)
+from .uncertainty import UncertainRegion, flip_tta, softmax_entropy, tta_uncertainty, uncertain_regions
 
 __all__ = ["Comparison", "LabelDiff", "UncertainRegion", "average_precision", "binary_metrics",
            "build_provenance", "compare_labels", "diff", "disagreement_map", "evaluate", "export_review", "fill_holes",

@@ -92,8 +92,8 @@ def compare_labels(a: Volume, b: Volume, *, label_table=None, name_a: str = "A",
 
 
 def compare_with_model(labels_a: Volume, scan: Volume, model_b, *, label_table=None, name_a: str = "A",
-                       name_b: str | None = None, device="auto", overlap: float = 0.25, sw_batch_size: int | None = None, progress=None,
-                       cancel=None) -> Comparison:
+                       name_b: str | None = None, device="auto", overlap: float = 0.25,
+                       sw_batch_size: int | None = None, progress=None, cancel=None) -> Comparison:
     """Segment ``scan`` with ``model_b`` (a loaded model, or a name / spec / checkpoint for the registry) and
     compare ``labels_a`` (a label map on the scan's grid, e.g. model A's output) with its labels.
 

@@ -124,7 +124,8 @@ def remove_small_components(labels: np.ndarray, *, min_voxels: int | None = None
     return out, removed
 
 
-def fill_holes(labels: np.ndarray, *, only: list[int] | None = None, axis: int | None = None) -> tuple[np.ndarray, dict]:
+def fill_holes(labels: np.ndarray, *, only: list[int] | None = None,
+               axis: int | None = None) -> tuple[np.ndarray, dict]:
     """Fill background cavities enclosed by a label (voxels of other labels are never overwritten).
 
     ``axis=None`` fills 3D cavities; ``axis=k`` fills holes slice by slice along axis k (2D holes,

@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import GeometryError, VolumeError
+from ..io.atomic import to_json, write_text_atomic
 from ..io.labels import LabelTable
 from ..io.nifti import is_nifti_path, nifti_stem, write_labels
 from ..io.volume import Volume
-from ..io.atomic import to_json, write_text_atomic
 from .provenance import build_provenance
 
 

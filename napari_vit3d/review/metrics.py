@@ -147,7 +147,8 @@ def _num(x):
     return x if math.isfinite(x) else None
 
 
-def binary_metrics(pred_mask: np.ndarray, ref_mask: np.ndarray, affine, *, probability: np.ndarray | None = None) -> dict:
+def binary_metrics(pred_mask: np.ndarray, ref_mask: np.ndarray, affine, *,
+                   probability: np.ndarray | None = None) -> dict:
     """All metrics for one label given as two binary masks on one grid (``affine`` voxel→mm)."""
     pred_mask = np.asarray(pred_mask, bool)
     ref_mask = np.asarray(ref_mask, bool)
@@ -185,7 +186,8 @@ def _label_array(vol: Volume, what: str) -> np.ndarray:
         raise VolumeError(f"{what} ({vol.name}) must be a 3D label map, got shape {data.shape}")
     if data.dtype.kind == "f":
         if not np.all(np.isfinite(data)) or not np.array_equal(data, np.round(data)):
-            raise VolumeError(f"{what} ({vol.name}) has non-integer values; is it a probability map rather than labels?")
+            raise VolumeError(f"{what} ({vol.name}) has non-integer values; "
+                              "is it a probability map rather than labels?")
         data = data.astype(np.int64)
     elif data.dtype.kind == "b":
         data = data.astype(np.uint8)
@@ -209,9 +211,9 @@ def evaluate(pred: Volume, ref: Volume, *, probabilities: Volume | None = None, 
     only with ``include_background``). ``probabilities``: a Volume on ``pred``'s grid, 4D with one
     channel per label value (channel c = probability of label c) or 3D when a single foreground label
     1 is evaluated; a probabilities Volume from ``inference.segment`` says in ``metadata["classes"]``
-    which label each channel holds, and that is used instead. ``resample``: when the grids differ, ``ref`` is resampled onto ``pred``'s grid
-    with nearest neighbour (and probabilities, if on another grid, with linear interpolation);
-    without it a :class:`GeometryError` is raised.
+    which label each channel holds, and that is used instead. ``resample``: when the grids differ,
+    ``ref`` is resampled onto ``pred``'s grid with nearest neighbour (and probabilities, if on another
+    grid, with linear interpolation); without it a :class:`GeometryError` is raised.
 
     Returns a JSON-ready dict: ``labels`` maps ``str(label)`` to the entry of :func:`binary_metrics`
     (plus ``name``), ``mean`` averages each metric over labels where it is defined.
@@ -241,12 +243,12 @@ def evaluate(pred: Volume, ref: Volume, *, probabilities: Volume | None = None, 
     if labels is None:
         present = set(np.unique(p).tolist()) | set(np.unique(r).tolist())
         labels = sorted(present | ({0} if include_background else set()))
-    labels = [int(l) for l in labels if include_background or int(l) != 0]
+    labels = [int(lab) for lab in labels if include_background or int(lab) != 0]
     if prob is not None:
         if prob.ndim == 3 and labels != [1]:
             raise VolumeError("3D probabilities can only be used for a single foreground label 1; "
                               "give one channel per label (4D, channel c = label c)")
-        missing = [l for l in labels if l not in chan] if chan is not None else []
+        missing = [lab for lab in labels if lab not in chan] if chan is not None else []
         if missing:
             raise VolumeError(f"probabilities have no channel for label(s) {missing}")
         if chan is None and prob.ndim == 4 and labels and max(labels) >= prob.shape[3]:
@@ -259,7 +261,10 @@ def evaluate(pred: Volume, ref: Volume, *, probabilities: Volume | None = None, 
         for lab in labels:
             pl = None if prob is None else (prob if prob.ndim == 3 else prob[..., lab if chan is None else chan[lab]])
             e = binary_metrics(p == lab, r == lab, pred.affine, probability=pl)
-            e["name"] = label_table.name(lab) if label_table is not None else ("background" if lab == 0 else f"label {lab}")
+            if label_table is not None:
+                e["name"] = label_table.name(lab)
+            else:
+                e["name"] = "background" if lab == 0 else f"label {lab}"
             entries[str(lab)] = e
             if e["distance_method"]:
                 methods.add(e["distance_method"])

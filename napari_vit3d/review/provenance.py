@@ -32,12 +32,13 @@ def _array(x, what):
 
 
 def utc_now_iso() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    return _dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
 def _model_block(model_info: dict) -> dict:
     info = dict(model_info or {})
-    block = {"name": info.pop("name", None), "checkpoint": None, "checkpoint_sha256": info.pop("checkpoint_sha256", None)}
+    block = {"name": info.pop("name", None), "checkpoint": None,
+             "checkpoint_sha256": info.pop("checkpoint_sha256", None)}
     ckpt = info.pop("checkpoint", None) or info.pop("weights", None)
     if ckpt is not None:
         block["checkpoint"] = str(ckpt)

@@ -174,7 +174,8 @@ def crop_coords(centre_vox: np.ndarray, spacing: float, size: int, rot: np.ndarr
     """Source voxel coordinates (3, s, s, s) of a rotated crop of ``size`` voxels of ``spacing`` source voxels."""
     t = (np.arange(size, dtype=np.float32) - (size - 1) / 2) * float(spacing)
     g = np.stack(np.meshgrid(t, t, t, indexing="ij"))
-    return np.einsum("ij,j...->i...", rot.astype(np.float32), g) + np.asarray(centre_vox, np.float32)[:, None, None, None]
+    centre = np.asarray(centre_vox, np.float32)[:, None, None, None]
+    return np.einsum("ij,j...->i...", rot.astype(np.float32), g) + centre
 
 
 def _sample_mask(st: Structure, coords: np.ndarray) -> np.ndarray:
@@ -311,8 +312,11 @@ def _choose_spacing(rng, extent_vox: float, cfg: PromptSampleConfig) -> float:
     return float(np.clip(sp, *cfg.spacing_range))
 
 
-def sample(rng: np.random.Generator, sources: list[PromptSource], cfg: PromptSampleConfig = PromptSampleConfig()):
-    """One training pair ``(x (4, s, s, s) float32, y (s, s, s) uint8)``: network input and object mask."""
+def sample(rng: np.random.Generator, sources: list[PromptSource], cfg: PromptSampleConfig | None = None):
+    """One training pair ``(x (4, s, s, s) float32, y (s, s, s) uint8)``: network input and object mask
+    (``cfg`` None: the default :class:`PromptSampleConfig`)."""
+    if cfg is None:
+        cfg = PromptSampleConfig()
     for _ in range(20):
         out = _try_sample(rng, sources, cfg)
         if out is not None:

@@ -250,7 +250,8 @@ def head_label_map_1mm(t1: np.ndarray, brain_mask: np.ndarray, *, intracranial: 
     return labels, brain
 
 
-def colin_label_map_1mm(data_dir, *, intracranial: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def colin_label_map_1mm(data_dir, *,
+                        intracranial: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Colin27 at 1 mm: (sub-labels, T1, brain mask, affine); ``intracranial=False``: ``ch2bet``'s tight brain."""
     t1, aff = _load(data_dir, COLIN_T1)
     bet, _ = _load(data_dir, COLIN_BET)
@@ -428,8 +429,11 @@ def augment_intensity(rng, img: np.ndarray, cfg: SynthConfig, *, strength: float
     return out
 
 
-def synthesize(label_map: LabelMap, rng: np.random.Generator, cfg: SynthConfig = SynthConfig()):
-    """One synthetic training pair ``(image float32 in [0, 1], classes uint8)`` of shape ``cfg.out_shape``."""
+def synthesize(label_map: LabelMap, rng: np.random.Generator, cfg: SynthConfig | None = None):
+    """One synthetic training pair ``(image float32 in [0, 1], classes uint8)`` of shape ``cfg.out_shape``
+    (``cfg`` None: the default :class:`SynthConfig`)."""
+    if cfg is None:
+        cfg = SynthConfig()
     coords = sample_coordinates(rng, cfg, label_map.labels.shape)
     sub = ndimage.map_coordinates(label_map.labels, coords, order=0, mode="constant", cval=0).astype(np.uint8)
     classes = SUB_TO_CLASS[sub]
@@ -439,7 +443,8 @@ def synthesize(label_map: LabelMap, rng: np.random.Generator, cfg: SynthConfig =
         img = augment_intensity(rng, img, cfg, strength=0.7)
     else:
         means, stds = _synth_intensities(rng, cfg)
-        img = means[sub].astype(np.float32) + rng.normal(0, 1, sub.shape).astype(np.float32) * stds[sub].astype(np.float32)
+        noise = rng.normal(0, 1, sub.shape).astype(np.float32)
+        img = means[sub].astype(np.float32) + noise * stds[sub].astype(np.float32)
         blur = rng.uniform(0.3, cfg.blur_max)
         img = ndimage.gaussian_filter(img, blur)
         img = augment_intensity(rng, img, cfg)
@@ -495,14 +500,17 @@ def post_contrast_like(rng, img: np.ndarray, sub: np.ndarray) -> np.ndarray:
     return img + gain * bright * float(np.percentile(img, 99))
 
 
-def build_bank(data_dir, out_path, *, n: int, seed: int = 0, cfg: SynthConfig = SynthConfig(),
+def build_bank(data_dir, out_path, *, n: int, seed: int = 0, cfg: SynthConfig | None = None,
                spacing_mm: int = 2, progress=None, maps: list[LabelMap] | None = None) -> Path:
     """Pre-generate ``n`` synthetic pairs (+ the untransformed real scans) into a compressed ``.npz``.
 
     Images are stored as uint8 (0..255 of the [0, 1] range), classes as uint8; ``meta`` records
     the seed, config and label maps so the bank is reproducible. ``maps`` replaces the label maps
-    built from ``data_dir`` (tests use the bundled Colin27 sample).
+    built from ``data_dir`` (tests use the bundled Colin27 sample). ``cfg`` None: the default
+    :class:`SynthConfig`.
     """
+    if cfg is None:
+        cfg = SynthConfig()
     if maps is None:
         maps = build_label_maps(data_dir, spacing_mm)
     rng = np.random.default_rng(seed)
@@ -533,5 +541,6 @@ def load_bank(path) -> tuple[np.ndarray, np.ndarray, dict]:
 
 
 __all__ = ["CLASS_NAMES", "N_CLASSES", "SUB_TO_CLASS", "LabelMap", "SynthConfig", "build_label_maps",
-           "synthesize", "build_bank", "intracranial_mask", "ICV_DEFAULTS", "label_map_from_arrays", "head_label_map_1mm", "load_bank", "percentile_normalise", "kmeans_1d", "otsu_threshold",
+           "synthesize", "build_bank", "intracranial_mask", "ICV_DEFAULTS", "label_map_from_arrays",
+           "head_label_map_1mm", "load_bank", "percentile_normalise", "kmeans_1d", "otsu_threshold",
            "clean_mask", "largest_component"]

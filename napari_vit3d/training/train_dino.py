@@ -48,8 +48,18 @@ from ..models.checkpoints import save_safetensors
 from ..models.registry import build_network
 from ..models.spec import ModelSpec
 from ..models.vit_seg import DINOHead
-from .common import (Logger, TrainingError, load_checkpoint, lr_at, merge_config, progress_bar, save_checkpoint,
-                     set_lr, start_run, step_rng)
+from .common import (
+    Logger,
+    TrainingError,
+    load_checkpoint,
+    lr_at,
+    merge_config,
+    progress_bar,
+    save_checkpoint,
+    set_lr,
+    start_run,
+    step_rng,
+)
 from .train_seg import ensure_bank
 
 DEFAULTS = {
@@ -81,7 +91,8 @@ DEFAULTS = {
     "centering": "ema",            # "ema" (DINO) or "sinkhorn" (Sinkhorn-Knopp teacher targets, DINOv2)
     "sinkhorn_iters": 3,
     "koleo": 0.0,                  # weight of the KoLeo spreading term on the student's global CLS (DINOv2)
-    "init_checkpoint": None,       # continue from another run's ckpt.pt: student, teacher and centre (fresh optimiser and schedules)
+    "init_checkpoint": None,       # continue from another run's ckpt.pt: student, teacher and centre
+                                   # (fresh optimiser and schedules)
     "augment": {"gamma": 0.35, "contrast": 0.25, "noise": 0.04, "flip_lr": 0.5, "blur": 0.5},
 }
 
@@ -189,7 +200,8 @@ def multi_crop(volume: np.ndarray, rng, cfg: dict, img_size, normalization: dict
                                  ("l", cfg["n_local"], cfg["local_size"], cfg["local_scale"])):
         for _ in range(int(n)):
             starts, sides = _random_box(rng, x.shape, scale)
-            sub = t[:, :, starts[0]:starts[0] + sides[0], starts[1]:starts[1] + sides[1], starts[2]:starts[2] + sides[2]]
+            (z0, y0, x0), (dz, dy, dx) = starts, sides
+            sub = t[:, :, z0:z0 + dz, y0:y0 + dy, x0:x0 + dx]
             sub = F.interpolate(sub, size=tuple(int(s) for s in size), mode="trilinear", align_corners=False)
             crops.append(_augment(rng, sub, cfg["augment"]))
     return crops
@@ -247,7 +259,8 @@ def sinkhorn_targets(teacher_out: torch.Tensor, teacher_temp: float, iters: int 
 
 
 def koleo_loss(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """KoLeo (Sablayrolles et al. 2019, DINOv2): −mean log distance of each l2-normalised row to its nearest other row."""
+    """KoLeo (Sablayrolles et al. 2019, DINOv2): −mean log distance of each l2-normalised row to its
+    nearest other row."""
     x = F.normalize(x, dim=-1, p=2)
     d = torch.cdist(x, x)
     d = d + torch.eye(x.shape[0], device=x.device, dtype=x.dtype) * 1e3
@@ -385,8 +398,10 @@ def train_dino(config: dict, out, *, data_dir=None, resume: bool = False, device
                             extra={"center": center.flatten().tolist()})
     bar.close()
     save_safetensors(teacher.network, out / "backbone.safetensors",
-                     metadata={"step": str(step), "what": "DINO teacher ViTSeg (encoder pretrained, decoder untrained)"})
+                     metadata={"step": str(step),
+                               "what": "DINO teacher ViTSeg (encoder pretrained, decoder untrained)"})
     return {"step": step, "finished": step >= total, "last": last, "out": str(out)}
 
 
-__all__ = ["train_dino", "dino_loss", "sinkhorn_targets", "koleo_loss", "encode_cls", "multi_crop", "DINOModel", "DEFAULTS"]
+__all__ = ["train_dino", "dino_loss", "sinkhorn_targets", "koleo_loss", "encode_cls", "multi_crop", "DINOModel",
+           "DEFAULTS"]

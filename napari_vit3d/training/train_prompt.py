@@ -29,8 +29,18 @@ import torch
 
 from ..models.registry import build_network
 from ..models.spec import ModelSpec
-from .common import (Logger, TrainingError, lr_at, merge_config, optimiser_and_resume, optimise_step, progress_bar,
-                     set_lr, start_run, step_rng)
+from .common import (
+    Logger,
+    TrainingError,
+    lr_at,
+    merge_config,
+    optimise_step,
+    optimiser_and_resume,
+    progress_bar,
+    set_lr,
+    start_run,
+    step_rng,
+)
 from .prompt_data import PromptSampleConfig, build_sources, sample
 from .train_seg import _init_from, dice_ce_loss, write_outputs
 

@@ -40,8 +40,18 @@ from ..inference.preprocess import normalize
 from ..models.checkpoints import apply_state_dict, load_state_dict, save_safetensors
 from ..models.registry import build_network
 from ..models.spec import ModelSpec
-from .common import (Logger, TrainingError, lr_at, merge_config, optimiser_and_resume, optimise_step, progress_bar,
-                     set_lr, start_run, step_rng)
+from .common import (
+    Logger,
+    TrainingError,
+    lr_at,
+    merge_config,
+    optimise_step,
+    optimiser_and_resume,
+    progress_bar,
+    set_lr,
+    start_run,
+    step_rng,
+)
 from .synthesis import N_CLASSES, build_bank, load_bank
 
 DEFAULTS = {
@@ -83,7 +93,8 @@ def ensure_bank(bank_cfg, data_dir) -> tuple[np.ndarray, np.ndarray]:
     path = Path(bank_cfg["path"])
     if not path.exists():
         if data_dir is None:
-            raise TrainingError(f"{path}: the synthetic bank does not exist; pass --data-dir with the real scans to build it")
+            raise TrainingError(f"{path}: the synthetic bank does not exist; "
+                                "pass --data-dir with the real scans to build it")
         from .synthesis import SynthConfig
 
         syn = SynthConfig(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in bank_cfg.get("synth", {}).items()})
@@ -100,8 +111,9 @@ def augment_and_crop(image_u8: np.ndarray, labels: np.ndarray, rng: np.random.Ge
     """One training pair from a bank entry: intensity augmentation, LR flip, normalisation, random crop.
 
     With probability ``foreground_crop`` the crop is centred (± a quarter crop) on a random voxel of
-    class > 0, so small crops of a large field of view still see brain. The normalisation is the model's own (``inference.preprocess.normalize``) applied to the whole
-    volume, as inference does; the crop is taken afterwards (zero padded when the crop is larger).
+    class > 0, so small crops of a large field of view still see brain. The normalisation is the
+    model's own (``inference.preprocess.normalize``) applied to the whole volume, as inference does;
+    the crop is taken afterwards (zero padded when the crop is larger).
     """
     x = image_u8.astype(np.float32) / 255.0
     y = labels
@@ -281,4 +293,5 @@ def export_bundled(run_dir, dest_dir, name: str, *, description: str = "", card:
     return dest_dir / f"{name}.json"
 
 
-__all__ = ["train_seg", "snapshot", "dice_ce_loss", "augment_and_crop", "make_batch", "export_bundled", "full_config", "DEFAULTS"]
+__all__ = ["train_seg", "snapshot", "dice_ce_loss", "augment_and_crop", "make_batch", "export_bundled", "full_config",
+           "DEFAULTS"]
