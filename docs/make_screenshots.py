@@ -33,12 +33,11 @@ def main(argv=None) -> int:
 
     import napari
     import numpy as np
+    from napari.settings import get_settings
     from qtpy.QtWidgets import QWidget
 
     from napari_vit3d.gui.demo_pipeline import dock_widgets, query_voxel_in_labels, wait_until
     from napari_vit3d.gui.session import run_of
-
-    from napari.settings import get_settings
 
     get_settings().application.gui_notification_level = "none"  # no toasts over the pictures
     viewer = napari.Viewer(show=True, title="napari-vit3d")

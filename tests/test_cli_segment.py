@@ -8,8 +8,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-
 from conftest import colin27_crop, write_spec
+
 from napari_vit3d.cli import main
 
 

@@ -8,7 +8,7 @@ forward hook here).
 import numpy as np
 import pytest
 import torch
-from monai.networks.nets import UNETR, ViT, SwinUNETR
+from monai.networks.nets import UNETR, SwinUNETR, ViT
 
 from napari_vit3d.explain.capture import AttentionCapture
 from napari_vit3d.models.segformer3d import SegFormer3D

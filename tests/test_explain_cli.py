@@ -8,12 +8,11 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from conftest import colin27_crop, write_spec
 from nibabel.affines import apply_affine
 
-from conftest import colin27_crop, write_spec
 from napari_vit3d.cli import main
 from napari_vit3d.cli.explain import sidecar_path
-
 
 
 @pytest.fixture(scope="module")

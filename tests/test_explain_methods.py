@@ -15,9 +15,19 @@ from monai.networks.nets import ViT
 from nibabel.affines import apply_affine
 
 from napari_vit3d.errors import GeometryError, ModelError, ResourceLimitError
-from napari_vit3d.explain import (AttentionCapture, ExplainSession, attention_rollout, check_memory, dino_head_masks,
-                                  dino_heads, erf_map, head_mask_labels, point_attention, rollout_vector,
-                                  top_mass_mask)
+from napari_vit3d.explain import (
+    AttentionCapture,
+    ExplainSession,
+    attention_rollout,
+    check_memory,
+    dino_head_masks,
+    dino_heads,
+    erf_map,
+    head_mask_labels,
+    point_attention,
+    rollout_vector,
+    top_mass_mask,
+)
 from napari_vit3d.io import Volume
 from napari_vit3d.models import ModelSpec
 from napari_vit3d.models.segformer3d import SegFormer3D

@@ -53,7 +53,8 @@ def blobs(shape, affine) -> np.ndarray:
     return mask.reshape(shape)
 
 
-def affine_for(spacing, rotation=np.eye(3), flips=(1, 1, 1), origin=(10.0, -20.0, 5.0)):
+def affine_for(spacing, rotation=None, flips=(1, 1, 1), origin=(10.0, -20.0, 5.0)):
+    rotation = np.eye(3) if rotation is None else rotation
     return from_matvec(rotation @ np.diag(np.asarray(flips, float) * np.asarray(spacing, float)), origin)
 
 

@@ -11,8 +11,8 @@ import warnings
 import nibabel as nib
 import numpy as np
 import pytest
-
 from conftest import nibabel_test_file
+
 from napari_vit3d._napari.reader import get_reader
 from napari_vit3d.errors import Vit3dError, VolumeError, VolumeWarning
 from napari_vit3d.io import read_nifti

@@ -10,10 +10,10 @@ from __future__ import annotations
 import nibabel as nib
 import numpy as np
 import pytest
-from nibabel.affines import apply_affine
-from napari.layers import Image, Labels
-
 from conftest import NIBABEL_FILES, ODD_GEOMETRIES, nibabel_test_file
+from napari.layers import Image, Labels
+from nibabel.affines import apply_affine
+
 from napari_vit3d._napari.reader import read_layers
 from napari_vit3d._napari.writer import write_image_layer, write_labels_layer
 from napari_vit3d.io import read_nifti

@@ -64,7 +64,8 @@ def test_io_never_imports_napari_or_qt():
     import sys
 
     code = ("import sys, napari_vit3d.io, napari_vit3d.io.layers, napari_vit3d.io.samples, napari_vit3d.io.nifti; "
-            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('napari', 'qtpy', 'PyQt5', 'PyQt6', 'PySide6', 'vispy')); "
+            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('napari', 'qtpy', 'PyQt5', 'PyQt6', "
+            "'PySide6', 'vispy')); "
             "print(bad); sys.exit(1 if bad else 0)")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr

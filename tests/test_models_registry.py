@@ -9,8 +9,15 @@ import torch
 from napari_vit3d.errors import ModelError, Vit3dError
 from napari_vit3d.models import registry
 from napari_vit3d.models.checkpoints import save_safetensors
-from napari_vit3d.models.registry import (add_model, build_network, default_model_name, get_spec, list_models,
-                                          load_model, remove_model)
+from napari_vit3d.models.registry import (
+    add_model,
+    build_network,
+    default_model_name,
+    get_spec,
+    list_models,
+    load_model,
+    remove_model,
+)
 from napari_vit3d.models.spec import ModelSpec
 
 LABELS = [{"index": 0, "name": "background"}, {"index": 1, "name": "brain", "color": [1, 0, 0, 1]}]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import _affine, _rot
 from nibabel.affines import apply_affine
 from scipy import ndimage
 
@@ -21,8 +22,6 @@ from napari_vit3d.models.spec import ModelSpec
 from napari_vit3d.prompt import PromptSession, farthest_point, next_click
 from napari_vit3d.prompt.clicks import border_distance, encode_points, largest_error, network_input
 from napari_vit3d.prompt.crop import crop_to_scan, make_crop, sample_scan
-
-from conftest import _affine, _rot
 
 GEOMETRIES = {
     "ras_aniso": _affine(np.eye(3), (0.9, 0.9, 2.5), (-30.0, -25.0, -20.0)),

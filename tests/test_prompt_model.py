@@ -15,11 +15,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 from nibabel.affines import apply_affine
+from test_prompt_engine import GEOMETRIES, SHAPE, sphere_scan
 
 from napari_vit3d.prompt import PromptSession, list_prompt_models, load_prompt_model
 from napari_vit3d.prompt.clicks import dice
-
-from test_prompt_engine import GEOMETRIES, SHAPE, sphere_scan
 
 
 @pytest.fixture(scope="module")

@@ -9,11 +9,11 @@ import warnings
 import nibabel as nib
 import numpy as np
 import pytest
+from conftest import SHARED_DATA
 from nibabel.affines import apply_affine
 from scipy import ndimage
 from scipy.spatial.distance import cdist
 
-from conftest import SHARED_DATA
 from napari_vit3d.errors import GeometryError, VolumeError
 from napari_vit3d.io.volume import Volume
 from napari_vit3d.review.metrics import average_precision, binary_metrics, evaluate

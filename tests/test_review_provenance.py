@@ -43,7 +43,7 @@ def test_provenance_records_hashes_and_edits(tmp_path):
     assert rec["software"]["version"] == __version__
     when = dt.datetime.fromisoformat(rec["date"].replace("Z", "+00:00"))
     assert when.tzinfo is not None and when.utcoffset() == dt.timedelta(0)
-    assert abs((dt.datetime.now(dt.timezone.utc) - when).total_seconds()) < 3600
+    assert abs((dt.datetime.now(dt.UTC) - when).total_seconds()) < 3600
     edits = {e["label"]: e for e in rec["edits"]}
     assert edits[1]["name"] == "brain" and edits[1]["voxels_added"] == 16 and edits[1]["voxels_removed"] == 2
     m1, c1 = model == 1, corr == 1

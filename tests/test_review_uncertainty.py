@@ -8,7 +8,7 @@ from nibabel.affines import apply_affine
 
 from napari_vit3d.errors import VolumeError
 from napari_vit3d.io.volume import Volume
-from napari_vit3d.review.uncertainty import (flip_tta, softmax_entropy, tta_uncertainty, uncertain_regions)
+from napari_vit3d.review.uncertainty import flip_tta, softmax_entropy, tta_uncertainty, uncertain_regions
 
 
 def planted_probs(shape=(16, 16, 16), n_classes=3):

@@ -9,12 +9,11 @@ import pytest
 import torch
 
 from napari_vit3d.io.nifti import read_nifti
+from napari_vit3d.io.samples import sample_path
 from napari_vit3d.models import load_model
 from napari_vit3d.training import synthesis as S
 from napari_vit3d.training.train_dino import dino_loss, koleo_loss, sinkhorn_targets, train_dino
 from napari_vit3d.training.train_seg import dice_ce_loss, export_bundled, train_seg
-
-from napari_vit3d.io.samples import sample_path
 
 
 @pytest.fixture(scope="module")

@@ -100,11 +100,12 @@ def process_scan(input_path: str, out_dir: str, *, model_ref: str, model_sha: st
 
 
 def _segment_one(inp: Path, paths: dict, model_ref: str, settings: dict) -> dict:
+    from ..io.formats import read_scan
+    from ..io.nifti import write_image, write_labels
     from ..usecases import label_volumes, segment_scan
-    from ..io.nifti import read_nifti, write_image, write_labels
 
     model = _model(model_ref, settings.get("device", "cpu"), settings.get("torch_threads"))
-    scan = read_nifti(inp, as_labels=False)
+    scan = read_scan(inp, as_labels=False)
     want_unc = bool(settings.get("save_uncertainty"))
     seg = segment_scan(scan, model, device=settings.get("device", "cpu"), overlap=float(settings.get("overlap", 0.25)),
                        uncertainty=True, use_cache=False)

@@ -17,8 +17,9 @@ The method registry (:mod:`.methods`: ``METHODS``, ``run_method(name, model, vol
 ``ExplainSession(model, volume)`` keeps the preprocessing and the captured windows, so a new click
 in an already captured window costs no forward pass (pass ``session=`` to the functions above).
 Lower level: :class:`~.capture.AttentionCapture`, :func:`~.attention.rollout_vector`,
-:func:`~.erf.input_gradient`, :class:`~.tokens.TokenGrid`. Nothing here imports Qt or napari. Names are imported from their modules on first use, so
-``from napari_vit3d.explain import methods`` (listing methods in a widget) does not import torch.
+:func:`~.erf.input_gradient`, :class:`~.tokens.TokenGrid`. Nothing here imports Qt or napari. Names are
+imported from their modules on first use, so ``from napari_vit3d.explain import methods`` (listing methods
+in a widget) does not import torch.
 """
 
 from .._lazy import lazy_exports

@@ -79,7 +79,8 @@ def point_attention(model, volume: Volume, *, voxel=None, world=None, layer=None
         "method": "attention", "layer": L, "layer_name": row.info["name"], "stage": row.info["stage"],
         "head": head_used, "n_heads": row.heads, "units": ATTENTION_UNITS,
         "query": {"world_mm": np.round(w, 4).tolist(), "token": list(token),
-                  "token_centre_world_mm": np.round(qg.affine(waff)[:3, :3] @ np.asarray(token) + qg.affine(waff)[:3, 3], 4).tolist()},
+                  "token_centre_world_mm": np.round(qg.affine(waff)[:3, :3] @ np.asarray(token)
+                                                    + qg.affine(waff)[:3, 3], 4).tolist()},
         "window": sess.window_info(start), "key_grid": _grid_meta(row.key_grid, waff),
         "attention_to_cls": row.prefix.sum(-1).tolist(), "attention_to_padding": row.padding_mass.tolist(),
         "parameters": {"layer": L, "head": head_used},
@@ -156,7 +157,7 @@ def rollout_vector(cap: AttentionCapture, seq_index: int, *, head_fusion: str = 
     start = cap.resolve_layer(start_layer)
     if start > end:
         raise ModelError(f"rollout start layer {start} is after the end layer {end}")
-    if any(cap.layers[l].kind != "global" for l in range(start, end + 1)):
+    if any(cap.layers[i].kind != "global" for i in range(start, end + 1)):
         raise ModelError("attention rollout needs global attention in every layer (ViT / UNETR / ViTSeg); "
                          "Swin-UNETR and SegFormer3D attention is windowed or spatially reduced")
     n = int(cap.store[end]["k"].shape[1])

@@ -165,7 +165,7 @@ class AttentionCapture:
         self.network = network
         self.family = family(network)
         self.layers = attention_layers(network)
-        wanted = set(range(len(self.layers))) if layers is None else {int(l) % len(self.layers) for l in layers}
+        wanted = set(range(len(self.layers))) if layers is None else {int(i) % len(self.layers) for i in layers}
         self.wanted = wanted
         self._handles: list = []
         self.store: dict[int, dict] = {}

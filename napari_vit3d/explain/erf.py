@@ -47,7 +47,8 @@ def input_gradient(network: torch.nn.Module, x: torch.Tensor, target_class: int,
                 out = out[0]
             n_out = int(out.shape[1])
             if not 0 <= int(target_class) < n_out:
-                raise ModelError(f"class {target_class} does not exist: the model has {n_out} output channels (0..{n_out - 1})")
+                raise ModelError(f"class {target_class} does not exist: the model has {n_out} output channels "
+                                 f"(0..{n_out - 1})")
             if voxel is not None:
                 i, j, k = (int(v) for v in voxel)
                 scalar = out[0, int(target_class), i, j, k]
@@ -85,7 +86,8 @@ def erf_map(model, volume: Volume, *, voxel=None, world=None, region: Volume | N
         if voxel is not None or world is not None:
             raise ModelError("give either a query point or a region for the ERF, not both")
         rm = np.asarray(region.data) > 0
-        if rm.ndim != 3 or region.spatial_shape != volume.spatial_shape or not np.allclose(region.affine, volume.affine, atol=1e-4):
+        if (rm.ndim != 3 or region.spatial_shape != volume.spatial_shape
+                or not np.allclose(region.affine, volume.affine, atol=1e-4)):
             raise GeometryError("the ERF region must be a 3D mask on the scan's grid")
         if not rm.any():
             raise GeometryError("the ERF region is empty")
@@ -115,7 +117,8 @@ def erf_map(model, volume: Volume, *, voxel=None, world=None, region: Volume | N
             # the class is an output channel: channel c is the spec's c-th label (as in inference)
             "class_name": labels[cls].name if 0 <= cls < len(labels) else str(cls),
             "label_value": int(labels[cls].index) if 0 <= cls < len(labels) else cls,
-            "units": ("log(1 + " + ERF_UNITS + ")") if log1p else (ERF_UNITS if absolute else ERF_UNITS.replace("|", "")),
+            "units": (("log(1 + " + ERF_UNITS + ")") if log1p
+                      else (ERF_UNITS if absolute else ERF_UNITS.replace("|", ""))),
             "query": {"world_mm": np.round(w, 4).tolist(), "window_voxel": None if qv is None else list(qv),
                       "region_voxels": None if rt is None else int(rt.sum())},
             "window": sess.window_info(start),

@@ -1,10 +1,10 @@
 """Memory estimates for explanations, checked *before* anything large is allocated.
 
 The estimate is ``SAFETY × bytes_per_voxel[pass] × window voxels`` (+ the rollout work buffer), where
-``bytes_per_voxel`` (the architecture's record in ``models.architectures``) is the peak growth of the process's resident memory measured by
-``benchmarks/bench_explain.py`` for the default-size models on CPU (``docs/performance.md``,
-"Explanations"): ``forward`` for a captured forward pass without gradients (attention, rollout, DINO
-heads), ``backward`` for one forward + backward pass (ERF). Architectures not measured get a
+``bytes_per_voxel`` (the architecture's record in ``models.architectures``) is the peak growth of the
+process's resident memory measured by ``benchmarks/bench_explain.py`` for the default-size models on CPU
+(``docs/performance.md``, "Explanations"): ``forward`` for a captured forward pass without gradients
+(attention, rollout, DINO heads), ``backward`` for one forward + backward pass (ERF). Architectures not measured get a
 generous default. The margin ``SAFETY`` covers allocator slack and moderately wider models; a much
 wider model than the defaults can exceed the estimate.
 """

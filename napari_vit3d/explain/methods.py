@@ -16,9 +16,8 @@ methods each architecture supports, for choosing a model before one is loaded).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
-
 from importlib import import_module
 
 from ..errors import GeometryError, ModelError
@@ -118,7 +117,8 @@ def check_query(name: str, *, voxel=None, world=None, region=None) -> None:
     m = get_method(name)
     has_point = voxel is not None or world is not None
     if m.query == "required" and not has_point:
-        raise GeometryError(f"{name} needs a query point (--point-world X,Y,Z or --point-voxel I,J,K; in the viewer: a click)")
+        raise GeometryError(f"{name} needs a query point (--point-world X,Y,Z or --point-voxel I,J,K; in the "
+                            f"viewer: a click)")
     if m.query == "point or region" and not has_point and region is None:
         raise GeometryError(f"{name} needs a query point (--point-world / --point-voxel) or a region mask (--region)")
 

@@ -22,7 +22,7 @@ grid here (token centres, linear interpolation) and mapped onto the scan with
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -169,7 +169,7 @@ class ExplainSession:
         key = tuple(int(s) for s in start)
         hit = self._captures.get(key)
         if hit is not None and (layers is None and hit.wanted == set(range(len(hit.layers)))
-                                or layers is not None and set(int(l) % len(hit.layers) for l in layers) <= hit.wanted):
+                                or layers is not None and {int(i) % len(hit.layers) for i in layers} <= hit.wanted):
             self._captures.move_to_end(key)
             if progress is not None:
                 progress(1, 1)

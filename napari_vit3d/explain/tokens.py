@@ -45,18 +45,18 @@ class TokenGrid:
             raise GeometryError(f"a token grid needs 3 positive sizes, got {self.shape}")
 
     @classmethod
-    def voxels(cls, shape) -> "TokenGrid":
+    def voxels(cls, shape) -> TokenGrid:
         """The input window itself: one 'token' per voxel."""
         return cls(tuple(shape), (0, 0, 0), (1, 1, 1))
 
     @classmethod
-    def tiles(cls, input_shape, grid_shape) -> "TokenGrid":
+    def tiles(cls, input_shape, grid_shape) -> TokenGrid:
         """Non-overlapping patches that tile ``input_shape`` (patch = input / grid per axis)."""
         inp, grid = _vec3(input_shape), _vec3(grid_shape)
         step = inp / grid
         return cls(tuple(int(g) for g in grid), (step - 1) / 2.0, step)
 
-    def conv(self, kernel, stride, padding, out_shape) -> "TokenGrid":
+    def conv(self, kernel, stride, padding, out_shape) -> TokenGrid:
         """The grid produced by a convolution (kernel, stride, padding) applied to this grid."""
         k, s, q = _vec3(kernel), _vec3(stride), _vec3(padding)
         o, st = np.asarray(self.origin), np.asarray(self.step)

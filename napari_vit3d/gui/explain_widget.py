@@ -16,15 +16,35 @@ import threading
 import numpy as np
 from napari.layers import Image, Points
 from qtpy.QtCore import QObject, Signal
-from qtpy.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QHBoxLayout, QLabel, QProgressBar,
-                            QPushButton, QSpinBox, QVBoxLayout, QWidget)
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
 
 from ..errors import GeometryError, ModelError, VolumeError
-from ._common import (SEP, LayerCombo, create_engine_worker, find_layer, report_error, robust_limits, scan_layers,
-                      set_mouse_callback, unwrap)
+from ..explain.methods import METHODS, get_method
+from ._common import (
+    SEP,
+    LayerCombo,
+    create_engine_worker,
+    find_layer,
+    report_error,
+    robust_limits,
+    scan_layers,
+    set_mouse_callback,
+    unwrap,
+)
 from ._layers import file_voxel_to_world, inside, layer_kwargs, volume_from_layer, world_to_file_voxel
 from .session import load_model_cached, run_of
-from ..explain.methods import METHODS, get_method
 from .styles import labels_colormap, labels_features
 
 #: the model entry that explains the promptable network's last prediction (Review → Click to segment)
@@ -99,7 +119,7 @@ class ExplainWidget(QWidget):
     def _build(self):
         lay = QVBoxLayout(self)
         form = QFormLayout()
-        self.scan_combo = LayerCombo(self.viewer, lambda l: l in scan_layers(self.viewer))
+        self.scan_combo = LayerCombo(self.viewer, lambda lyr: lyr in scan_layers(self.viewer))
         self.scan_combo.currentIndexChanged.connect(self._suggest_model)
         form.addRow("Scan", self.scan_combo)
         self.model_combo = QComboBox()
@@ -160,7 +180,7 @@ class ExplainWidget(QWidget):
 
         try:
             names = [m.name for m in registry.list_models() if getattr(m, "error", None) is None]
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a widget callback reports every failure, never crashes the viewer
             report_error(exc, "listing models")
             names = []
         from ..prompt import list_prompt_models
@@ -282,7 +302,7 @@ class ExplainWidget(QWidget):
             return None
         try:
             volume = volume_from_layer(scan)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a widget callback reports every failure, never crashes the viewer
             report_error(exc, "Explain")
             return None
         method = method or self.method()
@@ -335,7 +355,7 @@ class ExplainWidget(QWidget):
             return
         try:
             self.last_layer = self._put_map(vol, scan_name, method)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a widget callback reports every failure, never crashes the viewer
             report_error(exc, "Explain")
 
     def _put_map(self, vol, scan_name, method):

@@ -13,8 +13,7 @@ from .cache import ForwardCache, forward_cache, network_fingerprint
 from .engine import ForwardPass, forward, predict_tta, preload, segment
 from .predictor import DeviceFallbackWarning, Predictor, count_windows, sliding_window_logits
 from .preprocess import ModelInput, normalize, preprocess, to_scan_grid
-from .results import (SegmentationResult, labels_from_logits, logits_to_scan, output_volume,
-                      probabilities_from_logits)
+from .results import SegmentationResult, labels_from_logits, logits_to_scan, output_volume, probabilities_from_logits
 
 __all__ = ["DeviceFallbackWarning", "ForwardCache", "ForwardPass", "ModelInput", "Predictor", "SegmentationResult",
            "count_windows", "forward", "forward_cache", "labels_from_logits", "logits_to_scan",

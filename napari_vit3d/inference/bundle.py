@@ -84,8 +84,9 @@ def _scan_input(volume: Volume, pre, tmpdir: Path):
     return MetaTensor(data, affine=torch.as_tensor(volume.affine, dtype=torch.float64))
 
 
-def segment_bundle(volume: Volume, bundle, spec, *, device="auto", weights_sha256=None, progress: ProgressFn | None = None,
-                   cancel: CancelFn | None = None, return_probabilities: bool = True, amp: bool = True) -> SegmentationResult:
+def segment_bundle(volume: Volume, bundle, spec, *, device="auto", weights_sha256=None,
+                   progress: ProgressFn | None = None, cancel: CancelFn | None = None,
+                   return_probabilities: bool = True, amp: bool = True) -> SegmentationResult:
     """Run ``bundle`` (a :class:`~napari_vit3d.models.bundle.BundleModel`) on ``volume``; see the module docstring."""
     network = bundle.network
     pre = _without_saving(bundle.preprocessing)
@@ -102,7 +103,7 @@ def segment_bundle(volume: Volume, bundle, spec, *, device="auto", weights_sha25
         item = _scan_input(volume, pre, Path(tmp))
         try:
             data = pre({"image": item}) if pre is not None else {"image": item}
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a bundle's own transforms may raise any type: one line
             raise ModelError(f"bundle {spec.name!r}: its preprocessing failed on {volume.name} "
                              f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
     image = data["image"]
@@ -110,8 +111,8 @@ def segment_bundle(volume: Volume, bundle, spec, *, device="auto", weights_sha25
         image = torch.as_tensor(np.asarray(image))
     image_affine = _affine_of(image)
     roi = getattr(inferer, "roi_size", None)
-    overlap = float(getattr(inferer, "overlap", 0.25) if not isinstance(getattr(inferer, "overlap", 0.25), (tuple, list))
-                    else getattr(inferer, "overlap")[0])
+    overlap = getattr(inferer, "overlap", 0.25)
+    overlap = float(overlap[0] if isinstance(overlap, (tuple, list)) else overlap)
     total = count_windows(image.shape[1:], roi, overlap) if roi is not None else 1
     predictor = Predictor(network, total, progress, cancel, amp_dtype, dev)
     network.to(dev).eval()
@@ -133,7 +134,9 @@ def segment_bundle(volume: Volume, bundle, spec, *, device="auto", weights_sha25
     # the bundle's own postprocessing decides the labels
     from monai.data import MetaTensor
 
-    pred_in = MetaTensor(logits.clone(), affine=torch.as_tensor(image_affine)) if isinstance(image, MetaTensor) else logits.clone()
+    pred_in = logits.clone()
+    if isinstance(image, MetaTensor):
+        pred_in = MetaTensor(pred_in, affine=torch.as_tensor(image_affine))
     if post is None:
         pred = pred_in
     elif _is_dict_pipeline(post):
@@ -152,7 +155,7 @@ def segment_bundle(volume: Volume, bundle, spec, *, device="auto", weights_sha25
                     normalization={"kind": "bundle"})
     scan_logits = resample_edge(np.moveaxis(logits.numpy(), 0, -1), image_affine, volume.affine, volume.spatial_shape,
                                 order=1)
-    values = np.array([int(l.index) for l in spec.labels]) if spec.labels else None
+    values = np.array([int(lab.index) for lab in spec.labels]) if spec.labels else None
     if pred.shape[0] == 1:  # discrete labels from the bundle: nearest neighbour (exact when the grids coincide)
         lab = resample_array(np.round(pred[0]).astype(np.int64), pred_affine, volume.affine, volume.spatial_shape,
                              order=0, cval=0)
@@ -165,7 +168,7 @@ def segment_bundle(volume: Volume, bundle, spec, *, device="auto", weights_sha25
             "source_path": volume.source_path, "scan": volume.name,
             "settings": {"device": dev.type, "roi_size": None if roi is None else [int(r) for r in roi],
                          "overlap": overlap, "bundle": str(getattr(bundle, "folder", ""))},
-            "label_names": {int(l.index): l.name for l in (spec.labels or ())}}
+            "label_names": spec.label_names}
     labels_vol = output_volume(volume, lab, kind="labels", name="labels", vit3d=meta)
     probs_vol = None
     if return_probabilities:

@@ -13,7 +13,8 @@ import hashlib
 import threading
 import weakref
 from collections import OrderedDict
-from typing import Any, Hashable
+from collections.abc import Hashable
+from typing import Any
 
 import numpy as np
 import torch
@@ -92,7 +93,7 @@ def forward_cache() -> ForwardCache:
     return _CACHE
 
 
-_FINGERPRINTS: "weakref.WeakKeyDictionary[torch.nn.Module, tuple]" = weakref.WeakKeyDictionary()
+_FINGERPRINTS: weakref.WeakKeyDictionary[torch.nn.Module, tuple] = weakref.WeakKeyDictionary()
 
 
 def _tensor_state(network: torch.nn.Module) -> tuple:

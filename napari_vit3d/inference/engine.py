@@ -15,9 +15,10 @@ bit-identical logits). Nothing here imports Qt or napari.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -28,9 +29,14 @@ from ..models.devices import autocast_dtype, resolve_device
 from .cache import forward_cache, network_fingerprint
 from .predictor import BLEND_MODES, CancelFn, ProgressFn, count_windows, sliding_window_logits
 from .preprocess import ModelInput, preprocess
-from .results import (SegmentationResult, label_values, labels_from_logits, logits_to_scan, output_volume,
-                      probabilities_from_logits)
-
+from .results import (
+    SegmentationResult,
+    label_values,
+    labels_from_logits,
+    logits_to_scan,
+    output_volume,
+    probabilities_from_logits,
+)
 
 # ------------------------------------------------------------------------------------------
 # models
@@ -132,7 +138,7 @@ def _provenance(volume: Volume, parts: _ModelParts, fp: ForwardPass, sw_batch_si
             "network_fingerprint": fp.fingerprint, "source_path": volume.source_path, "scan": volume.name,
             "settings": {**fp.settings, "sw_batch_size": sw_batch_size},
             "model_spacing": list(fp.model_input.spacing), "resampled": fp.model_input.resampled,
-            "label_names": {int(l.index): l.name for l in (spec.labels or ())}}
+            "label_names": spec.label_names}
 
 
 def segment(volume: Volume, model, *, device="auto", overlap: float = 0.25, sw_batch_size: int | None = None,
@@ -184,7 +190,6 @@ def preload() -> None:
     """
     import monai.inferers  # noqa: F401  (also imports monai.networks)
     import monai.networks.nets  # noqa: F401
-
     import safetensors.torch  # noqa: F401
 
     from ..models import checkpoints, registry, segformer3d, vit_seg  # noqa: F401

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -46,7 +47,7 @@ def auto_batch_size(device: torch.device, roi_size, in_channels: int, n_windows:
         return 1
     try:
         free, _ = torch.cuda.mem_get_info(device)
-    except Exception:  # pragma: no cover - driver without mem_get_info
+    except (RuntimeError, AttributeError):  # pragma: no cover - driver without mem_get_info
         return 1
     voxels = int(np.prod(roi_size)) * max(1, in_channels)
     # rough activation budget per window voxel for 3D transformers/U-Nets (measured order of magnitude)

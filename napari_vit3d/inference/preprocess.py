@@ -32,8 +32,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from nibabel.orientations import (apply_orientation, axcodes2ornt, inv_ornt_aff, io_orientation,
-                                  ornt_transform)
+from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, io_orientation, ornt_transform
 
 from ..errors import GeometryError, ModelError, VolumeError, VolumeWarning
 from ..io.geometry import voxel_spacing
@@ -118,7 +117,7 @@ def model_orientation(volume_affine: np.ndarray, shape, orientation: str = "RAS"
     """(ornt, reoriented_affine): the exact file→model axis transform and the re-oriented affine."""
     try:
         target = axcodes2ornt(tuple(orientation))
-    except Exception:
+    except (ValueError, TypeError, KeyError):
         raise ModelError(f"unknown model orientation {orientation!r} (expected axis codes like 'RAS')") from None
     if np.isnan(target).any():
         raise ModelError(f"unknown model orientation {orientation!r} (expected axis codes like 'RAS')")
@@ -244,7 +243,8 @@ def to_scan_grid(maps, model_input: ModelInput, order: int = 1) -> np.ndarray:
     if maps.ndim != 4:
         raise GeometryError(f"model-space maps must be (C, X, Y, Z), got shape {maps.shape}")
     if tuple(maps.shape[1:]) != model_input.spatial_shape:
-        raise GeometryError(f"maps of spatial shape {maps.shape[1:]} are not on the model grid {model_input.spatial_shape}")
+        raise GeometryError(f"maps of spatial shape {maps.shape[1:]} are not on the model grid "
+                            f"{model_input.spatial_shape}")
     valid = np.moveaxis(maps[(slice(None),) + model_input.valid], 0, -1)  # (X, Y, Z, C) model axes
     if not model_input.resampled:
         # applying the inverse transform undoes the permutation/flips exactly

@@ -43,7 +43,7 @@ def label_values(spec, n_classes: int) -> np.ndarray:
     labels = getattr(spec, "labels", ()) or ()
     want = 2 if n_classes == 1 else n_classes
     if len(labels) == want:
-        return np.array([int(l.index) for l in labels])
+        return np.array([int(lab.index) for lab in labels])
     return np.arange(want)
 
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import nibabel as nib
+import numpy as np
 from nibabel.orientations import apply_orientation, inv_ornt_aff, io_orientation, ornt_transform
 
 from ..errors import GeometryError
@@ -59,7 +59,7 @@ class DisplayGeometry:
     ornt: np.ndarray
 
     @classmethod
-    def from_affine(cls, affine: np.ndarray, shape) -> "DisplayGeometry":
+    def from_affine(cls, affine: np.ndarray, shape) -> DisplayGeometry:
         a = check_affine(affine)
         shape3 = tuple(int(s) for s in shape[:3])
         if len(shape3) != 3:

@@ -56,7 +56,8 @@ class LabelEntry:
         if len(col) == 3:
             col = col + (1.0,)
         if len(col) != 4 or not all(0.0 <= c <= 1.0 for c in col):
-            raise VolumeError(f"label {self.index} ({self.name!r}): colour must be 3 or 4 values in [0, 1], got {self.color}")
+            raise VolumeError(f"label {self.index} ({self.name!r}): colour must be 3 or 4 values in [0, 1], "
+                              f"got {self.color}")
         name = str(self.name)
         if "\n" in name or "\r" in name:
             raise VolumeError(f"label {self.index}: a name cannot contain a line break")
@@ -82,15 +83,15 @@ class LabelTable:
 
     # -- construction --------------------------------------------------------------------------
     @classmethod
-    def from_spec(cls, spec) -> "LabelTable":
+    def from_spec(cls, spec) -> LabelTable:
         """From a :class:`~napari_vit3d.models.spec.ModelSpec` (or anything with ``.labels``)."""
-        entries = [LabelEntry(l.index, l.name, tuple(l.color)) for l in spec.labels]
+        entries = [LabelEntry(lab.index, lab.name, tuple(lab.color)) for lab in spec.labels]
         if not any(e.index == 0 for e in entries):
             entries.append(LabelEntry(0, "background", _palette(0), visible=False, mesh=False))
         return cls(entries)
 
     @classmethod
-    def default(cls, indices, names: dict | None = None) -> "LabelTable":
+    def default(cls, indices, names: dict | None = None) -> LabelTable:
         """Default names ("background", "label N") and palette colours for the given indices."""
         names = names or {}
         idx = sorted({int(i) for i in indices} | {0})
@@ -98,7 +99,7 @@ class LabelTable:
                                visible=i != 0, mesh=i != 0) for i in idx])
 
     @classmethod
-    def from_array(cls, labels: np.ndarray, names: dict | None = None) -> "LabelTable":
+    def from_array(cls, labels: np.ndarray, names: dict | None = None) -> LabelTable:
         """Default table for the label values present in ``labels``."""
         return cls.default(np.unique(np.asarray(labels)).tolist(), names)
 
@@ -129,7 +130,7 @@ class LabelTable:
         """``{index: (r, g, b, a)}``, e.g. for a napari Labels layer colormap (plus ``None`` default)."""
         return {e.index: e.color for e in self.entries}
 
-    def with_missing(self, indices) -> "LabelTable":
+    def with_missing(self, indices) -> LabelTable:
         """This table plus default entries for any index in ``indices`` it lacks."""
         extra = sorted({int(i) for i in indices} - set(self.indices))
         added = [e for e in LabelTable.default(extra).entries if e.index in extra]
@@ -142,7 +143,7 @@ class LabelTable:
                             "visible": e.visible, "mesh": e.mesh} for e in self.entries]}
 
     @classmethod
-    def from_dict(cls, d) -> "LabelTable":
+    def from_dict(cls, d) -> LabelTable:
         """From :meth:`to_dict` output, or a bare list of ``{"index", "name", "color"}`` (model spec style)."""
         items = d.get("labels") if isinstance(d, dict) else d
         if not isinstance(items, list):
@@ -159,7 +160,7 @@ class LabelTable:
         return write_text_atomic(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
-    def read_json(cls, path) -> "LabelTable":
+    def read_json(cls, path) -> LabelTable:
         path = Path(path)
         try:
             d = json.loads(path.read_text(encoding="utf-8"))
@@ -179,11 +180,12 @@ class LabelTable:
         for e in self.entries:
             r, g, b = (int(round(c * 255)) for c in e.color[:3])
             name = e.name.replace('"', "'")
-            lines.append(f"{e.index:5d} {r:5d} {g:4d} {b:4d} {e.color[3]:9.4g} {int(e.visible):2d} {int(e.mesh):2d}    \"{name}\"")
+            lines.append(f"{e.index:5d} {r:5d} {g:4d} {b:4d} {e.color[3]:9.4g} {int(e.visible):2d} "
+                         f"{int(e.mesh):2d}    \"{name}\"")
         return "\n".join(lines) + "\n"
 
     @classmethod
-    def from_itksnap(cls, text: str, source: str = "label description") -> "LabelTable":
+    def from_itksnap(cls, text: str, source: str = "label description") -> LabelTable:
         entries = []
         for n, line in enumerate(text.splitlines(), 1):
             s = line.strip()
@@ -206,7 +208,7 @@ class LabelTable:
         return write_text_atomic(path, self.to_itksnap())
 
     @classmethod
-    def read_itksnap(cls, path) -> "LabelTable":
+    def read_itksnap(cls, path) -> LabelTable:
         path = Path(path)
         try:
             text = path.read_text(encoding="utf-8")
@@ -215,7 +217,7 @@ class LabelTable:
         return cls.from_itksnap(text, source=str(path))
 
     @classmethod
-    def read(cls, path) -> "LabelTable":
+    def read(cls, path) -> LabelTable:
         """Read a label table, JSON (``.json``) or ITK-SNAP (anything else)."""
         return cls.read_json(path) if str(path).lower().endswith(".json") else cls.read_itksnap(path)
 

@@ -2,8 +2,8 @@
 
 Reading never allocates more than the header honestly promises (checked against a limit first), never
 hangs on a truncated file and turns every failure into a :class:`VolumeError` with one plain line.
-Writing is atomic (:func:`.atomic.atomic_write`: temporary file in the same folder, then ``os.replace``) and refuses to write over
-the scan a label map came from.
+Writing is atomic (:func:`.atomic.atomic_write`: temporary file in the same folder, then ``os.replace``) and
+refuses to write over the scan a label map came from.
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ def _load_header(path: Path):
         raise _fail(path, f"is truncated or corrupt ({type(exc).__name__}: {exc})") from None
     except nib.filebasedimages.ImageFileError:
         raise _fail(path, "is not a valid NIfTI file (no NIfTI header found)") from None
-    except Exception as exc:  # nibabel raises several types for files that are not NIfTI
+    except Exception as exc:  # noqa: BLE001 - nibabel raises several types for files that are not NIfTI
         detail = str(exc).replace(f'"{path}"', "the file").replace(str(path), "the file")
         raise _fail(path, f"is not a valid NIfTI file ({detail})") from None
     if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
@@ -107,7 +107,8 @@ def _check_shape(path, shape, itemsize_after: int, max_bytes: int):
         else:
             raise _fail(path, f"is {nd}D {tuple(shape)}; only 3D scans and 4D multi-channel scans are supported")
     if len(shape) == 4 and int(shape[3]) > MAX_CHANNELS:
-        raise _fail(path, f"has {shape[3]} volumes along its 4th axis (a time series?); at most {MAX_CHANNELS} channels are supported")
+        raise _fail(path, f"has {shape[3]} volumes along its 4th axis (a time series?); at most "
+                          f"{MAX_CHANNELS} channels are supported")
     nbytes = int(np.prod([int(s) for s in shape], dtype=np.float64)) * itemsize_after
     if nbytes > max_bytes:
         raise _fail(path, f"header claims {tuple(int(s) for s in shape)} voxels ({nbytes / 1024**3:.1f} GiB), "
@@ -193,7 +194,7 @@ def read_nifti(path, *, as_labels: bool | None = None, max_bytes: int = DEFAULT_
             data = img.get_fdata(dtype=np.float32)
     except MemoryError:
         raise _fail(path, "does not fit in memory") from None
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - truncated data surfaces as EOFError, ValueError, zlib.error, ...
         raise _fail(path, f"is truncated or corrupt ({type(exc).__name__}: {exc})") from None
     data = np.asarray(data).reshape(shape)
     if not data.dtype.isnative:  # big-endian files: napari/vispy and torch want native byte order

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field, replace
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 import numpy as np
@@ -13,7 +13,7 @@ from ..errors import GeometryError, VolumeError
 from .geometry import DisplayGeometry, check_affine, voxel_spacing
 
 
-class VolumeKind(str, Enum):
+class VolumeKind(StrEnum):
     """What a :class:`Volume` holds (``metadata["kind"]``); a ``str`` enum, so it compares equal to its value
     and survives JSON. ``layer_type`` is the napari layer it is shown as."""
 
@@ -28,7 +28,7 @@ class VolumeKind(str, Enum):
         return "labels" if self is VolumeKind.LABELS else "image"
 
     @classmethod
-    def of(cls, value) -> "VolumeKind":
+    def of(cls, value) -> VolumeKind:
         """``value`` as a kind; None → IMAGE; anything unknown is a :class:`VolumeError`."""
         if value is None:
             return cls.IMAGE
@@ -58,7 +58,8 @@ class Volume:
     def __post_init__(self):
         self.affine = check_affine(self.affine)
         if self.data.ndim not in (3, 4):
-            raise VolumeError(f"{self.name}: a volume needs 3 spatial axes (and at most one more), got {self.data.ndim}D")
+            raise VolumeError(f"{self.name}: a volume needs 3 spatial axes (and at most one more), got "
+                              f"{self.data.ndim}D")
 
     @property
     def kind(self) -> VolumeKind:
@@ -85,14 +86,14 @@ class Volume:
     def geometry(self) -> DisplayGeometry:
         return DisplayGeometry.from_affine(self.affine, self.spatial_shape)
 
-    def channel(self, c: int) -> "Volume":
+    def channel(self, c: int) -> Volume:
         if self.data.ndim == 3:
             if c != 0:
                 raise VolumeError(f"{self.name} has one channel, asked for channel {c}")
             return self
         return self.with_data(self.data[..., c], name=f"{self.name} [{c}]")
 
-    def with_data(self, data: np.ndarray, **changes) -> "Volume":
+    def with_data(self, data: np.ndarray, **changes) -> Volume:
         """A new Volume on the same grid (first three axes must match)."""
         if tuple(data.shape[:3]) != self.spatial_shape:
             raise GeometryError(f"data of shape {data.shape} is not on the grid {self.spatial_shape} of {self.name}")

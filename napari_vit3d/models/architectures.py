@@ -21,8 +21,9 @@ facts other modules need about it, so nothing else branches on architecture name
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from ..errors import ModelError
 
@@ -88,7 +89,7 @@ def get_architecture(name: str) -> Architecture:
         raise ModelError(f"unknown architecture {name!r}; known: {', '.join(_REGISTRY)}") from None
 
 
-def architecture_of(network: "nn.Module") -> Architecture | None:
+def architecture_of(network: nn.Module) -> Architecture | None:
     """The registered architecture ``network`` is an instance of (None if none)."""
     for arch in _REGISTRY.values():
         if arch.network_class is not None and isinstance(network, arch.network_class()):

@@ -88,7 +88,7 @@ def bundle_spec(folder, *, parser=None) -> ModelSpec:
     if roi is None and parser is not None:
         try:
             roi = _spatial_shape(list(parser.get_parsed_content("inferer#roi_size")))
-        except Exception:
+        except Exception:  # noqa: BLE001 - optional: any failure of the bundle's config means "unknown"
             roi = None
     weights = find_bundle_weights(folder)
     extra = {"bundle_version": meta.get("version"), "monai_version": meta.get("monai_version")}
@@ -127,7 +127,7 @@ def _make_parser(folder: Path):
         meta = folder / "configs" / "metadata.json"
         if meta.is_file():
             parser.read_meta(str(meta))
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - MONAI's parser raises many types: one line
         raise ModelError(f"{cfg}: cannot parse the bundle config ({exc})") from None
     parser["bundle_root"] = str(folder)
     if "network_def" not in parser:
@@ -178,7 +178,7 @@ def load_bundle(folder, *, device="cpu", weights: bool = True) -> BundleModel:
     spec = bundle_spec(folder, parser=parser)
     try:
         network = parser.get_parsed_content("network_def")
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - the bundle's network code may raise anything: one line
         raise ModelError(f"{folder}: cannot build the bundle's network_def ({str(exc).splitlines()[0]})") from None
     if weights:
         wpath = spec.weights_path

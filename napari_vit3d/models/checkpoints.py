@@ -82,7 +82,7 @@ def _refuse(path: Path, bad: list[str]) -> CheckpointError:
 def _unsafe_globals(path: Path, exc: Exception) -> list[str]:
     try:
         names = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
-    except Exception:  # legacy (non-zip) format: read the name from the error
+    except (RuntimeError, ValueError, OSError, pickle.UnpicklingError):  # legacy (non-zip) format: read the error
         names = []
     if not names:
         names = re.findall(r"(?:Unsupported global: GLOBAL|Unsupported class|GLOBAL) ([\w.]+)", str(exc))
@@ -106,7 +106,7 @@ def _torch_load(path: Path) -> object:
                 return torch.load(str(path), map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:  # needs more than the first round reported
             bad = [b for b in _unsafe_globals(path, exc) if b not in allowed] or bad
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a corrupt file fails anywhere in torch's loader: one line
             raise CheckpointError(f"{path}: not a readable torch checkpoint ({str(exc).splitlines()[0]})") from None
         if all(b in allowed for b in bad):  # pragma: no cover - defensive: torch refused an allowed global
             raise CheckpointError(f"{path}: refused to load ({str(first_exc).splitlines()[0]})")

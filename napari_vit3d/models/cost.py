@@ -90,7 +90,7 @@ def _cpu_peak(run, counter) -> tuple[int | None, str]:
             current += nbytes
             peak = max(peak, current)
         return peak, "torch_profiler_cpu_allocations"
-    except Exception:  # pragma: no cover - profiler missing or changed: coarse fallback
+    except Exception:  # noqa: BLE001  # pragma: no cover - profiler missing or changed: coarse fallback
         before = _rss_peak_bytes()
         with counter:
             run()

@@ -260,7 +260,7 @@ def _entry(name: str, source: str, path: Path, default: str | None) -> ModelEntr
         if source == "user":
             spec.name = name
         return ModelEntry(name, source, str(path), spec=spec, is_default=(name == default))
-    except Exception as exc:  # listing must show broken entries, not crash
+    except Exception as exc:  # noqa: BLE001 - listing must show broken entries, not crash
         return ModelEntry(name, source, str(path), error=str(exc), is_default=(name == default))
 
 

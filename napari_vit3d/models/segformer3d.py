@@ -213,7 +213,8 @@ class SegFormer3D(nn.Module):
         super().__init__()
         lists = dict(embed_dims=embed_dims, depths=depths, num_heads=num_heads, sr_ratios=sr_ratios)
         if any(len(v) != 4 for v in lists.values()):
-            raise ModelError("SegFormer3D: embed_dims, depths, num_heads and sr_ratios need 4 values each (one per stage)")
+            raise ModelError("SegFormer3D: embed_dims, depths, num_heads and sr_ratios need 4 values each "
+                             "(one per stage)")
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)
         self.embed_dims = tuple(int(d) for d in embed_dims)
         self.attn_scale = attn_scale

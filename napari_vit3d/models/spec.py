@@ -23,7 +23,7 @@ def _whole(v) -> int:
     return int(v)
 
 
-def _label(entry) -> "LabelInfo":
+def _label(entry) -> LabelInfo:
     if not isinstance(entry, dict):
         raise ValueError(f"each label must be an object with index and name, got {entry!r}")
     color = tuple(float(c) for c in entry.get("color", (1, 1, 1, 1)))
@@ -74,7 +74,7 @@ class ModelSpec:
             if len(self.roi_size) != 3 or min(self.roi_size) <= 0:
                 raise ValueError("expected three positive integers")
             what = "labels"
-            self.labels = tuple(l if isinstance(l, LabelInfo) else _label(l) for l in self.labels)
+            self.labels = tuple(x if isinstance(x, LabelInfo) else _label(x) for x in self.labels)
             what = "arch_kwargs"
             self.arch_kwargs = dict(self.arch_kwargs)
             what = "normalization"
@@ -89,7 +89,13 @@ class ModelSpec:
         for key, value in get_architecture(self.architecture).spec_defaults.items():
             self.arch_kwargs.setdefault(key, value)
         if len(self.channel_names) != self.in_channels:
-            raise ModelError(f"model {self.name!r}: {self.in_channels} input channels but {len(self.channel_names)} channel names")
+            raise ModelError(f"model {self.name!r}: {self.in_channels} input channels but "
+                             f"{len(self.channel_names)} channel names")
+
+    @property
+    def label_names(self) -> dict[int, str]:
+        """``{index: name}`` of the model's labels."""
+        return {int(lab.index): lab.name for lab in self.labels}
 
     @property
     def n_classes(self) -> int:
@@ -108,7 +114,7 @@ class ModelSpec:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict, root: str | None = None) -> "ModelSpec":
+    def from_dict(cls, d: dict, root: str | None = None) -> ModelSpec:
         if not isinstance(d, dict):
             raise ModelError(f"a model spec must be a JSON object (name, architecture, labels, ...), "
                              f"got a {type(d).__name__}")
@@ -122,7 +128,7 @@ class ModelSpec:
             raise ModelError(f"invalid model spec: {exc}") from None
 
     @classmethod
-    def from_json(cls, path) -> "ModelSpec":
+    def from_json(cls, path) -> ModelSpec:
         path = Path(path)
         try:
             d = json.loads(path.read_text(encoding="utf-8"))

@@ -16,8 +16,8 @@ import numpy as np
 
 from ..errors import GeometryError
 from ..inference.preprocess import model_orientation
-from ..io.resample import resample_edge
 from ..io.geometry import voxel_spacing
+from ..io.resample import resample_edge
 
 
 @dataclass(frozen=True)
