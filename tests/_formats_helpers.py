@@ -9,6 +9,7 @@ PixelSpacing[0]) and writes the tags a scanner would.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 
 import nibabel as nib
@@ -20,11 +21,15 @@ MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 
 
+@lru_cache(maxsize=1)
+def _colin() -> np.ndarray:
+    return np.asarray(nib.load(str(COLIN27)).dataobj)  # read once per test session (it is gzip-compressed)
+
+
 def colin_crop(shape=(40, 48, 36), start=(70, 85, 70)) -> np.ndarray:
     """A crop of the real Colin27 T1 (uint8 values), as int16."""
-    img = nib.load(str(COLIN27))
     sl = tuple(slice(s, s + n) for s, n in zip(start, shape))
-    return np.asarray(img.dataobj[sl]).astype(np.int16)
+    return _colin()[sl].astype(np.int16)
 
 
 def rotation(axis, degrees) -> np.ndarray:
