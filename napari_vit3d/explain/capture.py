@@ -151,6 +151,131 @@ def attention_layers(network: nn.Module) -> list[LayerInfo]:
     return layers
 
 
+class _LayerKind:
+    """How one kind of attention layer (one attention family) is hooked, and where its tokens sit.
+
+    One subclass per kind of :class:`LayerInfo` (``"global"``: MONAI SABlock in ViT/UNETR/ViTSeg;
+    ``"window"``: Swin WindowAttention; ``"reduced"``: our SegFormer3D EfficientSelfAttention), so
+    :class:`AttentionCapture` never branches on the kind."""
+
+    #: whether full attention rows can be computed from the captured queries and keys
+    full_rows = True
+
+    def __init__(self, cap: AttentionCapture):
+        self.cap = cap
+
+    def hook(self, li: LayerInfo) -> None:
+        raise NotImplementedError
+
+    def query_grid(self, li: LayerInfo) -> TokenGrid:
+        raise NotImplementedError
+
+    def key_grid(self, li: LayerInfo) -> TokenGrid:
+        return self.cap.query_grid(li.index)
+
+    def n_prefix(self, li: LayerInfo) -> int:
+        return 0
+
+
+class _GlobalKind(_LayerKind):
+    def hook(self, li: LayerInfo):
+        cap = self.cap
+        a, st = li.module, cap.store[li.index]
+        h, dh = int(a.num_heads), int(a.dim_head)
+
+        def split(t):  # (B, N, h*dh) -> (h, N, dh) for batch 0
+            return t[0].reshape(t.shape[1], h, dh).transpose(0, 1).detach()
+
+        if getattr(a, "use_combined_linear", True):
+            def on_qkv(m, args, out):
+                inner = h * dh
+                # MONAI: "b h (qkv l d) -> qkv b l h d": q, k are the first two thirds
+                st["q"], st["k"] = split(out[..., :inner]), split(out[..., inner:2 * inner])
+            cap._handles.append(a.qkv.register_forward_hook(on_qkv))
+        else:
+            cap._handles.append(a.to_q.register_forward_hook(lambda m, args, out: st.__setitem__("q", split(out))))
+            cap._handles.append(a.to_k.register_forward_hook(lambda m, args, out: st.__setitem__("k", split(out))))
+        st["scale"] = float(a.scale)
+        st["dtype"] = getattr(a, "attention_dtype", None)
+
+    def query_grid(self, li: LayerInfo) -> TokenGrid:
+        c = self.cap._patch_conv
+        return TokenGrid.voxels(self.cap.input_shape).conv(c.kernel_size, c.stride, c.padding, self.cap._patch_grid)
+
+    def n_prefix(self, li: LayerInfo) -> int:
+        st = self.cap._need(li.index)
+        return int(st["k"].shape[1]) - self.cap.query_grid(li.index).n_tokens
+
+
+class _WindowKind(_LayerKind):
+    full_rows = False
+
+    def hook(self, li: LayerInfo):
+        cap = self.cap
+        blk, st = li.extra["block"], cap.store[li.index]
+
+        def on_block(m, args):
+            st["stage_shape"] = tuple(int(s) for s in args[0].shape[1:4])
+
+        def on_attn(m, args, kwargs):
+            x = args[0]
+            mask = kwargs.get("mask", args[1] if len(args) > 1 else None)
+            st["x"] = x.detach()
+            st["mask"] = None if mask is None else mask.detach()
+
+        cap._handles.append(blk.register_forward_pre_hook(on_block))
+        cap._handles.append(li.module.register_forward_pre_hook(on_attn, with_kwargs=True))
+
+    def query_grid(self, li: LayerInfo) -> TokenGrid:
+        st = self.cap._need(li.index)
+        return TokenGrid.tiles(self.cap.input_shape, st["stage_shape"])
+
+
+class _ReducedKind(_LayerKind):
+    def hook(self, li: LayerInfo):
+        cap = self.cap
+        a, st = li.module, cap.store[li.index]
+        h, dh = int(a.num_heads), int(a.head_dim)
+
+        def on_q(m, args, out):
+            st["q"] = out[0].reshape(out.shape[1], h, dh).transpose(0, 1).detach()
+
+        def on_kv(m, args, out):
+            st["k"] = out[0, :, : h * dh].reshape(out.shape[1], h, dh).transpose(0, 1).detach()
+
+        cap._handles.append(a.q.register_forward_hook(on_q))
+        cap._handles.append(a.kv.register_forward_hook(on_kv))
+        st["scale"] = float(a.scale)
+
+    def query_grid(self, li: LayerInfo) -> TokenGrid:
+        cap = self.cap
+        net, mods = _segformer_attn(cap.network)
+        g = TokenGrid.voxels(cap.input_shape)
+        for s, stage in enumerate(net.stages):
+            c = stage.patch_embed.proj
+            shape = None
+            for (s2, b2, st2, attn) in mods:
+                if s2 == s and attn.last_q_shape is not None:
+                    shape = attn.last_q_shape
+            if shape is None:
+                raise ModelError("SegFormer3D stage shapes unknown: run a forward pass inside the capture")
+            g = g.conv(c.kernel_size, c.stride, c.padding, shape)
+            if s == li.stage:
+                return g
+        raise ModelError(f"SegFormer3D has no stage {li.stage}")
+
+    def key_grid(self, li: LayerInfo) -> TokenGrid:
+        qg = self.cap.query_grid(li.index)
+        a = li.module
+        if a.sr_ratio > 1:
+            c = a.sr
+            return qg.conv(c.kernel_size, c.stride, c.padding, a.last_kv_shape)
+        return qg
+
+
+_KINDS = {"global": _GlobalKind, "window": _WindowKind, "reduced": _ReducedKind}
+
+
 class AttentionCapture:
     """Context manager: attach capture hooks to ``network``; after a forward, compute attention rows.
 
@@ -171,6 +296,7 @@ class AttentionCapture:
         self.store: dict[int, dict] = {}
         self.input_shape: tuple[int, int, int] | None = None
         self._grid_cache: dict = {}
+        self._kinds = {name: cls(self) for name, cls in _KINDS.items()}
 
     # -- hooks ----------------------------------------------------------------------------------
     def __enter__(self):
@@ -190,13 +316,11 @@ class AttentionCapture:
             if li.index not in self.wanted:
                 continue
             self.store[li.index] = {}
-            if li.kind == "global":
-                self._hook_sablock(li)
-            elif li.kind == "window":
-                self._hook_window(li)
-            else:
-                self._hook_reduced(li)
+            self._kind(li).hook(li)
         return self
+
+    def _kind(self, li: LayerInfo) -> _LayerKind:
+        return self._kinds[li.kind]
 
     def __exit__(self, *exc):
         self.remove()
@@ -214,54 +338,6 @@ class AttentionCapture:
     def _on_patch_conv(self, module, args, out):
         self._patch_conv = module
         self._patch_grid = tuple(int(s) for s in out.shape[2:])
-
-    def _hook_sablock(self, li: LayerInfo):
-        a, st = li.module, self.store[li.index]
-        h, dh = int(a.num_heads), int(a.dim_head)
-
-        def split(t):  # (B, N, h*dh) -> (h, N, dh) for batch 0
-            return t[0].reshape(t.shape[1], h, dh).transpose(0, 1).detach()
-
-        if getattr(a, "use_combined_linear", True):
-            def on_qkv(m, args, out):
-                inner = h * dh
-                # MONAI: "b h (qkv l d) -> qkv b l h d": q, k are the first two thirds
-                st["q"], st["k"] = split(out[..., :inner]), split(out[..., inner:2 * inner])
-            self._handles.append(a.qkv.register_forward_hook(on_qkv))
-        else:
-            self._handles.append(a.to_q.register_forward_hook(lambda m, args, out: st.__setitem__("q", split(out))))
-            self._handles.append(a.to_k.register_forward_hook(lambda m, args, out: st.__setitem__("k", split(out))))
-        st["scale"] = float(a.scale)
-        st["dtype"] = getattr(a, "attention_dtype", None)
-
-    def _hook_window(self, li: LayerInfo):
-        blk, st = li.extra["block"], self.store[li.index]
-
-        def on_block(m, args):
-            st["stage_shape"] = tuple(int(s) for s in args[0].shape[1:4])
-
-        def on_attn(m, args, kwargs):
-            x = args[0]
-            mask = kwargs.get("mask", args[1] if len(args) > 1 else None)
-            st["x"] = x.detach()
-            st["mask"] = None if mask is None else mask.detach()
-
-        self._handles.append(blk.register_forward_pre_hook(on_block))
-        self._handles.append(li.module.register_forward_pre_hook(on_attn, with_kwargs=True))
-
-    def _hook_reduced(self, li: LayerInfo):
-        a, st = li.module, self.store[li.index]
-        h, dh = int(a.num_heads), int(a.head_dim)
-
-        def on_q(m, args, out):
-            st["q"] = out[0].reshape(out.shape[1], h, dh).transpose(0, 1).detach()
-
-        def on_kv(m, args, out):
-            st["k"] = out[0, :, : h * dh].reshape(out.shape[1], h, dh).transpose(0, 1).detach()
-
-        self._handles.append(a.q.register_forward_hook(on_q))
-        self._handles.append(a.kv.register_forward_hook(on_kv))
-        st["scale"] = float(a.scale)
 
     # -- geometry -------------------------------------------------------------------------------
     def _need(self, layer: int) -> dict:
@@ -286,51 +362,16 @@ class AttentionCapture:
         key = ("q", layer)
         if key in self._grid_cache:
             return self._grid_cache[key]
-        li = self.layers[layer]
-        if li.kind == "global":
-            c = self._patch_conv
-            g = TokenGrid.voxels(self.input_shape).conv(c.kernel_size, c.stride, c.padding, self._patch_grid)
-        elif li.kind == "window":
-            st = self._need(layer)
-            g = TokenGrid.tiles(self.input_shape, st["stage_shape"])
-        else:
-            g = self._segformer_stage_grid(li)
+        g = self._kind(self.layers[layer]).query_grid(self.layers[layer])
         self._grid_cache[key] = g
         return g
 
     def key_grid(self, layer: int) -> TokenGrid:
-        li = self.layers[layer]
-        if li.kind != "reduced":
-            return self.query_grid(layer)
-        qg = self.query_grid(layer)
-        a = li.module
-        if a.sr_ratio > 1:
-            c = a.sr
-            return qg.conv(c.kernel_size, c.stride, c.padding, a.last_kv_shape)
-        return qg
-
-    def _segformer_stage_grid(self, li: LayerInfo) -> TokenGrid:
-        net, mods = _segformer_attn(self.network)
-        g = TokenGrid.voxels(self.input_shape)
-        for s, stage in enumerate(net.stages):
-            c = stage.patch_embed.proj
-            shape = None
-            for (s2, b2, st2, attn) in mods:
-                if s2 == s and attn.last_q_shape is not None:
-                    shape = attn.last_q_shape
-            if shape is None:
-                raise ModelError("SegFormer3D stage shapes unknown: run a forward pass inside the capture")
-            g = g.conv(c.kernel_size, c.stride, c.padding, shape)
-            if s == li.stage:
-                return g
-        raise ModelError(f"SegFormer3D has no stage {li.stage}")
+        return self._kind(self.layers[layer]).key_grid(self.layers[layer])
 
     def n_prefix(self, layer: int) -> int:
-        li = self.layers[layer]
-        if li.kind != "global":
-            return 0
-        st = self._need(layer)
-        return int(st["k"].shape[1]) - self.query_grid(layer).n_tokens
+        """Tokens before the spatial ones in ``layer``'s sequence (the CLS token of a ViT)."""
+        return self._kind(self.layers[layer]).n_prefix(self.layers[layer])
 
     # -- rows -----------------------------------------------------------------------------------
     @torch.no_grad()
@@ -339,8 +380,7 @@ class AttentionCapture:
 
         ``tokens`` are indices into the layer's *full* token sequence (CLS included for ViTs).
         """
-        li = self.layers[layer]
-        if li.kind == "window":
+        if not self._kind(self.layers[layer]).full_rows:
             raise ModelError("full rows of windowed attention: use row() per query")
         st = self._need(layer)
         q, k = st["q"][:, tokens], st["k"]
@@ -362,7 +402,7 @@ class AttentionCapture:
         layer = self.resolve_layer(layer)
         li = self.layers[layer]
         qg = self.query_grid(layer)
-        if li.kind == "window":
+        if not self._kind(li).full_rows:
             return self._window_row(layer, li, qg, token)
         npre = self.n_prefix(layer)
         if isinstance(token, str):
