@@ -66,7 +66,7 @@ def _ds(pydicom_mod, *, sop_class, modality, study_uid, series_uid, frame_uid, s
 def write_dicom_series(folder, volume, *, row_dir, col_dir, origin_lps, pixel_spacing, slice_step,
                        positions=None, orientations=None, slope=1.0, intercept=0.0, modality="MR",
                        series_description="test series", series_number=3, study_uid=None, series_uid=None,
-                       shuffle=True, seed=0, skip=()) -> dict:
+                       shuffle=True, seed=0, skip=(), suffix="") -> dict:
     """Write ``volume[i, j, k]`` as one DICOM file per k: pixel[row j, column i] = volume[i, j, k].
 
     ``row_dir``/``col_dir`` are ImageOrientationPatient's two unit vectors (LPS), ``pixel_spacing`` is
@@ -111,7 +111,7 @@ def write_dicom_series(folder, volume, *, row_dir, col_dir, origin_lps, pixel_sp
         ds.RescaleSlope, ds.RescaleIntercept = f"{slope:g}", f"{intercept:g}"
         stored = np.round((volume[:, :, k].T.astype(np.float64) - intercept) / slope).astype("<i2")
         ds.PixelData = np.ascontiguousarray(stored).tobytes()
-        name = folder / f"{rng.integers(0, 16**8):08x}"  # random names, no extension (as many scanners)
+        name = folder / f"{rng.integers(0, 16**8):08x}{suffix}"  # random names, no extension (as many scanners)
         ds.save_as(name, enforce_file_format=True)
         out["files"][k], out["sop_uids"][k], out["ipp"][k] = name, ds.SOPInstanceUID, ipp
     return out

@@ -148,7 +148,7 @@ def output_format(path, *, labels: bool = True) -> str:
     else:
         fmt = None
     allowed = LABEL_WRITE_SUFFIXES if labels else IMAGE_WRITE_SUFFIXES
-    if fmt is None or not name.endswith(allowed):
+    if fmt is None or (not labels and fmt not in ("nifti", "nrrd", "mha")):
         kind = "a label map" if labels else "an image"
         raise VolumeError(f"{path}: cannot write {kind} there; the name must end in {', '.join(allowed)}")
     return fmt
