@@ -42,19 +42,19 @@ def _finish(args, comparison, scan_source=None) -> int:
 
 
 def run_labels(args) -> int:
+    from ..io.formats import read_scan
     from ..io.labels import LabelTable
-    from ..io.nifti import read_nifti
     from ..review.compare import compare_labels
 
-    a = read_nifti(args.a, as_labels=True)
-    b = read_nifti(args.b, as_labels=True)
+    a = read_scan(args.a, as_labels=True)
+    b = read_scan(args.b, as_labels=True)
     table = LabelTable.read(args.label_table) if args.label_table else None
     return _finish(args, compare_labels(a, b, label_table=table, name_a=args.a, name_b=args.b))
 
 
 def run_models(args) -> int:
+    from ..io.formats import read_scan
     from ..io.labels import LabelTable
-    from ..io.nifti import read_nifti
     from ..review.compare import compare_labels
 
     from ..inference import resolve_device, segment
@@ -65,7 +65,7 @@ def run_models(args) -> int:
     device = resolve_device(args.device)
     for ref in (args.model_a, args.model_b):
         get_spec(ref)
-    scan = read_nifti(args.scan, as_labels=False)
+    scan = read_scan(args.scan, as_labels=False)
     progress = None if args.json else (lambda done, total: print(f"\r  {done}/{total} windows", end="", file=sys.stderr))
     results = []
     for which, model in (("A", args.model_a), ("B", args.model_b)):
@@ -88,7 +88,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("compare", help="run two models on one scan and map where they disagree",
                               description="Segment SCAN with two models and write a disagreement map "
                                           "(0 agree, 1 only A, 2 only B, 3 different labels) on the scan's grid.")
-    p.add_argument("scan", metavar="SCAN", help="scan (.nii/.nii.gz)")
+    p.add_argument("scan", metavar="SCAN", help="scan (NIfTI, NRRD, MHA, MGZ or DICOM)")
     p.add_argument("--model-a", required=True, metavar="A", help="model name, spec JSON or checkpoint")
     p.add_argument("--model-b", required=True, metavar="B", help="model name, spec JSON or checkpoint")
     p.add_argument("-o", "--output", required=True, metavar="DISAGREEMENT.nii.gz", help="disagreement map to write")
@@ -100,7 +100,7 @@ def register(subparsers) -> None:
     q = subparsers.add_parser("compare-labels", help="map where two label files of one scan disagree",
                               description="Compare two label maps on one grid: per-label Dice and volumes, and "
                                           "optionally a disagreement map (0 agree, 1 only A, 2 only B, 3 different labels).")
-    q.add_argument("a", metavar="A", help="first label map (.nii/.nii.gz)")
+    q.add_argument("a", metavar="A", help="first label map (NIfTI, NRRD, .seg.nrrd, MHA or MGZ)")
     q.add_argument("b", metavar="B", help="second label map, same grid")
     q.add_argument("-o", "--output", metavar="DISAGREEMENT.nii.gz", help="disagreement map to write")
     q.add_argument("--label-table", metavar="FILE", help="label names from a JSON or ITK-SNAP label file")

@@ -50,14 +50,14 @@ def format_table(result: dict) -> str:
 
 
 def run(args) -> int:
+    from ..io.formats import read_scan
     from ..io.labels import LabelTable
-    from ..io.nifti import read_nifti
     from ..review.metrics import evaluate
     from ..review.provenance import to_json
 
-    pred = read_nifti(args.pred, as_labels=True)
-    ref = read_nifti(args.ref, as_labels=True)
-    prob = read_nifti(args.probabilities, as_labels=False) if args.probabilities else None
+    pred = read_scan(args.pred, as_labels=True)
+    ref = read_scan(args.ref, as_labels=True)
+    prob = read_scan(args.probabilities, as_labels=False) if args.probabilities else None
     table = LabelTable.read(args.label_table) if args.label_table else None
     result = evaluate(pred, ref, probabilities=prob, labels=_parse_labels(args.labels),
                       include_background=args.include_background, resample=args.resample, label_table=table)
@@ -72,8 +72,8 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("evaluate", help="metrics of a predicted label map against a reference",
                               description="Per-label Dice, HD95 and mean surface distance (mm), recall, precision, "
                                           "volume difference (mL, prediction minus reference) and AUC-PR.")
-    p.add_argument("pred", metavar="PRED", help="predicted label map (.nii/.nii.gz)")
-    p.add_argument("ref", metavar="REF", help="reference label map (.nii/.nii.gz)")
+    p.add_argument("pred", metavar="PRED", help="predicted label map (NIfTI, NRRD, .seg.nrrd, MHA or MGZ)")
+    p.add_argument("ref", metavar="REF", help="reference label map (NIfTI, NRRD, .seg.nrrd, MHA or MGZ)")
     p.add_argument("--probabilities", metavar="P",
                    help="class probabilities on PRED's grid (4D, channel c = label c; 3D for a single label 1)")
     p.add_argument("--labels", metavar="L1,L2", help="labels to evaluate (default: all present)")

@@ -37,7 +37,7 @@ def register(subparsers) -> None:
         "explain", help="attention / rollout / DINO heads / ERF maps on the scan's grid",
         description="Explain a model's view of INPUT; the map is written on INPUT's own grid so it overlays "
                     "the scan in any viewer. Exit codes: 0 done, 2 user error, 130 cancelled.")
-    p.add_argument("input", metavar="INPUT", help="scan (.nii or .nii.gz)")
+    p.add_argument("input", metavar="INPUT", help="scan (NIfTI, NRRD, MHA, MGZ or DICOM)")
     p.add_argument("--method", required=True, choices=METHODS)
     q = p.add_mutually_exclusive_group()
     q.add_argument("--point-world", metavar="X,Y,Z", help="query point in world RAS mm")
@@ -114,13 +114,14 @@ def run(args) -> int:
     from .. import explain as ex
     from ..models.devices import resolve_device
     from ..io.atomic import to_json, write_text_atomic
-    from ..io.nifti import read_nifti, write_image, write_labels
+    from ..io.formats import read_scan
+    from ..io.nifti import write_image, write_labels
     from ..models.registry import load_model
 
     _check_outputs(args)
     if args.method != "dino-heads" and args.masks_output:
         raise VolumeError("--masks-output only goes with --method dino-heads")
-    scan = read_nifti(args.input, as_labels=False)
+    scan = read_scan(args.input, as_labels=False)
     point = {}
     if args.point_world:
         point["world"] = _triple(args.point_world, "--point-world", as_int=False)
@@ -128,7 +129,7 @@ def run(args) -> int:
         point["voxel"] = _triple(args.point_voxel, "--point-voxel", as_int=True)
     if point:
         ex.query_world(scan, **point)  # fail fast on a point outside the scan
-    region = read_nifti(args.region, as_labels=True) if args.region else None
+    region = read_scan(args.region, as_labels=True) if args.region else None
     ex.methods.check_query(args.method, region=region, **point)
     head = args.head if args.head in ("mean", "all") else None
     if head is None:

@@ -16,7 +16,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("info", help="print a scan's shape, spacing, orientation and affine",
                               description="Print the geometry of a NIfTI scan: shape, voxel spacing, orientation "
                                           "codes, obliqueness, affine, qform/sform codes, data type and range.")
-    p.add_argument("input", metavar="SCAN", help="scan or label map (.nii or .nii.gz)")
+    p.add_argument("input", metavar="SCAN", help="scan or label map (NIfTI, NRRD, MHA, MGZ or DICOM)")
     p.add_argument("--model", metavar="MODEL", help="also show the model-space grid this model would use")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
@@ -53,9 +53,9 @@ def scan_info(vol, model_spec=None) -> dict:
 
 
 def run(args) -> int:
-    from ..io.nifti import read_nifti
+    from ..io.formats import read_scan
 
-    vol = read_nifti(args.input)
+    vol = read_scan(args.input)
     spec = None
     if args.model:
         from ..models.registry import get_spec

@@ -46,7 +46,7 @@ def register(subparsers) -> None:
         "prompt", help="click-prompted segmentation of one structure (positive/negative points, box)",
         description="Segment the structure under the given points with the bundled promptable model and write its "
                     "mask on SCAN's own grid. Exit codes: 0 done, 2 user error, 130 cancelled.")
-    p.add_argument("input", metavar="SCAN", help="scan (.nii or .nii.gz)")
+    p.add_argument("input", metavar="SCAN", help="scan (NIfTI, NRRD, MHA, MGZ or DICOM)")
     p.add_argument("-o", "--output", required=True, metavar="MASK", help="mask to write (.nii or .nii.gz), uint8 0/1")
     p.add_argument("--point-world", action="append", default=[], metavar="X,Y,Z",
                    help="positive click in world RAS mm (repeatable)")
@@ -66,7 +66,8 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from ..io.atomic import write_json_atomic
-    from ..io.nifti import read_nifti, write_labels
+    from ..io.formats import read_scan
+    from ..io.nifti import write_labels
     from ..models.devices import resolve_device
     from ..prompt.session import PromptSession, load_prompt_model
 
@@ -90,7 +91,7 @@ def run(args) -> int:
     sidecar = Path((out[:-7] if out.lower().endswith(".nii.gz") else out[:-4]) + ".json")
     if sidecar.exists() and not _is_prompt_sidecar(sidecar):
         raise GeometryError(f"{sidecar}: exists and is not a prompt sidecar; refusing to replace it (choose another -o)")
-    scan = read_nifti(args.input, as_labels=False)
+    scan = read_scan(args.input, as_labels=False)
     model = load_prompt_model(args.model, device=resolve_device(args.device))
     session = PromptSession(model, scan)
     # validate every prompt before the first (slow) prediction
@@ -99,7 +100,7 @@ def run(args) -> int:
     if box is not None:
         session.set_box(*box)
     if args.previous:
-        session.set_previous(read_nifti(args.previous, as_labels=True))
+        session.set_previous(read_scan(args.previous, as_labels=True))
     session.clicks = []
     result = None
     for w in checked:

@@ -26,8 +26,9 @@ def register(subparsers) -> None:
         "segment", help="segment a scan; the labels land on it voxel for voxel",
         description="Segment INPUT with a model and write the labels to OUTPUT on INPUT's own grid "
                     "(same shape, affine and voxel order). Exit codes: 0 done, 2 user error, 130 cancelled.")
-    p.add_argument("input", metavar="INPUT", help="scan to segment (.nii or .nii.gz; 3D, or 4D multi-channel)")
+    p.add_argument("input", metavar="INPUT", help="scan to segment (NIfTI, NRRD, MHA, MGZ, DICOM; 3D or 4D)")
     p.add_argument("-o", "--output", required=True, metavar="OUTPUT", help="label map to write (.nii or .nii.gz)")
+    p.add_argument("--series", metavar="UID", help="the DICOM series to segment when INPUT holds several")
     p.add_argument("--model", metavar="MODEL",
                    help="registered model name, spec .json, checkpoint (with its spec beside it) or MONAI bundle "
                         "folder (default: the bundled default model)")
@@ -53,12 +54,13 @@ def _check_outputs(args) -> list[Path]:
 
 def run(args) -> int:
     from ..usecases import segment_scan
-    from ..io.nifti import read_nifti, write_image, write_labels
+    from ..io.formats import read_scan
+    from ..io.nifti import write_image, write_labels
     from ..models.devices import resolve_device
     from ..models.registry import default_model_name, load_model
 
     _check_outputs(args)  # before the (slow) model run: fail fast on a bad output path
-    scan = read_nifti(args.input, as_labels=False)
+    scan = read_scan(args.input, as_labels=False, series=args.series)
     model_ref = args.model if args.model else default_model_name()
     device = resolve_device(args.device)
     model = load_model(model_ref, device)
