@@ -202,3 +202,23 @@ def test_nifti_path_unchanged(odd_geometry_files):
     a, b = read_scan(path), read_nifti(path)
     np.testing.assert_array_equal(a.data, b.data)
     np.testing.assert_array_equal(a.affine, b.affine)
+
+
+def test_scan_sha256_covers_a_series_and_detached_data(tmp_path, crop):
+    from napari_vit3d.io.formats import scan_sha256
+
+    folder = tmp_path / "series"
+    folder.mkdir()
+    (folder / "a").write_bytes(b"one")
+    (folder / "b").write_bytes(b"two")
+    first = scan_sha256(folder)
+    assert scan_sha256(folder) == first
+    (folder / "b").write_bytes(b"TWO")
+    assert scan_sha256(folder) != first
+    img = sitk.GetImageFromArray(np.ascontiguousarray(crop.transpose(2, 1, 0)))
+    mhd = tmp_path / "scan.mhd"
+    sitk.WriteImage(img, str(mhd))
+    before = scan_sha256(mhd)
+    raw = next(tmp_path.glob("scan.*raw"))
+    raw.write_bytes(raw.read_bytes()[::-1])
+    assert scan_sha256(mhd) != before

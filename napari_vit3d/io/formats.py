@@ -129,6 +129,29 @@ def read_scan(path, *, as_labels: bool | None = None, series: str | None = None,
                       "a DICOM file or a folder of DICOM files)")
 
 
+def scan_sha256(path) -> str:
+    """sha256 identifying a scan's content on disk: the file's bytes; for a folder (a DICOM series), every
+    file under it with its relative path; for ``.mhd``/``.nhdr`` headers, the header and the data files
+    beside it that share its stem. For batch records ("is this scan already done?")."""
+    import hashlib
+
+    from .atomic import sha256_file
+
+    p = Path(os.fsdecode(path))
+    if p.is_dir():
+        files = sorted(q for q in p.rglob("*") if q.is_file())
+    elif p.name.lower().endswith((".mhd", ".nhdr")):
+        stem = p.name[: -len(p.suffix)]
+        files = [p] + sorted(q for q in p.parent.glob(f"{stem}.*") if q.is_file() and q != p)
+    else:
+        return sha256_file(p)
+    h = hashlib.sha256()
+    for q in files:
+        h.update(str(q.relative_to(p if p.is_dir() else p.parent)).encode("utf-8", "surrogateescape"))
+        h.update(bytes.fromhex(sha256_file(q)))
+    return h.hexdigest()
+
+
 # -- writing ------------------------------------------------------------------------------------------------
 
 
@@ -262,5 +285,5 @@ def write_as(path, volume: Volume, *, as_labels: bool | None = None, source: Vol
 
 
 __all__ = ["IMAGE_WRITE_SUFFIXES", "LABEL_WRITE_SUFFIXES", "READ_SUFFIXES", "SeriesInfo", "is_scan_path",
-           "list_dicom_series", "output_format", "read_scan", "scan_format", "scan_stem", "write_as",
+           "list_dicom_series", "output_format", "read_scan", "scan_format", "scan_sha256", "scan_stem", "write_as",
            "write_labels_as"]
