@@ -193,3 +193,22 @@ def test_napari_writer_keeps_label_names(tmp_path, dicom_scan):
     assert {hdr[f"Segment{i}_Name"] for i in range(3)} == {"cortex", "white matter", "unused"}
     with pytest.raises(Vit3dError, match="refusing to overwrite"):
         write_labels_layer_as(str(src), d, state)
+
+
+def test_dicom_seg_labelmap_type(dicom_scan, tmp_path):
+    hd = pytest.importorskip("highdicom")
+    out = write_labels_as(tmp_path / "lm.dcm", dicom_scan["labels"], source=dicom_scan["scan"], label_table=TABLE,
+                          segmentation_type="LABELMAP")
+    seg = hd.seg.segread(str(out))
+    assert seg.SegmentationType == "LABELMAP"
+    assert {"cortex", "white matter"} <= {d.SegmentLabel for d in seg.SegmentSequence}
+    # highdicom's own geometry of the SEG (LPS; axes frame, row, column; empty frames left out) puts every
+    # voxel on a voxel centre of the scan, with the scan's label there
+    vol = seg.get_volume(combine_segments=True)
+    arr = np.asarray(vol.array)
+    inv = np.linalg.inv(np.diag([-1.0, -1.0, 1.0, 1.0]) @ dicom_scan["scan"].affine)
+    rng = np.random.default_rng(2)
+    for idx in rng.integers(0, arr.shape[:3], size=(40, 3)):
+        ijk = (inv @ vol.affine @ np.append(idx, 1.0))[:3]
+        np.testing.assert_allclose(ijk, np.round(ijk), atol=1e-3)
+        assert arr[tuple(idx)] == dicom_scan["labels"].data[tuple(np.round(ijk).astype(int))]
