@@ -53,12 +53,11 @@ def run_labels(args) -> int:
 
 
 def run_models(args) -> int:
+    from ..inference import resolve_device, segment
     from ..io.formats import read_scan
     from ..io.labels import LabelTable
-    from ..review.compare import compare_labels
-
-    from ..inference import resolve_device, segment
     from ..models.registry import get_spec
+    from ..review.compare import compare_labels
 
     # fail fast, before the first (slow) model run: output path, device, both models' specs
     check_output_paths(args.scan, [args.output])
@@ -66,7 +65,10 @@ def run_models(args) -> int:
     for ref in (args.model_a, args.model_b):
         get_spec(ref)
     scan = read_scan(args.scan, as_labels=False)
-    progress = None if args.json else (lambda done, total: print(f"\r  {done}/{total} windows", end="", file=sys.stderr))
+    def show(done, total):
+        print(f"\r  {done}/{total} windows", end="", file=sys.stderr)
+
+    progress = None if args.json else show
     results = []
     for which, model in (("A", args.model_a), ("B", args.model_b)):
         if not args.json:
@@ -99,7 +101,8 @@ def register(subparsers) -> None:
 
     q = subparsers.add_parser("compare-labels", help="map where two label files of one scan disagree",
                               description="Compare two label maps on one grid: per-label Dice and volumes, and "
-                                          "optionally a disagreement map (0 agree, 1 only A, 2 only B, 3 different labels).")
+                                          "optionally a disagreement map (0 agree, 1 only A, 2 only B, 3 "
+                                          "different labels).")
     q.add_argument("a", metavar="A", help="first label map (NIfTI, NRRD, .seg.nrrd, MHA or MGZ)")
     q.add_argument("b", metavar="B", help="second label map, same grid")
     q.add_argument("-o", "--output", metavar="DISAGREEMENT.nii.gz", help="disagreement map to write")

@@ -42,7 +42,8 @@ def format_table(result: dict) -> str:
     widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
     lines = ["  ".join(str(v).ljust(w) for v, w in zip(r, widths)).rstrip() for r in [header] + rows]
     sp = ", ".join(f"{s:.3g}" for s in result["spacing_mm"])
-    extra = " (reference resampled onto the prediction grid, nearest neighbour)" if result["resampled_reference"] else ""
+    resampled = result["resampled_reference"]
+    extra = " (reference resampled onto the prediction grid, nearest neighbour)" if resampled else ""
     lines.insert(0, f"grid {tuple(result['shape'])}, spacing ({sp}) mm{extra}")
     if not result["labels"]:
         lines.append("(no labels to evaluate)")

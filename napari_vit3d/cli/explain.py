@@ -25,9 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import GeometryError, ModelError, VolumeError
-from ._common import check_output_paths
-
 from ..explain.methods import architectures_supporting, method_names
+from ._common import check_output_paths
 
 METHODS = method_names(cli=True)
 
@@ -45,7 +44,8 @@ def register(subparsers) -> None:
     p.add_argument("--layer", type=int, default=None, metavar="L",
                    help="attention layer (0-based over all attention blocks; negative counts from the end; "
                         "default: the last)")
-    p.add_argument("--head", default="mean", metavar="H|mean|all", help="attention head number, mean or all (default mean)")
+    p.add_argument("--head", default="mean", metavar="H|mean|all", help="attention head number, mean or all "
+                                                                        "(default mean)")
     p.add_argument("--model", metavar="MODEL", help="registered model name, spec .json or checkpoint "
                    "(default: a registered model that supports the method)")
     p.add_argument("-o", "--output", required=True, metavar="OUTPUT", help="map to write (.nii or .nii.gz)")
@@ -61,7 +61,8 @@ def register(subparsers) -> None:
                         "(where heads overlap, the head attending most)")
     p.add_argument("--class", dest="target_class", type=int, default=None, metavar="C",
                    help="erf: output class (default 1, or 0 for one-class models)")
-    p.add_argument("--region", metavar="MASK", help="erf: sum the class over this mask (on INPUT's grid) instead of one voxel")
+    p.add_argument("--region", metavar="MASK", help="erf: sum the class over this mask (on INPUT's grid) "
+                                                    "instead of one voxel")
     p.add_argument("--log1p", action="store_true", help="erf: write log(1 + |gradient|)")
     p.add_argument("--stats", metavar="PATH", help="erf: write extent statistics (JSON)")
     p.set_defaults(func=run)
@@ -72,7 +73,8 @@ def _triple(text: str, what: str, as_int: bool) -> tuple:
     try:
         vals = tuple(int(t) if as_int else float(t) for t in parts)
     except ValueError:
-        raise GeometryError(f"{what} must be three {'integers' if as_int else 'numbers'} separated by commas, got {text!r}") from None
+        raise GeometryError(f"{what} must be three {'integers' if as_int else 'numbers'} separated by commas, "
+                            f"got {text!r}") from None
     if len(vals) != 3:
         raise GeometryError(f"{what} must be three values separated by commas, got {text!r}")
     return vals
@@ -112,10 +114,10 @@ def _check_outputs(args) -> None:
 
 def run(args) -> int:
     from .. import explain as ex
-    from ..models.devices import resolve_device
     from ..io.atomic import to_json, write_text_atomic
     from ..io.formats import read_scan
     from ..io.nifti import write_image, write_labels
+    from ..models.devices import resolve_device
     from ..models.registry import load_model
 
     _check_outputs(args)

@@ -71,7 +71,8 @@ def run(args) -> int:
     print(f"  dtype        {info['dtype']}   range {info['range']}")
     print(f"  spacing      {' × '.join(f'{s:g}' for s in info['spacing_mm'])} mm   "
           f"field of view {' × '.join(f'{s:g}' for s in info['field_of_view_mm'])} mm")
-    print(f"  orientation  {info['orientation']}{'  (oblique: a rotation remains after the axis permutation)' if info['oblique'] else ''}")
+    oblique = "  (oblique: a rotation remains after the axis permutation)" if info["oblique"] else ""
+    print(f"  orientation  {info['orientation']}{oblique}")
     print(f"  codes        qform {info['qform_code']}  sform {info['sform_code']}")
     print("  affine       " + "\n               ".join("  ".join(f"{v:10.4f}" for v in row) for row in info["affine"]))
     if "model_grid" in info:

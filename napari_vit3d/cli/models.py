@@ -64,7 +64,7 @@ def _list(args) -> int:
             rows.append([mark, e.name, "?", "?", "?", "?", f"{e.source} (broken: {e.error})"])
             continue
         s = e.spec
-        classes = ", ".join(l.name for l in s.labels if l.index != 0) or "-"
+        classes = ", ".join(lab.name for lab in s.labels if lab.index != 0) or "-"
         if len(classes) > 40:
             classes = classes[:37] + "..."
         rows.append([mark, e.name, s.architecture, f"{s.n_classes} ({classes})", _fmt_spacing(s.spacing),
@@ -119,7 +119,8 @@ def run(args) -> int:
         raise ModelError("--cost only goes with --card NAME")
     if args.add:
         spec = add_model(args.add, name=args.name)
-        print(f"added model {spec.name!r} ({spec.architecture}, {spec.n_classes} classes) from {Path(args.add).resolve()}")
+        print(f"added model {spec.name!r} ({spec.architecture}, {spec.n_classes} classes) from "
+              f"{Path(args.add).resolve()}")
         return 0
     if args.remove:
         remove_model(args.remove)

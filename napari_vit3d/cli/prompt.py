@@ -77,7 +77,8 @@ def run(args) -> int:
     negatives = ([("world", _triple(t, "--negative-world")) for t in args.negative_world]
                  + [("voxel", _triple(t, "--negative-voxel")) for t in args.negative_voxel])
     if not positives:
-        raise GeometryError("give at least one positive point on the object (--point-world X,Y,Z or --point-voxel I,J,K)")
+        raise GeometryError("give at least one positive point on the object (--point-world X,Y,Z or "
+                            "--point-voxel I,J,K)")
     box = None
     if args.box_world:
         try:
@@ -85,12 +86,14 @@ def run(args) -> int:
         except ValueError:
             raise GeometryError(f"--box-world {args.box_world!r}: expected six comma-separated numbers") from None
         if len(vals) != 6:
-            raise GeometryError(f"--box-world {args.box_world!r}: expected six comma-separated numbers, got {len(vals)}")
+            raise GeometryError(f"--box-world {args.box_world!r}: expected six comma-separated numbers, got "
+                                f"{len(vals)}")
         box = (vals[:3], vals[3:])
     out = str(outs[0])
     sidecar = Path((out[:-7] if out.lower().endswith(".nii.gz") else out[:-4]) + ".json")
     if sidecar.exists() and not _is_prompt_sidecar(sidecar):
-        raise GeometryError(f"{sidecar}: exists and is not a prompt sidecar; refusing to replace it (choose another -o)")
+        raise GeometryError(f"{sidecar}: exists and is not a prompt sidecar; refusing to replace it (choose "
+                            f"another -o)")
     scan = read_scan(args.input, as_labels=False)
     model = load_prompt_model(args.model, device=resolve_device(args.device))
     session = PromptSession(model, scan)

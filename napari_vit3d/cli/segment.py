@@ -16,8 +16,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from ._common import check_output_paths
 
 
@@ -53,11 +51,11 @@ def _check_outputs(args) -> list[Path]:
 
 
 def run(args) -> int:
-    from ..usecases import segment_scan
     from ..io.formats import read_scan
     from ..io.nifti import write_image, write_labels
     from ..models.devices import resolve_device
     from ..models.registry import default_model_name, load_model
+    from ..usecases import segment_scan
 
     _check_outputs(args)  # before the (slow) model run: fail fast on a bad output path
     scan = read_scan(args.input, as_labels=False, series=args.series)

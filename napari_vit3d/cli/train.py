@@ -88,7 +88,8 @@ def _run_dino(args) -> int:
                          device=args.device, progress=not args.no_progress, max_steps=args.max_steps)
     print(json.dumps(summary))
     if args.export:
-        print("note: a DINO run has no segmentation decoder; fine-tune it with train-seg (config 'init') and export that")
+        print("note: a DINO run has no segmentation decoder; fine-tune it with train-seg (config 'init') and "
+              "export that")
     return 0
 
 
