@@ -212,3 +212,31 @@ def test_dicom_seg_labelmap_type(dicom_scan, tmp_path):
         ijk = (inv @ vol.affine @ np.append(idx, 1.0))[:3]
         np.testing.assert_allclose(ijk, np.round(ijk), atol=1e-3)
         assert arr[tuple(idx)] == dicom_scan["labels"].data[tuple(np.round(ijk).astype(int))]
+
+
+def test_export_review_writes_seg_nrrd_and_dicom_seg(dicom_scan, tmp_path):
+    """The Export use case (labels + label table + provenance) takes the Slicer and PACS formats too: read back
+    by pynrrd / highdicom, the labels sit on the source grid with their names; the provenance is beside them."""
+    import json
+
+    import nrrd
+
+    from napari_vit3d.errors import VolumeError
+    from napari_vit3d.review.export import export_review
+
+    scan, labels = dicom_scan["scan"], dicom_scan["labels"]
+    paths = export_review(tmp_path / "brain.seg.nrrd", scan, labels.data, label_table=TABLE)
+    data, header = nrrd.read(str(paths["labels"]))
+    np.testing.assert_array_equal(data, labels.data)
+    names = {int(header[f"Segment{i}_LabelValue"]): header[f"Segment{i}_Name"] for i in range(2)}
+    assert names == {1: "cortex", 2: "white matter"}
+    assert json.loads(paths["provenance"].read_text())["exported_labels"] == "brain.seg.nrrd"
+    assert paths["provenance"].name == "brain.provenance.json"
+    hd = pytest.importorskip("highdicom")
+    seg = hd.seg.segread(str(export_review(tmp_path / "brain.dcm", scan, labels.data, label_table=TABLE)["labels"]))
+    assert {d.SegmentLabel for d in seg.SegmentSequence} == {"cortex", "white matter"}
+    nifti_scan = scan.with_data(scan.data, metadata={})  # not read from DICOM: no series to reference
+    with pytest.raises(VolumeError, match="DICOM SEG references the DICOM series"):
+        export_review(tmp_path / "x.dcm", nifti_scan, labels.data)
+    with pytest.raises(VolumeError, match="cannot write a label map there"):
+        export_review(tmp_path / "x.png", scan, labels.data)

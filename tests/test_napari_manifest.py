@@ -30,7 +30,11 @@ def test_manifest_contributions():
     assert len(readers) == 1  # two readers for one pattern would be tried in random order
     for name in ("scan.nii", "scan.nii.gz", "SCAN.NII.GZ"):
         assert any(fnmatch(name.lower(), p) for p in readers[0].filename_patterns)
-    writers = {tuple(w.layer_types): w.filename_extensions for w in mf.contributions.writers}
-    assert writers == {("labels",): [".nii.gz", ".nii"], ("image",): [".nii.gz", ".nii"]}
+    writers = sorted((tuple(w.layer_types), tuple(w.filename_extensions)) for w in mf.contributions.writers)
+    assert writers == [(("image",), (".nii.gz", ".nii")), (("labels",), (".nii.gz", ".nii")),
+                       (("labels",), (".seg.nrrd", ".nrrd", ".mha", ".dcm"))]
+    for name in ("scan.nrrd", "scan.mha", "scan.mgz", "series.zip", "slice.dcm"):
+        assert any(fnmatch(name, p) for p in readers[0].filename_patterns), name
+    assert readers[0].accepts_directories  # DICOM folders
     samples = {s.key: s.display_name for s in mf.contributions.sample_data}
     assert samples == {"colin27_t1": "Colin27 head T1 (1 mm)", "mni152_2009a_t1": "MNI152 2009a T1"}

@@ -46,9 +46,9 @@ def _model(ref: str, device: str, torch_threads: int | None):
 
 
 def output_paths(input_path: Path, out_dir: Path) -> dict[str, Path]:
-    from ..io.nifti import nifti_stem
+    from ..io.formats import scan_stem
 
-    stem = nifti_stem(input_path)
+    stem = scan_stem(input_path)
     return {"labels": out_dir / f"{stem}_labels.nii.gz", "record": out_dir / f"{stem}_labels.json",
             "uncertainty": out_dir / f"{stem}_uncertainty.nii.gz", "stem": stem}
 
@@ -69,7 +69,8 @@ def process_scan(input_path: str, out_dir: str, *, model_ref: str, model_sha: st
     one-line message; the rest of the batch goes on.
     """
     from ..errors import Vit3dError
-    from ..io.atomic import sha256_file, write_json_atomic
+    from ..io.atomic import write_json_atomic
+    from ..io.formats import scan_sha256
 
     t0 = time.time()
     inp, out = Path(input_path), Path(out_dir)
@@ -77,7 +78,7 @@ def process_scan(input_path: str, out_dir: str, *, model_ref: str, model_sha: st
     row = {"input": str(inp), "status": "failed", "output": "", "seconds": 0.0, "worker": worker_address(),
            "message": ""}
     try:
-        digest = sha256_file(inp)
+        digest = scan_sha256(inp)
         want = {"input_sha256": digest, "model": model_ref, "weights_sha256": model_sha, "settings": settings}
         if not overwrite and paths["labels"].exists() and _record_matches(paths["record"], want):
             old = json.loads(paths["record"].read_text(encoding="utf-8"))
