@@ -64,7 +64,7 @@ def run_models(args) -> int:
     device = resolve_device(args.device)
     for ref in (args.model_a, args.model_b):
         get_spec(ref)
-    scan = read_scan(args.scan, as_labels=False)
+    scan = read_scan(args.scan, as_labels=False, series=args.series)
     def show(done, total):
         print(f"\r  {done}/{total} windows", end="", file=sys.stderr)
 
@@ -91,6 +91,8 @@ def register(subparsers) -> None:
                               description="Segment SCAN with two models and write a disagreement map "
                                           "(0 agree, 1 only A, 2 only B, 3 different labels) on the scan's grid.")
     p.add_argument("scan", metavar="SCAN", help="scan (NIfTI, NRRD, MHA, MGZ or DICOM)")
+    p.add_argument("--series", metavar="UID", help="the DICOM series to use when the scan (a DICOM folder or "
+                                                   "zip) holds several")
     p.add_argument("--model-a", required=True, metavar="A", help="model name, spec JSON or checkpoint")
     p.add_argument("--model-b", required=True, metavar="B", help="model name, spec JSON or checkpoint")
     p.add_argument("-o", "--output", required=True, metavar="DISAGREEMENT.nii.gz", help="disagreement map to write")

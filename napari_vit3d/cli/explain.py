@@ -37,6 +37,8 @@ def register(subparsers) -> None:
         description="Explain a model's view of INPUT; the map is written on INPUT's own grid so it overlays "
                     "the scan in any viewer. Exit codes: 0 done, 2 user error, 130 cancelled.")
     p.add_argument("input", metavar="INPUT", help="scan (NIfTI, NRRD, MHA, MGZ or DICOM)")
+    p.add_argument("--series", metavar="UID", help="the DICOM series to use when the scan (a DICOM folder or "
+                                                   "zip) holds several")
     p.add_argument("--method", required=True, choices=METHODS)
     q = p.add_mutually_exclusive_group()
     q.add_argument("--point-world", metavar="X,Y,Z", help="query point in world RAS mm")
@@ -123,7 +125,7 @@ def run(args) -> int:
     _check_outputs(args)
     if args.method != "dino-heads" and args.masks_output:
         raise VolumeError("--masks-output only goes with --method dino-heads")
-    scan = read_scan(args.input, as_labels=False)
+    scan = read_scan(args.input, as_labels=False, series=args.series)
     point = {}
     if args.point_world:
         point["world"] = _triple(args.point_world, "--point-world", as_int=False)

@@ -17,6 +17,8 @@ def register(subparsers) -> None:
                               description="Print the geometry of a NIfTI scan: shape, voxel spacing, orientation "
                                           "codes, obliqueness, affine, qform/sform codes, data type and range.")
     p.add_argument("input", metavar="SCAN", help="scan or label map (NIfTI, NRRD, MHA, MGZ or DICOM)")
+    p.add_argument("--series", metavar="UID", help="the DICOM series to use when the scan (a DICOM folder or "
+                                                   "zip) holds several")
     p.add_argument("--model", metavar="MODEL", help="also show the model-space grid this model would use")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
@@ -55,7 +57,7 @@ def scan_info(vol, model_spec=None) -> dict:
 def run(args) -> int:
     from ..io.formats import read_scan
 
-    vol = read_scan(args.input)
+    vol = read_scan(args.input, series=args.series)
     spec = None
     if args.model:
         from ..models.registry import get_spec

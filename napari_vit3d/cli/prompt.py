@@ -47,6 +47,8 @@ def register(subparsers) -> None:
         description="Segment the structure under the given points with the bundled promptable model and write its "
                     "mask on SCAN's own grid. Exit codes: 0 done, 2 user error, 130 cancelled.")
     p.add_argument("input", metavar="SCAN", help="scan (NIfTI, NRRD, MHA, MGZ or DICOM)")
+    p.add_argument("--series", metavar="UID", help="the DICOM series to use when the scan (a DICOM folder or "
+                                                   "zip) holds several")
     p.add_argument("-o", "--output", required=True, metavar="MASK", help="mask to write (.nii or .nii.gz), uint8 0/1")
     p.add_argument("--point-world", action="append", default=[], metavar="X,Y,Z",
                    help="positive click in world RAS mm (repeatable)")
@@ -94,7 +96,7 @@ def run(args) -> int:
     if sidecar.exists() and not _is_prompt_sidecar(sidecar):
         raise GeometryError(f"{sidecar}: exists and is not a prompt sidecar; refusing to replace it (choose "
                             f"another -o)")
-    scan = read_scan(args.input, as_labels=False)
+    scan = read_scan(args.input, as_labels=False, series=args.series)
     model = load_prompt_model(args.model, device=resolve_device(args.device))
     session = PromptSession(model, scan)
     # validate every prompt before the first (slow) prediction
