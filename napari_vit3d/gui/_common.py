@@ -1,4 +1,7 @@
-"""Small helpers every dock widget shares: notifications, layer lookup, worker bookkeeping, model pickers.
+"""Small helpers every dock widget shares: notifications, layer lookup, adding or replacing a layer
+(:func:`upsert_layer`), writing labels as one undo step (:func:`apply_labels`), a labels layer's label
+table, model pickers. Running jobs is :mod:`.jobs` (re-exported here: ``create_engine_worker``,
+``ProgressBridge``).
 
 Nothing here computes anything about scans: geometry comes from ``napari_vit3d.io`` and the
 layer <-> ``Volume`` conversion from ``napari_vit3d._napari`` (see :mod:`napari_vit3d.gui._layers`).
@@ -9,15 +12,15 @@ from __future__ import annotations
 import traceback
 from collections.abc import Callable
 
+import napari.layers
 import numpy as np
-from napari.layers import Image, Labels
-from napari.qt.threading import create_worker
+from napari.layers import Image, Labels, Layer
 from napari.utils.notifications import show_error, show_info, show_warning
-from qtpy.QtCore import QObject, Signal
-from qtpy.QtWidgets import QComboBox, QFrame, QLabel, QMessageBox, QWidget
+from qtpy.QtWidgets import QComboBox, QMessageBox, QWidget
 
-from ..errors import Cancelled, Vit3dError
+from ..errors import Cancelled, ModelError, Vit3dError
 from ..io import keys
+from .jobs import ProgressBridge, create_engine_worker  # noqa: F401 - re-exported: the widgets import them from here
 
 SEP = " · "
 
@@ -61,8 +64,11 @@ def scan_layers(viewer) -> list[Image]:
     return out
 
 
-def labels_layers(viewer) -> list[Labels]:
-    return [layer for layer in viewer.layers if isinstance(layer, Labels)]
+def is_result_labels(layer) -> bool:
+    """A labels layer that holds a result one can review or export, not a view derived from one (changes,
+    disagreement, prompt preview: ``io.keys.NOT_RESULTS``)."""
+    return (isinstance(layer, Labels) and not any(k in layer.metadata for k in keys.NOT_RESULTS)
+            and not layer.name.endswith(f"{SEP}changes"))
 
 
 def find_layer(viewer, name: str):
@@ -79,6 +85,106 @@ def unique_name(viewer, name: str) -> str:
     while find_layer(viewer, f"{name} ({n})") is not None:
         n += 1
     return f"{name} ({n})"
+
+
+# -- adding or replacing a layer ---------------------------------------------------------------------
+_TRANSFORM_KEYS = ("scale", "translate", "affine")
+
+
+def build_layer(data, layer_type: str, **kwargs) -> Layer:
+    """A napari layer object (not yet in a viewer) from data and layer kwargs.
+
+    Safe in a worker thread: napari's layer models are plain Python; only adding the layer to a viewer
+    (its visuals and controls) must happen on the GUI thread. Building it in the worker keeps that
+    part of the work (tens of milliseconds for a scan-sized layer) off the event loop."""
+    return Layer.create(data, dict(kwargs), layer_type)
+
+
+def upsert_layer(viewer, name: str, data, layer_type: str, *, update=(), owned=None, prebuilt=None,
+                 select: bool = False, **kwargs) -> Layer:
+    """Show ``data`` as the layer called ``name``, adding it or replacing the one there.
+
+    A layer of that name, of the same type and with data of the same shape, is updated in place: its
+    data, its metadata (``kwargs["metadata"]`` merged in) and, when ``kwargs`` holds one, its transform
+    (``scale``/``translate``/``affine``), plus the other ``kwargs`` named in ``update`` (e.g. "colormap",
+    "features", "contrast_limits"); what the user set on it otherwise (opacity, visibility, colormap)
+    stays. Any other layer of that name is removed and a new one added (``prebuilt``: the layer already
+    built from ``data`` and ``kwargs`` with :func:`build_layer`, e.g. in the worker). ``owned(layer)``:
+    when given and False for the layer found (a user's layer that happens to have the name), that layer
+    is left alone and the new one gets a unique name.
+
+    The active layer stays active (when it was the layer replaced, its replacement is); with ``select``
+    the layer becomes the active one instead. Returns the layer.
+    """
+    layers = viewer.layers
+    active = layers.selection.active
+    existing = find_layer(viewer, name)
+    if existing is not None and owned is not None and not owned(existing):
+        name, existing = unique_name(viewer, name), None
+    if (existing is not None and isinstance(existing, getattr(napari.layers, layer_type.capitalize()))
+            and np.shape(existing.data) == np.shape(data)):
+        existing.data = data
+        if any(k in kwargs for k in _TRANSFORM_KEYS):
+            nd = existing.ndim
+            existing.scale = kwargs.get("scale", (1.0,) * nd)
+            existing.translate = kwargs.get("translate", (0.0,) * nd)
+            existing.affine = kwargs.get("affine", np.eye(nd + 1))
+        if kwargs.get("metadata"):
+            existing.metadata.update(kwargs["metadata"])
+        for key in update:
+            if key in kwargs:
+                setattr(existing, key, kwargs[key])
+        layer = existing
+    else:
+        if existing is not None:
+            if existing is active:
+                active = None  # its replacement becomes the active layer
+            layers.remove(existing)
+        layer = prebuilt if prebuilt is not None else build_layer(data, layer_type, **kwargs)
+        layer.name = name
+        viewer.add_layer(layer)
+        if active is None:
+            active = layer
+    if select:
+        active = layer
+    if active is not None and active in layers and layers.selection.active is not active:
+        layers.selection.active = active
+    return layer
+
+
+def apply_labels(layer: Labels, new: np.ndarray) -> int:
+    """Write ``new`` into ``layer`` as ONE undoable step; returns the number of voxels changed."""
+    old = np.asarray(layer.data)
+    changed = np.nonzero(old != new)
+    n = int(changed[0].size)
+    if n:
+        with layer.block_history():
+            layer.data_setitem(changed, new[changed])
+    return n
+
+
+def label_table_of(layer, present=()):
+    """A labels layer's label table: its Segment run's, else the one saved with a recovered layer, else
+    names from its features, else defaults; plus default entries for the values in ``present`` (the
+    values found in the data, when the caller knows them: nothing is computed here)."""
+    from ..io.labels import LabelTable
+    from .session import run_of
+
+    present = [int(v) for v in present]
+    rec = run_of(layer)
+    if rec is not None:
+        return rec.label_table.with_missing(present)
+    saved = (layer.metadata.get(keys.RECOVERED) or {}).get("label_table")
+    if saved:
+        try:
+            return LabelTable.from_dict(saved).with_missing(present)
+        except (KeyError, TypeError, ValueError):  # a damaged saved table: fall through to the defaults
+            pass
+    names = {}
+    feats = getattr(layer, "features", None)
+    if feats is not None and "index" in feats and "name" in feats:
+        names = {int(i): str(n) for i, n in zip(feats["index"], feats["name"])}
+    return LabelTable.default(sorted(set(present) | set(names)), names)
 
 
 class LayerCombo(QComboBox):
@@ -133,33 +239,6 @@ class LayerCombo(QComboBox):
         self.setCurrentText(name)
 
 
-class ProgressBridge(QObject):
-    """Carries ``progress(done, total)`` from a worker thread to the GUI thread (queued signal)."""
-
-    progress = Signal(int, int)
-
-
-def create_engine_worker(job: Callable, *args, bridge: ProgressBridge, cancel_event):
-    """A napari thread worker (not started) running ``job(*args, progress, cancel)``.
-
-    ``progress(done, total)`` reaches the GUI thread through ``bridge.progress``; ``cancel()`` is True
-    once ``cancel_event`` is set or the worker was asked to quit, so the engine stops within one
-    window batch. Errors are left to the caller's ``errored`` handler.
-    """
-    holder = {}
-
-    def progress(done, total):
-        bridge.progress.emit(int(done), int(total))
-
-    def cancel():
-        w = holder.get("worker")
-        return cancel_event.is_set() or (w is not None and w.abort_requested)
-
-    worker = create_worker(job, *args, progress, cancel, _start_thread=False, _ignore_errors=True)
-    holder["worker"] = worker
-    return worker
-
-
 def set_mouse_callback(viewer, callback, on: bool, *, first: bool = False) -> None:
     """Add (``on``; at the front with ``first``) or remove ``callback`` from the viewer's mouse-drag
     callbacks, once; removing one that is not there is a no-op (a closed widget, a closed viewer)."""
@@ -185,12 +264,12 @@ def model_names() -> list[str]:
 
     try:
         names = [str(getattr(m, "name", m)) for m in registry.list_models()]
-    except Exception as exc:  # a broken user model folder must not break the widget
+    except (ModelError, OSError, ValueError) as exc:  # a broken user model folder must not break the widget
         report_error(exc, "listing models")
         names = []
     try:
         default = registry.default_model_name()
-    except Exception:  # no bundled default: the list still works
+    except ModelError:  # no bundled default: the list still works
         default = None
     if default in names:
         names.remove(default)
@@ -237,18 +316,6 @@ def ask_yes_no_cancel(parent, title: str, text: str, yes: str, no: str | None) -
     if b_no is not None and clicked is b_no:
         return "no"
     return "cancel"
-
-
-def hline() -> QFrame:
-    f = QFrame()
-    f.setFrameShape(QFrame.HLine)
-    f.setFrameShadow(QFrame.Sunken)
-    return f
-
-
-def heading(text: str) -> QLabel:
-    lab = QLabel(f"<b>{text}</b>")
-    return lab
 
 
 def robust_limits(data: np.ndarray, lo: float = 1.0, hi: float = 99.7) -> tuple[float, float]:

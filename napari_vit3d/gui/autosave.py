@@ -17,7 +17,7 @@ from .session import now_iso
 EDITS_PER_SAVE = 5
 IDLE_SAVE_MS = 60_000
 
-_savers: dict[int, "Autosaver"] = {}
+_savers: dict[int, Autosaver] = {}
 
 
 class Autosaver:

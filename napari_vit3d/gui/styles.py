@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from napari.utils.colormaps import DirectLabelColormap
 
+
 def labels_colormap(table, hidden=()) -> DirectLabelColormap:
     """A direct colormap with the table's colours; indices in ``hidden`` (and 0) are transparent.
 

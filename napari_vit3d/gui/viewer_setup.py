@@ -35,7 +35,7 @@ def apply_radiological_view(viewer, *, reset_dims: bool = True) -> None:
         return
     try:
         viewer_camera(viewer).orientation = RADIOLOGICAL_ORIENTATION
-    except Exception:  # an older/newer napari without camera.orientation: keep the viewer alive
+    except (AttributeError, TypeError, ValueError):  # a napari without camera.orientation: keep the viewer alive
         _log.warning("could not set the radiological camera orientation", exc_info=True)
         return
     if not reset_dims:
@@ -45,7 +45,7 @@ def apply_radiological_view(viewer, *, reset_dims: bool = True) -> None:
         if ndim >= 3:
             viewer.dims.ndisplay = 2
             viewer.dims.order = tuple(range(ndim))
-    except Exception:
+    except (AttributeError, TypeError, ValueError):
         _log.warning("could not reset the viewer's dimensions to the axial view", exc_info=True)
 
 
@@ -63,23 +63,23 @@ def schedule_radiological_view(viewer) -> None:
     try:
         if len(viewer.layers) > 0:
             return
-    except Exception:
+    except (AttributeError, RuntimeError):  # not a viewer, or one being closed
         return
     try:
         layers_events = viewer.layers.events.inserted
-    except Exception:
+    except AttributeError:
         return
 
     def _once(event=None):
         try:
             layers_events.disconnect(_once)
-        except Exception:
+        except (TypeError, ValueError, RuntimeError):
             pass
         apply_radiological_view(viewer)
 
     try:
         layers_events.connect(_once)
-    except Exception:
+    except (TypeError, ValueError, RuntimeError):
         _log.warning("could not schedule the radiological view", exc_info=True)
 
 
@@ -89,7 +89,7 @@ def current_viewer_or_none():
         import napari
 
         return napari.current_viewer()
-    except Exception:
+    except (ImportError, RuntimeError, AttributeError):
         return None
 
 
