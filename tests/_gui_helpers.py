@@ -52,6 +52,21 @@ def gui_env(tmp_path, monkeypatch, base_spec: dict) -> types.SimpleNamespace:
     return types.SimpleNamespace(tmp=tmp_path, messages=messages, spec=spec)
 
 
+def add_then_break(seg, env, name: str) -> str:
+    """Register ``name`` (the tiny spec with real, random weights) through the Segment widget, then
+    overwrite its weights file with junk: a model that was fine when added and no longer loads."""
+    import safetensors.torch
+
+    from napari_vit3d.models import registry
+
+    loaded = registry.load_model(str(env.spec(name)), "cpu")
+    weights = env.tmp / f"{name}.safetensors"
+    safetensors.torch.save_file({k: v.contiguous() for k, v in loaded.network.state_dict().items()}, str(weights))
+    assert seg.add_model(str(env.spec(name, weights=weights.name))), env.messages
+    weights.write_bytes(b"this is not safetensors data" * 10)
+    return name
+
+
 def open_sample(viewer, name: str = SAMPLE):
     """Open the plugin's sample scan ``name``; returns its image layer."""
     viewer.open_sample("napari-vit3d", name)

@@ -10,12 +10,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from _gui_helpers import add_then_break, dock, gui_env, open_sample, segment_and_wait, tiny_spec, wait_for
 from napari.layers import Labels
 
-from _gui_helpers import dock, gui_env, open_sample, segment_and_wait, tiny_spec, wait_for
 from napari_vit3d.gui import session
-from napari_vit3d.gui.review_widget import COMPARE_COLORS, COMPARE_KEY
+from napari_vit3d.gui.compare_panel import COMPARE_COLORS
 from napari_vit3d.gui.session import run_of
+from napari_vit3d.io import keys
 
 DISAGREEMENT = "colin27_t1 · disagreement"
 
@@ -50,10 +51,9 @@ def test_compare_with_another_model(make_napari_viewer, qtbot, env, monkeypatch)
     seg = dock(viewer, "1 Segment")
     assert seg.add_model(str(env.spec("tiny-compare-a")))
     assert seg.add_model(str(env.spec("tiny-compare-b")))
-    # a model whose weights file is broken: registering only checks that the files are there
-    (env.tmp / "tiny-compare-broken.safetensors").write_bytes(b"this is not a safetensors file")
-    env.spec("tiny-compare-broken")
-    assert seg.add_model(str(env.tmp / "tiny-compare-broken.safetensors")), env.messages
+    # a model whose weights file went bad after it was added
+    add_then_break(seg, env, "tiny-compare-broken")
+    seg.model_combo.setCurrentText("tiny-compare-a")
 
     # model A segments the scan; model B too, into a second layer ("keep both"): the reference's inputs
     segment_with(seg, qtbot, "tiny-compare-a", seed=0)
@@ -62,8 +62,8 @@ def test_compare_with_another_model(make_napari_viewer, qtbot, env, monkeypatch)
     segment_with(seg, qtbot, "tiny-compare-b", seed=1)
     labels_b = viewer.layers["colin27_t1 · labels (2)"]
     assert not env.messages["error"], env.messages["error"]
-    a = run_of(labels).model_labels
-    b = run_of(labels_b).model_labels
+    a = run_of(labels).model_labels_display()
+    b = run_of(labels_b).model_labels_display()
     assert run_of(labels).model_name == "tiny-compare-a" and run_of(labels_b).model_name == "tiny-compare-b"
     expected = reference_codes(a, b)
     assert np.count_nonzero(expected), "the two random models agree everywhere: the test would show nothing"
@@ -78,11 +78,11 @@ def test_compare_with_another_model(make_napari_viewer, qtbot, env, monkeypatch)
     # -- Cancel: nothing is added
     review.compare_model_combo.setCurrentText("tiny-compare-b")
     assert review.compare() is not None
-    review.cancel_compare()
+    review.compare_panel.cancel()
     wait_for(qtbot, lambda: not review.comparing)
     assert DISAGREEMENT not in viewer.layers
     assert "cancelled" in review.status.text()
-    assert review.compare_button.isEnabled()
+    assert review.compare_panel.compare_button.isEnabled()
     assert not env.messages["error"], env.messages["error"]
 
     # -- a broken model file: one plain message, nothing added
@@ -101,7 +101,7 @@ def test_compare_with_another_model(make_napari_viewer, qtbot, env, monkeypatch)
     wait_for(qtbot, lambda: not review.comparing)
     assert not env.messages["error"], env.messages["error"]
     dis = viewer.layers[DISAGREEMENT]
-    assert isinstance(dis, Labels) and COMPARE_KEY in dis.metadata
+    assert isinstance(dis, Labels) and keys.COMPARE in dis.metadata
     np.testing.assert_array_equal(dis.data, expected)
     np.testing.assert_allclose(dis.extent.world, scan.extent.world)
     np.testing.assert_allclose(dis.affine.affine_matrix, scan.affine.affine_matrix)
@@ -115,7 +115,7 @@ def test_compare_with_another_model(make_napari_viewer, qtbot, env, monkeypatch)
     assert viewer.layers.selection.active is labels  # painting goes on in the labels, not the derived map
 
     # the agreement text: who A and B are, one row per label with its Dice (numpy reference)
-    text = review.compare_text.text()
+    text = review.compare_panel.text.text()
     assert "A = tiny-compare-a" in text and "B = tiny-compare-b" in text
     for lab, name in ((1, "tissue A"), (2, "tissue B")):
         ma, mb = a == lab, b == lab
@@ -131,3 +131,4 @@ def test_compare_with_another_model(make_napari_viewer, qtbot, env, monkeypatch)
     assert [l.name for l in viewer.layers if "disagreement" in l.name] == [DISAGREEMENT]
     np.testing.assert_array_equal(dis.data, expected)
     assert not env.messages["error"], env.messages["error"]
+    wait_for(qtbot, lambda: not review.refreshing)  # no worker left running when the viewer closes

@@ -9,12 +9,12 @@ promptable network.
 
 from __future__ import annotations
 
+import _gui_helpers
 import numpy as np
 import pytest
+from _gui_helpers import dock, open_sample, tiny_spec, wait_for
 from napari.layers import Labels
 
-import _gui_helpers
-from _gui_helpers import dock, open_sample, tiny_spec, wait_for
 from napari_vit3d.gui.session import prompt_sessions
 
 
@@ -58,7 +58,7 @@ def test_ctrl_click_preview_accept_undo(make_napari_viewer, qtbot, gui_env):
     ijk = (101, 116, 93)
     world = _world_of_voxel(scan, ijk)
     panel._on_mouse(viewer, _Event(world, ("Control",)))
-    wait_for(qtbot, lambda: panel._worker is None and panel.last_result is not None)
+    wait_for(qtbot, lambda: not panel.busy and panel.last_result is not None)
     assert not gui_env.messages["error"], gui_env.messages
     preview = viewer.layers["colin27_t1 · prompt preview"]
     assert isinstance(preview, Labels) and preview.data.shape == scan.data.shape
@@ -79,13 +79,13 @@ def test_ctrl_click_preview_accept_undo(make_napari_viewer, qtbot, gui_env):
     # a negative click elsewhere: a second prediction, two points
     far = _world_of_voxel(scan, (60, 150, 60))
     panel._on_mouse(viewer, _Event(far, ("Control", "Shift")))
-    wait_for(qtbot, lambda: panel._worker is None and len(prompt_sessions["colin27_t1"].clicks) == 2)
+    wait_for(qtbot, lambda: not panel.busy and len(prompt_sessions["colin27_t1"].clicks) == 2)
     assert len(viewer.layers["colin27_t1 · prompt points"].data) == 2
     assert not prompt_sessions["colin27_t1"].clicks[1].positive
 
     # plain clicks (no Ctrl) are not prompts
     panel._on_mouse(viewer, _Event(far, ()))
-    assert panel._worker is None and len(prompt_sessions["colin27_t1"].clicks) == 2
+    assert not panel.busy and len(prompt_sessions["colin27_t1"].clicks) == 2
 
     # some voxels of the object already belong to label 2: Accept as label 1 must leave them alone
     obj = np.asarray(viewer.layers["colin27_t1 · prompt preview"].data) > 0
@@ -108,6 +108,7 @@ def test_ctrl_click_preview_accept_undo(make_napari_viewer, qtbot, gui_env):
     labels.undo()                    # ONE undo step reverts the whole merge
     assert np.array_equal(np.array(labels.data), before)
     assert n1 > 0
+    wait_for(qtbot, lambda: not review.refreshing)  # no worker left running when the viewer closes
 
 
 def test_explain_the_last_click(make_napari_viewer, qtbot, gui_env):
@@ -117,7 +118,7 @@ def test_explain_the_last_click(make_napari_viewer, qtbot, gui_env):
     explain = dock(viewer, "2 Explain")
     panel = review.prompt_panel
     panel.click(_world_of_voxel(scan, (101, 116, 93)), positive=True)
-    wait_for(qtbot, lambda: panel._worker is None and panel.last_result is not None)
+    wait_for(qtbot, lambda: not panel.busy and panel.last_result is not None)
     explain._refresh_models()
     from napari_vit3d.gui.explain_widget import PROMPT_ENTRY
 
@@ -131,3 +132,4 @@ def test_explain_the_last_click(make_napari_viewer, qtbot, gui_env):
     lyr = viewer.layers["colin27_t1 · erf"]
     assert lyr.data.shape == scan.data.shape and lyr.metadata["vit3d_map"]["model"] == "segformer3d-prompt"
     assert float(np.max(lyr.data)) > 0
+    wait_for(qtbot, lambda: not review.refreshing)

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
+
+import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from _gui_helpers import add_then_break, dock, gui_env, open_sample, segment_and_wait, tiny_spec, wait_for
 from napari.layers import Labels
 
-from _gui_helpers import dock, gui_env, open_sample, segment_and_wait, tiny_spec, wait_for
 from napari_vit3d.gui import autosave, recovery
+from napari_vit3d.gui._layers import volume_from_layer
 from napari_vit3d.gui.session import run_of
 
 
@@ -35,10 +39,9 @@ def test_cancel_bad_models_recovery_and_replace(make_napari_viewer, qtbot, env, 
     assert env.messages["error"] and "junk.pt" in env.messages["error"][-1]
     assert "Traceback" not in env.messages["error"][-1]
 
-    # -- a spec whose weights file is corrupt: added, but loading fails in the worker with a message
-    bad_weights = env.tmp / "broken.safetensors"
-    bad_weights.write_bytes(b"this is not safetensors data" * 10)
-    assert seg.add_model(str(env.spec("broken-model", weights=str(bad_weights))))
+    # -- a model whose weights file went bad after it was added: loading fails in the worker with a message
+    add_then_break(seg, env, "broken-model")
+    seg.model_combo.setCurrentText("broken-model")
     n_err = len(env.messages["error"])
     segment_and_wait(qtbot, seg)
     assert len(env.messages["error"]) == n_err + 1
@@ -65,7 +68,7 @@ def test_cancel_bad_models_recovery_and_replace(make_napari_viewer, qtbot, env, 
     segment_and_wait(qtbot, seg)
     labels = viewer.layers["colin27_t1 · labels"]
     rec = run_of(labels)
-    model_output = rec.model_labels.copy()
+    model_output = rec.model_labels_display().copy()
 
     # -- edits are autosaved; after a "crash" (layers gone) reopening the same scan offers them back
     labels.brush_size = 5
@@ -88,6 +91,26 @@ def test_cancel_bad_models_recovery_and_replace(make_napari_viewer, qtbot, env, 
     scan = viewer.layers["colin27_t1"]
     np.testing.assert_allclose(restored.extent.world, scan.extent.world)
     assert restored.colormap.map(np.array([1]))[0][0] == pytest.approx(1.0)
+
+    # -- the recovered labels export like any others: on the scan's grid, with the scan's hash in the
+    # provenance (there is no model output to compare with), and the recovery file is then gone
+    exp = dock(viewer, "4 Export")
+    exp.labels_combo.select(restored.name)
+    out = env.tmp / "export-recovered"
+    out.mkdir()
+    exp.folder.setText(str(out))
+    exp.stem.setText("recovered")
+    n_err = len(env.messages["error"])
+    exp.export()
+    wait_for(qtbot, lambda: not exp.busy)
+    assert len(env.messages["error"]) == n_err, env.messages["error"]
+    prov = json.loads((out / "recovered.provenance.json").read_text())
+    assert prov["scan"]["content_sha256"] == rec.scan_hash and "edits_note" in prov
+    np.testing.assert_array_equal(np.asarray(nib.load(out / "recovered.nii.gz").dataobj),
+                                  volume_from_layer(restored).data)
+    assert [entry["name"] for entry in json.loads((out / "recovered.labels.json").read_text())["labels"]] == \
+        ["background", "tissue"]  # the label table saved with the autosave
+    assert recovery.load_recovery(rec.scan_hash) is None
 
     # -- running again asks first: "Keep both" adds a new layer and leaves the edited one alone
     segment_and_wait(qtbot, seg)  # no "<scan> · labels" after the crash: no question

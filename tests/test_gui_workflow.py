@@ -10,16 +10,18 @@ from __future__ import annotations
 import json
 import types
 
+import _gui_helpers
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from _gui_helpers import dock, open_sample, segment_and_wait, tiny_spec, wait_for
 from napari.layers import Image, Labels, Points
 
-import _gui_helpers
-from _gui_helpers import dock, open_sample, segment_and_wait, tiny_spec, wait_for
 from napari_vit3d.gui import autosave, recovery
+from napari_vit3d.gui._layers import volume_from_layer
 from napari_vit3d.gui.session import run_of
+from napari_vit3d.review.export import export_review
 
 
 @pytest.fixture
@@ -57,7 +59,7 @@ def test_segment_explain_correct_export(make_napari_viewer, qtbot, gui_env, monk
     assert list(labels.features["name"]) == ["background", "tissue A", "tissue B"]
     assert labels.editable
     assert isinstance(viewer.layers["colin27_t1 · uncertainty"], Image)
-    model_output = run_of(labels).model_labels.copy()
+    model_output = run_of(labels).model_labels_display().copy()
 
     # -- Explain: a click (press + release, no drag) on a voxel sets the query and shows an aligned map
     ex = dock(viewer, "2 Explain")
@@ -120,15 +122,15 @@ def test_segment_explain_correct_export(make_napari_viewer, qtbot, gui_env, monk
 
     # a correction is ONE undo step
     painted = np.array(labels.data, copy=True)
-    review.remove_small()
-    wait_for(qtbot, lambda: review._worker is None)
+    review.corrections.remove_small()
+    wait_for(qtbot, lambda: not review.corrections.busy)
     assert "voxel(s) changed" in review.status.text()
     after = np.array(labels.data, copy=True)
-    review.undo()
+    review.corrections.undo()
     np.testing.assert_array_equal(labels.data, painted)
-    review.redo()
+    review.corrections.redo()
     np.testing.assert_array_equal(labels.data, after)
-    review.undo()
+    review.corrections.undo()
     assert labels.data[target] == 2
 
     # interpolation between two drawn slices (along the axis being scrolled: display axis 0 here) of a
@@ -138,11 +140,11 @@ def test_segment_explain_correct_export(make_napari_viewer, qtbot, gui_env, monk
     labels.selected_label = 3
     review.refresh(force=True)
     assert viewer.dims.not_displayed == (0,)
-    review.interpolate()
-    wait_for(qtbot, lambda: review._worker is None)
+    review.corrections.interpolate()
+    wait_for(qtbot, lambda: not review.corrections.busy)
     assert labels.data[82, 10, 10] == 3 and labels.data[81, 6, 13] == 3
     assert "label 3" in review.status.text()
-    review.undo()
+    review.corrections.undo()
     assert labels.data[82, 10, 10] == 0
     labels.data_setitem(tuple(idx), np.zeros(idx.shape[1], labels.data.dtype))  # erase the test squares
 
@@ -170,7 +172,7 @@ def test_segment_explain_correct_export(make_napari_viewer, qtbot, gui_env, monk
     exp.stem.setText("colin27_corrected")
     exp.maps_check.setChecked(True)
     exp.export()
-    wait_for(qtbot, lambda: exp._worker is None)
+    wait_for(qtbot, lambda: not exp.busy)
     assert not gui_env.messages["error"], gui_env.messages["error"]
     img = nib.load(out / "colin27_corrected.nii.gz")
     src = nib.load(scan.metadata["vit3d"]["source_path"])
@@ -191,6 +193,23 @@ def test_segment_explain_correct_export(make_napari_viewer, qtbot, gui_env, monk
     assert edit_b["voxels_added"] > 0
     assert (out / "colin27_t1_point_attention.nii.gz").is_file()
     assert recovery.load_recovery(rec.scan_hash) is None  # exported: the recovery file is gone
+
+    # the widget wrote exactly what the export use case (review.export.export_review) writes for the same
+    # inputs: the run's scan, the corrected labels, the model's output and its provenance
+    ref = gui_env.tmp / "reference"
+    ref.mkdir()
+    export_review(ref / "colin27_corrected.nii.gz", rec.scan_volume, volume_from_layer(labels),
+                  model_labels=rec.model_labels.data, label_table=rec.label_table,
+                  model_info={"name": rec.model_name, "checkpoint_sha256": rec.weights_sha256, "device": rec.device},
+                  settings={**rec.settings, "started": rec.started, "finished": rec.finished})
+    for suffix in (".labels.json", ".itksnap.txt"):
+        assert (out / f"colin27_corrected{suffix}").read_bytes() == (ref / f"colin27_corrected{suffix}").read_bytes()
+    ours, theirs = (json.loads((d / "colin27_corrected.provenance.json").read_text()) for d in (out, ref))
+    ours.pop("date"), theirs.pop("date")
+    assert ours == theirs
+    ref_img = nib.load(ref / "colin27_corrected.nii.gz")
+    assert img.header.binaryblock == ref_img.header.binaryblock
+    np.testing.assert_array_equal(data, np.asarray(ref_img.dataobj))
 
     # -- running again asks first; "cancel" keeps everything as it is
     asked = []
@@ -216,3 +235,4 @@ def test_segment_explain_correct_export(make_napari_viewer, qtbot, gui_env, monk
     masks = viewer.layers["colin27_t1 · dino head masks"]
     assert isinstance(masks, Labels) and masks.data.shape == scan.data.shape
     assert 0 < masks.data.max() <= n_heads
+    wait_for(qtbot, lambda: not review.refreshing)  # no worker left running when the viewer closes

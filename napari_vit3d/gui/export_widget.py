@@ -1,27 +1,40 @@
 """Export dock widget: corrected labels → NIfTI on the source scan's grid, label tables, provenance, maps.
 
-Everything is written by the engine (``io.write_labels`` / ``io.write_image`` — atomic, never over the
-scan — ``io.labels.LabelTable`` and ``review.build_provenance`` / ``write_json_atomic``) in a thread
-worker; the widget only gathers the layers and the file names.
+The widget gathers the inputs (the labels layer, its scan, the model's output and provenance from the
+run record, the folder and file name) and calls the export use case (``usecases.export`` =
+``review.export.export_review``) in a thread worker: the labels, the label table (JSON + ITK-SNAP) and
+the provenance record, which is built and checked before anything is written. With the maps ticked,
+each map layer of that scan is then written beside them (``io.write_image``). Everything is atomic and
+never over the scan or the file the labels came from.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
-import numpy as np
 from napari.layers import Image, Labels
-from napari.qt.threading import create_worker
 from qtpy.QtCore import Qt
-from qtpy.QtWidgets import (QCheckBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QPushButton,
-                            QVBoxLayout, QWidget)
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
 
-from ..errors import VolumeError
+from ..errors import Vit3dError, VolumeError
+from ..io import keys, same_grid
+from ..io.layers import protected_paths
 from . import recovery
-from ._common import SEP, LayerCombo, info, report_error, unwrap
+from ._common import SEP, LayerCombo, info, is_result_labels, label_table_of, report_error, scan_layers, unwrap
 from ._layers import volume_from_layer
-from .review_widget import label_table_of
+from .jobs import JobRunner
 from .session import run_of
 
 
@@ -31,34 +44,26 @@ def safe_stem(name: str) -> str:
     return stem or "labels"
 
 
-def export_files(labels_vol, table, out_dir: Path, stem: str, *, scan_vol=None, record=None,
-                 labels_display=None, maps=(), protect=(), write_table=True, write_provenance=True) -> list[Path]:
-    """Runs in the worker: write every requested file; returns the paths written."""
-    from ..io import write_image, write_labels
-    from ..review import build_provenance, write_json_atomic
+def _refuse_protected(paths, protect) -> None:
+    """Refuse to write over a protected file (the scan, the file the labels were read from)."""
+    for path in paths:
+        for src in protect:
+            if os.path.exists(path) and os.path.exists(src) and os.path.samefile(path, src):
+                raise VolumeError(f"{path}: refusing to overwrite {src}, which these labels come from; "
+                                  "choose another file name")
 
-    written = []
-    protect = tuple(p for p in protect if p)
-    path = out_dir / f"{stem}.nii.gz"
-    written.append(write_labels(path, labels_vol.data, labels_vol.affine, header=labels_vol.header, protect=protect))
-    if write_table:
-        written.append(table.write_json(out_dir / f"{stem}.labels.json"))
-        written.append(table.write_itksnap(out_dir / f"{stem}.itksnap.txt"))
-    if write_provenance and record is not None and scan_vol is not None:
-        from ..io import DisplayGeometry
 
-        geom = DisplayGeometry.from_affine(scan_vol.affine, scan_vol.spatial_shape)
-        model_file = np.ascontiguousarray(geom.from_display(record.model_labels))
-        prov = build_provenance(
-            scan_vol, {"name": record.model_name, "checkpoint_sha256": record.weights_sha256,
-                       "device": record.device},
-            {**record.settings, "started": record.started, "finished": record.finished},
-            model_file, labels_vol.data, table)
-        prov["exported_files"] = [Path(p).name for p in written] + [f"{stem}.provenance.json"]
-        written.append(write_json_atomic(out_dir / f"{stem}.provenance.json", prov))
-    for map_name, vol in maps:
-        written.append(write_image(out_dir / f"{safe_stem(map_name)}.nii.gz", vol.data, vol.affine,
-                                   header=vol.header, protect=protect))
+def export_job(path: Path, scan, labels, export_kwargs: dict, maps=(), protect=()) -> list[Path]:
+    """Worker thread: ``usecases.export`` (labels, label table, provenance), then the maps; returns the
+    paths written."""
+    from ..io import write_image
+    from ..usecases import export
+
+    map_paths = [path.with_name(f"{safe_stem(name)}.nii.gz") for name, _ in maps]
+    _refuse_protected([path, *map_paths], protect)
+    written = list(export(path, scan, labels, **export_kwargs).values())
+    for map_path, (_, vol) in zip(map_paths, maps):
+        written.append(write_image(map_path, vol.data, vol.affine, header=vol.header, protect=tuple(protect)))
     return [Path(p) for p in written]
 
 
@@ -66,12 +71,10 @@ class ExportWidget(QWidget):
     def __init__(self, napari_viewer, parent=None):
         super().__init__(parent)
         self.viewer = unwrap(napari_viewer)
-        self._worker = None
         self.last_written: list[Path] = []
         lay = QVBoxLayout(self)
         form = QFormLayout()
-        self.labels_combo = LayerCombo(self.viewer, lambda l: isinstance(l, Labels) and "vit3d_diff" not in l.metadata
-                                       and "vit3d_prompt" not in l.metadata)  # a prompt preview is not a result
+        self.labels_combo = LayerCombo(self.viewer, is_result_labels)  # a preview or a derived map is not a result
         self.labels_combo.currentIndexChanged.connect(self._suggest_name)
         form.addRow("Labels", self.labels_combo)
         row = QHBoxLayout()
@@ -86,13 +89,13 @@ class ExportWidget(QWidget):
         self.stem = QLineEdit()
         form.addRow("File name", self.stem)
         lay.addLayout(form)
-        self.table_check = QCheckBox("label table (JSON + ITK-SNAP)")
-        self.table_check.setChecked(True)
-        self.prov_check = QCheckBox("provenance (scan and model hashes, settings, edits)")
-        self.prov_check.setChecked(True)
+        written = QLabel("Writes the labels with their label table (JSON + ITK-SNAP) and provenance "
+                         "(scan and model hashes, settings, edits).")
+        written.setWordWrap(True)
+        written.setStyleSheet("color: gray")
+        lay.addWidget(written)
         self.maps_check = QCheckBox("explanation and uncertainty maps of this scan")
-        for cb in (self.table_check, self.prov_check, self.maps_check):
-            lay.addWidget(cb)
+        lay.addWidget(self.maps_check)
         self.export_button = QPushButton("Export")
         self.export_button.clicked.connect(self.export)
         lay.addWidget(self.export_button)
@@ -101,7 +104,17 @@ class ExportWidget(QWidget):
         self.status.setTextInteractionFlags(Qt.TextSelectableByMouse)
         lay.addWidget(self.status)
         lay.addStretch(1)
+        self._job = JobRunner("Export", buttons=(self.export_button,), status=self.status)
         self._suggest_name()
+
+    @property
+    def busy(self) -> bool:
+        return self._job.busy
+
+    @property
+    def _worker(self):
+        """The running export's worker, or None (``docs/make_screenshots.py`` waits on it)."""
+        return self._job.worker
 
     def _browse(self):
         path = QFileDialog.getExistingDirectory(self, "Export folder", self.folder.text() or str(Path.home()))
@@ -114,48 +127,73 @@ class ExportWidget(QWidget):
             return
         self.stem.setText(safe_stem(lyr.name))
         if not self.folder.text():
-            src = (lyr.metadata.get("vit3d") or {}).get("source_path")
+            src = (lyr.metadata.get(keys.PLUGIN) or {}).get("source_path")
             rec = run_of(lyr)
             src = src or (rec.scan_volume.source_path if rec is not None else None)
             if src:
                 self.folder.setText(str(Path(src).parent))
 
-    def _map_layers(self, rec) -> list:
-        if rec is None:
-            return []
-        prefix = f"{rec.scan_layer}{SEP}"
-        return [l for l in self.viewer.layers if isinstance(l, Image) and l.name.startswith(prefix)
-                and "vit3d_map" in l.metadata]
+    def _map_layers(self, scan_name: str) -> list:
+        prefix = f"{scan_name}{SEP}"
+        return [m for m in self.viewer.layers if isinstance(m, Image) and m.name.startswith(prefix)
+                and keys.MAP in m.metadata]
+
+    def _scan_of(self, lyr, labels_vol):
+        """(scan layer name, scan Volume) the labels belong to: the run record's scan, else an open scan on
+        the labels' grid (the one a recovered layer names first)."""
+        rec = run_of(lyr)
+        if rec is not None:
+            return rec.scan_layer, rec.scan_volume
+        want = (lyr.metadata.get(keys.RECOVERED) or {}).get("scan")
+        for scan in sorted(scan_layers(self.viewer), key=lambda s: s.name != want):
+            try:
+                vol = volume_from_layer(scan)
+            except Vit3dError:
+                continue
+            if same_grid(vol.affine, vol.spatial_shape, labels_vol.affine, labels_vol.spatial_shape):
+                return scan.name, vol
+        raise VolumeError(f"no open scan lies on the grid of '{lyr.name}': open the scan these labels belong to "
+                          "(the export records its hash), or write the labels alone with File > Save Selected "
+                          "Layers…")
+
+    def inputs(self) -> dict:
+        """What the export is called with (``export_job``'s arguments), gathered from the widget."""
+        lyr = self.labels_combo.layer()
+        if not isinstance(lyr, Labels):
+            raise VolumeError("choose a labels layer to export")
+        folder = Path(self.folder.text().strip() or ".").expanduser()
+        if not folder.is_dir():
+            raise VolumeError(f"folder {folder} does not exist")
+        stem = safe_stem(self.stem.text().strip() or lyr.name)
+        labels_vol = volume_from_layer(lyr)
+        scan_name, scan_vol = self._scan_of(lyr, labels_vol)
+        rec = run_of(lyr)
+        kwargs = {"label_table": label_table_of(lyr)}
+        if rec is not None:
+            kwargs.update(model_labels=rec.model_labels.data,
+                          model_info={"name": rec.model_name, "checkpoint_sha256": rec.weights_sha256,
+                                      "device": rec.device},
+                          settings={**rec.settings, "started": rec.started, "finished": rec.finished})
+        maps = [(m.name, volume_from_layer(m)) for m in self._map_layers(scan_name)] if self.maps_check.isChecked() \
+            else []
+        protect = {str(p) for p in (labels_vol.source_path, scan_vol.source_path, *protected_paths(lyr.metadata)) if p}
+        return {"path": folder / f"{stem}.nii.gz", "scan": scan_vol, "labels": labels_vol, "export_kwargs": kwargs,
+                "maps": maps, "protect": tuple(sorted(protect))}
 
     def export(self):
         """Start the export in a worker; returns the worker (or None when the input is not usable)."""
-        if self._worker is not None:
+        if self._job.busy:
             info("an export is already running")
             return None
         lyr = self.labels_combo.layer()
         try:
-            if not isinstance(lyr, Labels):
-                raise VolumeError("choose a labels layer to export")
-            folder = Path(self.folder.text().strip() or ".").expanduser()
-            if not folder.is_dir():
-                raise VolumeError(f"folder {folder} does not exist")
-            stem = safe_stem(self.stem.text().strip() or lyr.name)
-            labels_vol = volume_from_layer(lyr)
-            rec = run_of(lyr)
-            table = label_table_of(lyr)
-            scan_vol = rec.scan_volume if rec is not None else None
-            protect = [labels_vol.source_path, (lyr.metadata.get("vit3d") or {}).get("source_path")]
-            if scan_vol is not None:
-                protect.append(scan_vol.source_path)
-            maps = [(m.name, volume_from_layer(m)) for m in self._map_layers(rec)] if self.maps_check.isChecked() else []
-        except Exception as exc:
+            inputs = self.inputs()
+        except (Vit3dError, OSError, ValueError) as exc:
             report_error(exc, "Export")
             return None
-        worker = create_worker(export_files, labels_vol, table, folder, stem, scan_vol=scan_vol, record=rec,
-                               maps=maps, protect=tuple(protect), write_table=self.table_check.isChecked(),
-                               write_provenance=self.prov_check.isChecked(), _start_thread=False,
-                               _ignore_errors=True)
-        scan_hash = rec.scan_hash if rec is not None else (lyr.metadata.get("vit3d_recovered") or {}).get("scan_hash")
+        rec = run_of(lyr)
+        scan_hash = rec.scan_hash if rec is not None else (lyr.metadata.get(keys.RECOVERED) or {}).get("scan_hash")
+        folder = inputs["path"].parent
 
         def done(paths):
             self.last_written = paths
@@ -164,15 +202,4 @@ class ExportWidget(QWidget):
             if scan_hash:
                 recovery.discard_recovery(scan_hash)
 
-        worker.returned.connect(done)
-        worker.errored.connect(lambda exc: report_error(exc, "Export"))
-        worker.finished.connect(self._finished)
-        self._worker = worker
-        self.export_button.setEnabled(False)
-        self.status.setText("exporting…")
-        worker.start()
-        return worker
-
-    def _finished(self):
-        self._worker = None
-        self.export_button.setEnabled(True)
+        return self._job.start(export_job, engine=False, on_done=done, status="exporting…", **inputs)

@@ -16,26 +16,26 @@ session is shared through ``gui.session`` so the Explain widget can explain the 
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
-from napari.layers import Labels, Points
+from napari.layers import Points
+from napari.utils.colormaps import DirectLabelColormap
 from qtpy.QtWidgets import QCheckBox, QGroupBox, QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout
 
-from ..errors import VolumeError
+from ..errors import Vit3dError, VolumeError
+from ..io import keys
 from ..io.geometry import napari_world_to_ras
-from ._common import (SEP, ProgressBridge, create_engine_worker, find_layer, report_error, scan_layers,
-                      set_mouse_callback)
+from ._common import SEP, apply_labels, find_layer, report_error, scan_layers, set_mouse_callback, upsert_layer
 from ._layers import inside, layer_kwargs, volume_from_layer
+from .jobs import JobRunner
 from .session import prompt_sessions, run_of
 
-PROMPT_KEY = "vit3d_prompt"
 PREVIEW_COLOR = {None: (0, 0, 0, 0), 0: (0, 0, 0, 0), 1: (1.0, 0.85, 0.1, 1.0)}
 
 
 def _prompt_job(scan_name: str, volume, ras, positive: bool, progress, cancel):
     """Worker thread: the scan's prompt session (made on first use), one more click, one prediction;
-    the preview's display-order data is prepared here so the GUI thread only swaps it in."""
+    the preview's display-order data, its layer kwargs and its volume (mL) are prepared here so the GUI
+    thread only swaps it in."""
     from ..prompt import PromptSession, load_prompt_model
 
     entry = prompt_sessions.get(scan_name)
@@ -48,8 +48,9 @@ def _prompt_job(scan_name: str, volume, ras, positive: bool, progress, cancel):
     except BaseException:
         entry.clicks.pop()
         raise
-    data, kw = layer_kwargs(result.mask, kind="labels")
-    return result, data, kw
+    data, kw = layer_kwargs(result.mask, kind="labels", opacity=0.5,
+                            colormap=DirectLabelColormap(color_dict=PREVIEW_COLOR), metadata={keys.PROMPT: "preview"})
+    return result, data, kw, float(np.count_nonzero(result.mask.data)) * result.mask.voxel_volume_ml
 
 
 class PromptPanel(QGroupBox):
@@ -59,10 +60,7 @@ class PromptPanel(QGroupBox):
         super().__init__("Click to segment (promptable model)", parent)
         self.review = review
         self.viewer = review.viewer
-        self._worker = None
         self._queue: list = []
-        self._cancel = threading.Event()
-        self._bridge = ProgressBridge()
         self._volumes: dict = {}
         self.last_result = None
         lay = QVBoxLayout(self)
@@ -86,6 +84,8 @@ class PromptPanel(QGroupBox):
         self.status = QLabel("turn Interactive on, then Ctrl+click the structure")
         self.status.setWordWrap(True)
         lay.addWidget(self.status)
+        self._job = JobRunner("Click to segment", progress=self.progress, status=self.status)
+        self._job.on_finished.append(self._next)
         self.destroyed.connect(lambda *_: self._remove_callback(self.viewer))
 
     # -- clicks ---------------------------------------------------------------------------------
@@ -124,9 +124,14 @@ class PromptPanel(QGroupBox):
         self._queue.append((scan, ras, bool(positive)))
         return self._next()
 
+    @property
+    def busy(self) -> bool:
+        """True while a prediction runs (clicks made meanwhile are queued)."""
+        return self._job.busy
+
     def _next(self):
-        if self._worker is not None or not self._queue:
-            return self._worker
+        if self._job.busy or not self._queue:
+            return self._job.worker
         scan, ras, positive = self._queue.pop(0)
         try:
             key = (scan.name, id(scan.data))
@@ -134,26 +139,13 @@ class PromptPanel(QGroupBox):
             if volume is None:
                 volume = volume_from_layer(scan)
                 self._volumes = {key: volume}
-        except Exception as exc:
+        except Vit3dError as exc:
             report_error(exc, "Click to segment")
             return None
-        self._cancel.clear()
-        worker = create_engine_worker(_prompt_job, scan.name, volume, ras, positive, bridge=self._bridge,
-                                      cancel_event=self._cancel)
-        worker.returned.connect(lambda out, name=scan.name: self._show(name, *out))
-        worker.errored.connect(lambda exc: report_error(exc, "Click to segment"))
-        worker.finished.connect(self._finished)
-        self._worker = worker
-        self.progress.setRange(0, 0)
-        self.status.setText(f"{'object' if positive else 'not the object'} click at RAS {np.round(ras, 1).tolist()} mm…")
-        worker.start()
-        return worker
-
-    def _finished(self):
-        self._worker = None
-        self.progress.setRange(0, 1)
-        self.progress.setValue(1)
-        self._next()
+        return self._job.start(_prompt_job, scan.name, volume, ras, positive,
+                               on_done=lambda out, name=scan.name: self._show(name, *out),
+                               status=f"{'object' if positive else 'not the object'} click at RAS "
+                                      f"{np.round(ras, 1).tolist()} mm…")
 
     # -- layers ---------------------------------------------------------------------------------
     def preview_name(self, scan_name: str) -> str:
@@ -174,39 +166,24 @@ class PromptPanel(QGroupBox):
             pts.face_color = fc
         else:
             self.viewer.add_points(np.asarray(world, float)[None, :], name=name, size=4, face_color=colour,
-                                   border_color="white", border_width=0.1, metadata={PROMPT_KEY: "points"})
+                                   border_color="white", border_width=0.1, metadata={keys.PROMPT: "points"})
         if active is not None and active in self.viewer.layers:
             self.viewer.layers.selection.active = active
 
-    def _show(self, scan_name: str, result, data, kw):
+    def _show(self, scan_name: str, result, data, kw, vol_ml: float):
         self.last_result = result
-        name = self.preview_name(scan_name)
-        existing = find_layer(self.viewer, name)
         active = self.viewer.layers.selection.active
-        if isinstance(existing, Labels) and existing.data.shape == data.shape:
-            existing.data = data
-        else:
-            if existing is not None:
-                self.viewer.layers.remove(existing)
-            from napari.utils.colormaps import DirectLabelColormap
-
-            kw = dict(kw)
-            kw["metadata"] = {**kw.get("metadata", {}), PROMPT_KEY: "preview"}
-            self.viewer.add_labels(data, name=name, opacity=0.5, colormap=DirectLabelColormap(color_dict=PREVIEW_COLOR),
-                                   **kw)
+        upsert_layer(self.viewer, self.preview_name(scan_name), data, "labels", **kw)
         pts = find_layer(self.viewer, self.points_name(scan_name))
         if pts is not None:
             self.viewer.layers.move(self.viewer.layers.index(pts), len(self.viewer.layers))
-        if active is not None and active in self.viewer.layers:
+        if active is not None and active in self.viewer.layers and self.viewer.layers.selection.active is not active:
             self.viewer.layers.selection.active = active
-        vol_ml = float(result.mask.data.sum()) * result.mask.voxel_volume_ml
         n = len(prompt_sessions[scan_name].clicks) if scan_name in prompt_sessions else 0
         self.status.setText(f"{vol_ml:.2f} mL after {n} click(s) (crop {result.crop.spacing:g} mm); Accept merges it")
 
     def accept(self):
         """Merge the preview into the labels layer as the selected label (one undo step); returns voxels changed."""
-        from .review_widget import apply_labels
-
         scan = self.scan_layer()
         preview = find_layer(self.viewer, self.preview_name(scan.name)) if scan is not None else None
         if preview is None or not np.any(preview.data):
@@ -219,8 +196,8 @@ class PromptPanel(QGroupBox):
             lyr = self.viewer.add_labels(data, name=f"{scan.name}{SEP}labels", **kw)
             self.review.labels_combo.setCurrentText(lyr.name)
         if lyr.data.shape != preview.data.shape:
-            report_error(VolumeError(f"{lyr.name} is not on the scan's grid ({lyr.data.shape} vs {preview.data.shape})"),
-                         "Accept")
+            report_error(VolumeError(f"{lyr.name} is not on the scan's grid "
+                                     f"({lyr.data.shape} vs {preview.data.shape})"), "Accept")
             return 0
         label = int(lyr.selected_label) or 1
         old = np.asarray(lyr.data)

@@ -1,107 +1,97 @@
-"""Review & correct dock widget: label list, corrections, changes vs the model, uncertain regions,
-comparison with another model, and *Click to segment* (``gui.prompt_panel``: the promptable model).
+"""Review & correct dock widget: label list with volumes, changes vs the model, uncertain regions, and
+its panels: corrections (``gui.corrections_panel``), comparison with another model
+(``gui.compare_panel``) and *Click to segment* (``gui.prompt_panel``: the promptable model).
 
-Painting, filling and erasing are napari's own tools on the labels layer. The corrections
-(``review.interpolate_slices``, ``remove_small_components``, ``fill_holes``) run in a thread worker
-on a copy; their result is applied on the GUI thread through ``Labels.data_setitem`` inside one
-``block_history`` so each one is a single step of napari's undo (Ctrl+Z or the Undo button).
-The changes layer comes from ``review.diff`` against the model's untouched output.
-"Compare with another model" runs ``review.compare_with_model`` (``inference.segment`` for model B,
-then ``compare_labels`` against that same untouched output of model A) in a thread worker and shows
-the result as a read-only ``<scan> · disagreement`` layer and a per-label Dice table.
+Painting, filling and erasing are napari's own tools on the labels layer. After an edit (debounced),
+a worker takes a copy of the labels and computes the label volumes (``usecases.label_volumes``) and
+the changes against the model's untouched output (``review.diff``); the GUI thread fills the table
+from those numbers (kept in Python: :meth:`ReviewWidget.volumes_ml`) and shows the changes layer.
 """
 
 from __future__ import annotations
 
-import threading
 import zlib
 
 import numpy as np
 from napari.layers import Labels
-from napari.qt.threading import create_worker
 from napari.utils.colormaps import DirectLabelColormap
 from qtpy.QtCore import Qt, QTimer
-from qtpy.QtGui import QColor, QFontDatabase
-from qtpy.QtWidgets import (QCheckBox, QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLayout, QHeaderView, QLabel,
-                            QProgressBar, QPushButton, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
+from qtpy.QtGui import QColor
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QPushButton,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
 
 from ..errors import VolumeError
-from ..io.labels import LabelTable
-from ..io.layers import volume_from_layer_data
-from ._common import create_engine_worker, SEP, LayerCombo, ModelCombo, ProgressBridge, find_layer, info, report_error, unique_name, unwrap
-from ._layers import display_geometry, display_spacing, layer_kwargs, ras_to_world
-from .prompt_panel import PROMPT_KEY, PromptPanel
-from .session import load_model_cached, run_of
+from ..io import keys
+from ._common import SEP, LayerCombo, find_layer, info, is_result_labels, label_table_of, unwrap, upsert_layer
+from ._layers import geometry_meta, ras_to_world
+from .compare_panel import ComparePanel
+from .corrections_panel import CorrectionsPanel
+from .jobs import JobRunner
+from .prompt_panel import PromptPanel
+from .session import run_of
 from .styles import labels_colormap
 
 #: colours of the changes layer: added (green), removed (red), relabelled (yellow)
 DIFF_COLORS = {None: (0, 0, 0, 0), 0: (0, 0, 0, 0), 1: (0.1, 0.9, 0.2, 1.0), 2: (1.0, 0.15, 0.15, 1.0),
                3: (1.0, 0.85, 0.1, 1.0)}
-#: colours of the disagreement layer (``review.compare`` codes): only A (orange), only B (blue),
-#: different labels (magenta); agreement is transparent
-COMPARE_COLORS = {None: (0, 0, 0, 0), 0: (0, 0, 0, 0), 1: (1.0, 0.55, 0.0, 1.0), 2: (0.1, 0.6, 1.0, 1.0),
-                  3: (1.0, 0.1, 0.9, 1.0)}
-#: metadata key of the disagreement layer (derived: replaced by the next comparison, never edited)
-COMPARE_KEY = "vit3d_compare"
+DIFF_FEATURES = {"index": [0, 1, 2, 3], "change": ["unchanged", "added", "removed", "relabelled"]}
 
 
-def _compare_job(labels_a, scan, model_key: str, device: str, settings: dict, table, name_a: str, progress, cancel):
-    """Runs in the worker thread: load model B (cached), segment the scan with it, compare with A."""
-    from ..models.devices import resolve_device
-    from ..review.compare import compare_with_model
-
-    dev = str(resolve_device(device))
-    loaded = load_model_cached(model_key, dev)
-    return compare_with_model(labels_a, scan, loaded, label_table=table, name_a=name_a, name_b=model_key,
-                              device=dev, overlap=float(settings.get("overlap", 0.25)),
-                              sw_batch_size=settings.get("sw_batch_size"), progress=progress, cancel=cancel)
-
-
-def label_table_of(layer) -> LabelTable:
-    """The layer's label table: from its run record, else from its features, else defaults."""
-    rec = run_of(layer)
-    values = np.unique(np.asarray(layer.data)).tolist() if layer.data.size <= 64_000_000 else []
-    if rec is not None:
-        return rec.label_table.with_missing(values)
-    names = {}
+def _voxel_affine(lyr) -> np.ndarray:
+    """An affine whose determinant is the layer's voxel volume (mm³): the scan's, else from the scale."""
     try:
-        feats = layer.features
-        if "index" in feats and "name" in feats:
-            names = {int(i): str(n) for i, n in zip(feats["index"], feats["name"])}
-    except Exception:
-        pass
-    return LabelTable.default(sorted(set(values) | set(names)), names)
+        return np.asarray(geometry_meta(lyr)["affine"], float)
+    except VolumeError:
+        return np.diag([*np.abs(np.asarray(lyr.scale[-3:], float)), 1.0])
 
 
-def apply_labels(layer: Labels, new: np.ndarray) -> int:
-    """Write ``new`` into ``layer`` as ONE undoable step; returns the number of voxels changed."""
-    old = np.asarray(layer.data)
-    changed = np.nonzero(old != new)
-    n = int(changed[0].size)
-    if n:
-        with layer.block_history():
-            layer.data_setitem(changed, new[changed])
-    return n
+def _summary_job(data: np.ndarray, affine, model_display, last_crc):
+    """Worker thread: label volumes and the changes vs the model for one snapshot of the labels; None when
+    the labels did not change since the snapshot whose checksum is ``last_crc``."""
+    from ..review import diff
+    from ..usecases import label_volumes
+
+    crc = zlib.crc32(np.ascontiguousarray(data).view(np.uint8).ravel()) if data.size else 0
+    if last_crc is not None and crc == last_crc:
+        return None
+    volumes = label_volumes(data, affine) if data.ndim == 3 else {}
+    changes = None
+    if model_display is not None and model_display.shape == data.shape:
+        d = diff(model_display, data)
+        changes = (d.map, tuple(int(np.count_nonzero(d.map == code)) for code in (1, 2, 3)))
+    return crc, volumes, changes
 
 
 class ReviewWidget(QWidget):
     def __init__(self, napari_viewer, parent=None):
         super().__init__(parent)
         self.viewer = unwrap(napari_viewer)
-        self._worker = None
         self._watched = None
         self._last_crc = None
         self._hidden: set[int] = set()
         self._create_diff = False
-        self._compare_worker = None
-        self._compare_cancel = threading.Event()
-        self._compare_bridge = ProgressBridge()
-        self._compare_bridge.progress.connect(self._on_compare_progress)
-        self._debounce = QTimer(self)
+        self._table = None  # the label table of the rows shown
+        self._volumes_ml: dict[int, float] = {}
+        self._again = None  # a refresh asked for while one runs: its ``force``
+        self._force_next = False
+        self._debounce = QTimer(self)  # edits and layer changes are summarised 0.3 s after the last one
         self._debounce.setSingleShot(True)
         self._debounce.setInterval(300)
-        self._debounce.timeout.connect(self.refresh)
+        self._debounce.timeout.connect(self._debounced)
         self._build()
+        self._summary = JobRunner("Review")
+        self._summary.on_finished.append(self._summary_finished)
         self.labels_combo.currentIndexChanged.connect(self._on_layer_changed)
         self._on_layer_changed()
 
@@ -109,9 +99,7 @@ class ReviewWidget(QWidget):
     def _build(self):
         lay = QVBoxLayout(self)
         form = QFormLayout()
-        self.labels_combo = LayerCombo(self.viewer, lambda l: isinstance(l, Labels) and not l.name.endswith(
-            f"{SEP}changes") and "vit3d_diff" not in l.metadata and COMPARE_KEY not in l.metadata
-            and PROMPT_KEY not in l.metadata)
+        self.labels_combo = LayerCombo(self.viewer, is_result_labels)
         form.addRow("Labels", self.labels_combo)
         lay.addLayout(form)
 
@@ -130,36 +118,10 @@ class ReviewWidget(QWidget):
         hint.setStyleSheet("color: gray")
         lay.addWidget(hint)
 
-        tools = QGroupBox("Corrections (each one is a single undo step)")
-        tl = QVBoxLayout(tools)
-        self.interp_button = QPushButton("Interpolate label between drawn slices")
-        self.interp_button.setToolTip("fills the slices (along the axis you are scrolling) between slices where "
-                                      "the selected label is drawn")
-        self.interp_button.clicked.connect(self.interpolate)
-        tl.addWidget(self.interp_button)
-        row = QHBoxLayout()
-        self.remove_button = QPushButton("Remove pieces smaller than")
-        self.remove_button.clicked.connect(self.remove_small)
-        self.min_ml = QDoubleSpinBox()
-        self.min_ml.setDecimals(3)
-        self.min_ml.setRange(0.001, 10000)
-        self.min_ml.setValue(0.1)
-        self.min_ml.setSuffix(" mL")
-        row.addWidget(self.remove_button)
-        row.addWidget(self.min_ml)
-        tl.addLayout(row)
-        self.fill_button = QPushButton("Fill holes")
-        self.fill_button.clicked.connect(self.fill)
-        tl.addWidget(self.fill_button)
-        row = QHBoxLayout()
-        self.undo_button = QPushButton("Undo")
-        self.undo_button.clicked.connect(self.undo)
-        self.redo_button = QPushButton("Redo")
-        self.redo_button.clicked.connect(self.redo)
-        row.addWidget(self.undo_button)
-        row.addWidget(self.redo_button)
-        tl.addLayout(row)
-        lay.addWidget(tools)
+        self.status = QLabel("")  # shared by the panels; added to the layout last
+        self.status.setWordWrap(True)
+        self.corrections = CorrectionsPanel(self)
+        lay.addWidget(self.corrections)
 
         self.diff_check = QCheckBox("Show changes vs the model (green added, red removed, yellow relabelled)")
         self.diff_check.setChecked(True)
@@ -179,53 +141,34 @@ class ReviewWidget(QWidget):
         ul.addWidget(self.region_label, 1)
         lay.addWidget(unc)
 
-        cmp = QGroupBox("Compare with another model")
-        cl = QVBoxLayout(cmp)
-        row = QHBoxLayout()
-        row.addWidget(QLabel("Model B"))
-        self.compare_model_combo = ModelCombo()
-        self.compare_model_combo.refresh()
-        self.compare_model_combo.setToolTip("A is the model that made the chosen labels (its untouched output)")
-        row.addWidget(self.compare_model_combo, 1)
-        cl.addLayout(row)
-        row = QHBoxLayout()
-        self.compare_button = QPushButton("Compare")
-        self.compare_button.setToolTip("segment the scan with model B and map where A and B disagree")
-        self.compare_button.clicked.connect(self.compare)
-        self.compare_cancel_button = QPushButton("Cancel")
-        self.compare_cancel_button.setEnabled(False)
-        self.compare_cancel_button.clicked.connect(self.cancel_compare)
-        row.addWidget(self.compare_button, 1)
-        row.addWidget(self.compare_cancel_button)
-        cl.addLayout(row)
-        self.compare_progress = QProgressBar()
-        self.compare_progress.setRange(0, 1)
-        self.compare_progress.setValue(0)
-        self.compare_progress.setFormat("%v / %m windows")
-        cl.addWidget(self.compare_progress)
-        key = QLabel(" &nbsp; ".join(f"<span style='color:{QColor.fromRgbF(*COMPARE_COLORS[c][:3]).name()}'>■</span> {t}"
-                                     for c, t in ((1, "only A"), (2, "only B"), (3, "different labels"))))
-        cl.addWidget(key)
-        self.compare_text = QLabel("")
-        self.compare_text.setFont(QFontDatabase.systemFont(QFontDatabase.FixedFont))
-        self.compare_text.setTextInteractionFlags(Qt.TextSelectableByMouse)
-        self.compare_text.setWordWrap(True)  # the summary line is long: wrap it rather than widen the dock
-        cl.addWidget(self.compare_text)
-        lay.addWidget(cmp)
+        self.compare_panel = ComparePanel(self)
+        self.compare_model_combo = self.compare_panel.model_combo
+        lay.addWidget(self.compare_panel)
 
         self.prompt_panel = PromptPanel(self)
         lay.addWidget(self.prompt_panel)
 
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
         lay.addWidget(self.status)
         lay.addStretch(1)
 
-    # -- layer tracking -------------------------------------------------------------------------
+    # -- what the panels use --------------------------------------------------------------------
     def layer(self) -> Labels | None:
         lyr = self.labels_combo.layer()
         return lyr if isinstance(lyr, Labels) else None
 
+    def mark_edited(self, edited: bool = True) -> None:
+        """The labels were edited: the changes layer appears (with the next refresh)."""
+        self._create_diff = self._create_diff or bool(edited)
+
+    def compare(self):
+        """Compare with model B (:meth:`ComparePanel.compare`)."""
+        return self.compare_panel.compare()
+
+    @property
+    def comparing(self) -> bool:
+        return self.compare_panel.comparing
+
+    # -- layer tracking -------------------------------------------------------------------------
     def _on_layer_changed(self, *_):
         lyr = self.layer()
         if self._watched is not None and self._watched is not lyr:
@@ -240,14 +183,24 @@ class ReviewWidget(QWidget):
         self._watched = lyr
         self._hidden = set()
         self._last_crc = None
+        self._table = None
         self._create_diff = False  # the changes layer appears with the first edit (or the checkbox)
         rec = run_of(lyr)
         n = len(rec.regions) if rec is not None else 0
         self.next_button.setEnabled(n > 0)
-        self.region_label.setText(f"{n} region(s) above the threshold" if rec is not None and rec.uncertainty is not None
+        has_map = rec is not None and rec.uncertainty is not None
+        self.region_label.setText(f"{n} region(s) above the threshold" if has_map
                                   else "run Segment with the uncertainty layer on")
-        self._suggest_model_b(rec)
-        self.refresh(force=True)
+        self.compare_panel.suggest_model_b(rec)
+        if lyr is None:
+            self.refresh(force=True)  # clears the table
+        else:  # debounced: closing the viewer removes layer after layer, and nothing should start then
+            self._force_next = True
+            self._debounce.start()
+
+    def _debounced(self):
+        force, self._force_next = self._force_next, False
+        self.refresh(force=force)
 
     def _schedule(self, event=None):
         if event is not None and getattr(event, "type", "") == "paint":
@@ -258,33 +211,48 @@ class ReviewWidget(QWidget):
         self._create_diff = bool(on)
         self.refresh(force=True)
 
+    @property
+    def refreshing(self) -> bool:
+        """True while the label volumes and changes are due or being computed."""
+        return self._summary.busy or self._again is not None or self._debounce.isActive()
+
     def refresh(self, force: bool = False):
-        """Recompute the label list and the changes layer (skipped when the data did not change)."""
+        """Recompute the label list and the changes layer in a worker (skipped when the data did not change)."""
         lyr = self.layer()
         if lyr is None or lyr not in self.viewer.layers:
             self.table.setRowCount(0)
+            self._volumes_ml = {}
             return
-        data = np.asarray(lyr.data)
-        crc = zlib.crc32(np.ascontiguousarray(data).view(np.uint8).ravel()) if data.size else 0
-        if not force and crc == self._last_crc:
+        if self._summary.busy:
+            self._again = bool(force or self._again)
             return
-        self._last_crc = crc
-        self._fill_table(lyr, data)
-        self._update_diff(lyr, data)
+        rec = run_of(lyr)
+        model = rec.model_labels_display() if rec is not None else None
+        self._summary.start(_summary_job, np.array(lyr.data, copy=True), _voxel_affine(lyr), model,
+                            None if force else self._last_crc, engine=False,
+                            on_done=lambda out: self._show_summary(lyr, out))
 
-    def _fill_table(self, lyr, data):
-        table = label_table_of(lyr)
-        try:
-            vox_ml = abs(float(np.linalg.det(display_geometry(lyr).display_affine[:3, :3]))) / 1000.0
-        except VolumeError:
-            vox_ml = float(np.prod(np.abs(lyr.scale[-3:]))) / 1000.0
-        counts = np.bincount(data.ravel().astype(np.int64, copy=False)) if data.size and data.min() >= 0 else np.zeros(1)
+    def _summary_finished(self):
+        if self._again is not None:
+            force, self._again = self._again, None
+            self.refresh(force=force)
+
+    def _show_summary(self, lyr, out):
+        if out is None or lyr is not self.layer():
+            return
+        self._last_crc, volumes, changes = out
+        self._fill_table(lyr, volumes)
+        self._show_changes(lyr, changes)
+
+    def _fill_table(self, lyr, volumes: dict):
+        table = self._table = label_table_of(lyr, present=volumes)
+        entries = [e for e in table if e.index != 0]
+        self._volumes_ml = {e.index: float(volumes.get(e.index, {}).get("ml", 0.0)) for e in entries}
         selected = self._selected_label()
         self.table.blockSignals(True)
-        entries = [e for e in table if e.index != 0]
         self.table.setRowCount(len(entries))
         for r, e in enumerate(entries):
-            n = int(counts[e.index]) if e.index < counts.size else 0
+            n = int(volumes.get(e.index, {}).get("voxels", 0))
             show = QTableWidgetItem()
             show.setFlags(Qt.ItemIsUserCheckable | Qt.ItemIsEnabled | Qt.ItemIsSelectable)
             show.setCheckState(Qt.Unchecked if e.index in self._hidden else Qt.Checked)
@@ -294,7 +262,7 @@ class ReviewWidget(QWidget):
             name = QTableWidgetItem(f"{e.index}: {e.name}")
             name.setFlags(Qt.ItemIsEnabled | Qt.ItemIsSelectable)
             self.table.setItem(r, 1, name)
-            for c, text in ((2, f"{n * vox_ml:.2f}"), (3, str(n))):
+            for c, text in ((2, f"{self._volumes_ml[e.index]:.2f}"), (3, str(n))):
                 it = QTableWidgetItem(text)
                 it.setFlags(Qt.ItemIsEnabled | Qt.ItemIsSelectable)
                 it.setTextAlignment(Qt.AlignRight | Qt.AlignVCenter)
@@ -304,11 +272,8 @@ class ReviewWidget(QWidget):
         self.table.blockSignals(False)
 
     def volumes_ml(self) -> dict[int, float]:
-        """{label: mL} as shown in the table."""
-        out = {}
-        for r in range(self.table.rowCount()):
-            out[int(self.table.item(r, 0).data(Qt.UserRole))] = float(self.table.item(r, 2).text())
-        return out
+        """{label: mL} of the table's rows (``usecases.label_volumes`` of the last refresh)."""
+        return dict(self._volumes_ml)
 
     def _selected_label(self) -> int:
         """The label the tools act on: the layer's selected label (a table row selects it)."""
@@ -331,251 +296,34 @@ class ReviewWidget(QWidget):
             self._hidden.add(idx)
         lyr = self.layer()
         if lyr is not None:
-            lyr.colormap = labels_colormap(label_table_of(lyr), hidden=self._hidden)
+            lyr.colormap = labels_colormap(self._table or label_table_of(lyr), hidden=self._hidden)
 
     # -- changes vs model -----------------------------------------------------------------------
     def diff_layer_name(self, lyr) -> str:
         return f"{lyr.name}{SEP}changes"
 
-    def _update_diff(self, lyr, data):
-        from ..review import diff
-
+    def _show_changes(self, lyr, changes):
         rec = run_of(lyr)
-        name = self.diff_layer_name(lyr)
-        existing = find_layer(self.viewer, name)
-        if rec is None or rec.model_labels.shape != data.shape:
+        if rec is None or changes is None:
             self.diff_summary.setText("no model output to compare with (run Segment)" if rec is None else "")
             return
-        d = diff(rec.model_labels, data)
-        added = int(np.count_nonzero(d.map == 1))
-        removed = int(np.count_nonzero(d.map == 2))
-        relab = int(np.count_nonzero(d.map == 3))
+        dmap, (added, removed, relab) = changes
         self.diff_summary.setText(f"vs model: {added} voxel(s) added, {removed} removed, {relab} relabelled")
+        name = self.diff_layer_name(lyr)
+        existing = find_layer(self.viewer, name)
         if not self.diff_check.isChecked():
             if existing is not None:
                 existing.visible = False
             return
-        if isinstance(existing, Labels) and existing.data.shape == d.map.shape:
-            existing.data = d.map
-            existing.visible = True
-        elif self._create_diff and existing is None:
-            kw = {k: getattr(lyr, k) for k in ("scale", "translate", "units", "axis_labels")}
-            if not np.allclose(lyr.affine.affine_matrix, np.eye(lyr.ndim + 1)):
-                kw["affine"] = lyr.affine.affine_matrix
-            existing = self.viewer.add_labels(
-                d.map, name=name, colormap=DirectLabelColormap(color_dict=DIFF_COLORS), opacity=0.8,
-                features={"index": [0, 1, 2, 3], "change": ["unchanged", "added", "removed", "relabelled"]},
-                metadata={"vit3d_diff": {"of": lyr.name}}, **kw)
-            existing.editable = False
-            self.viewer.layers.selection.active = lyr
-
-    # -- comparison with another model ----------------------------------------------------------
-    def _suggest_model_b(self, rec) -> None:
-        """Model B defaults to a model other than the one that made the labels."""
-        combo = self.compare_model_combo
-        if rec is None or combo.currentText() not in (rec.model_key, rec.model_name):
+        if existing is None and not self._create_diff:
             return
-        others = [combo.itemText(i) for i in range(combo.count())
-                  if combo.itemText(i) not in (rec.model_key, rec.model_name)]
-        if others:
-            combo.setCurrentText(others[0])
-
-    @property
-    def comparing(self) -> bool:
-        return self._compare_worker is not None
-
-    def compare(self):
-        """Segment the labels' scan with model B in a worker and compare (returns the worker or None)."""
-        what = "Compare"
-        if self._compare_worker is not None:
-            info("a comparison is already running")
-            return None
-        lyr = self.layer()
-        rec = run_of(lyr)
-        if lyr is None:
-            report_error(VolumeError("choose a labels layer first"), what)
-            return None
-        if rec is None:
-            report_error(VolumeError(f"'{lyr.name}' has no model output to compare with: make it with Segment"), what)
-            return None
-        model_b = self.compare_model_combo.currentText()
-        if not model_b:
-            report_error(VolumeError("choose model B (models are added in the Segment widget)"), what)
-            return None
-        try:  # model A's untouched output, back in the scan file's voxel order with the scan's affine
-            labels_a = volume_from_layer_data(rec.model_labels, lyr.metadata, name=rec.scan_layer, kind="labels")
-        except Exception as exc:
-            report_error(exc, what)
-            return None
-        self._compare_cancel.clear()
-        worker = create_engine_worker(_compare_job, labels_a, rec.scan_volume, model_b,
-                                      str(rec.settings.get("device", "auto")), dict(rec.settings), rec.label_table,
-                                      rec.model_name, bridge=self._compare_bridge, cancel_event=self._compare_cancel)
-        scan_name = rec.scan_layer
-        worker.returned.connect(lambda cmp: self._on_compared(cmp, scan_name, lyr.name))
-        worker.errored.connect(lambda exc: report_error(exc, what))
-        worker.finished.connect(self._compare_finished)
-        self._compare_worker = worker
-        self.compare_button.setEnabled(False)
-        self.compare_cancel_button.setEnabled(True)
-        self.compare_progress.setRange(0, 0)
-        self.compare_text.setText("")
-        self.status.setText(f"comparing {rec.model_name} with {model_b} on {scan_name}…")
-        worker.start()
-        return worker
-
-    def cancel_compare(self):
-        if self._compare_worker is not None:
-            self._compare_cancel.set()
-            self._compare_worker.quit()
-            self.status.setText("cancelling the comparison…")
-
-    def _on_compare_progress(self, done: int, total: int):
-        self.compare_progress.setRange(0, max(total, 1))
-        self.compare_progress.setValue(done)
-
-    def _compare_finished(self):
-        self._compare_worker = None
-        self.compare_button.setEnabled(True)
-        self.compare_cancel_button.setEnabled(False)
-        self.compare_progress.setRange(0, 1)
-        if self._compare_cancel.is_set():
-            self.compare_progress.setValue(0)
-            self.status.setText("comparison cancelled; nothing was added")
-
-    def _on_compared(self, cmp, scan_name: str, labels_name: str):
-        if self._compare_cancel.is_set():
-            return
-        try:
-            self._show_comparison(cmp, scan_name, labels_name)
-        except Exception as exc:
-            report_error(exc, "Compare")
-
-    def _show_comparison(self, cmp, scan_name: str, labels_name: str):
-        """GUI thread: put the disagreement map in its layer (replacing an earlier one) and show the table."""
-        from ..review.compare import CODE_NAMES, format_comparison
-
-        result = cmp.to_dict()
-        s = result["summary"]
-        data, kw = layer_kwargs(cmp.map, kind="labels",
-                                metadata={COMPARE_KEY: {"of": labels_name, "a": s["name_a"], "b": s["name_b"],
-                                                        "summary": s, "labels": result["labels"]}})
-        name = f"{scan_name}{SEP}disagreement"
-        existing = find_layer(self.viewer, name)
-        features = {"index": list(CODE_NAMES), "name": list(CODE_NAMES.values())}
-        if isinstance(existing, Labels) and COMPARE_KEY in existing.metadata:
-            existing.data = data
-            for key in ("scale", "translate", "affine"):
-                if key in kw:
-                    setattr(existing, key, kw[key])
-            existing.metadata.update(kw["metadata"])
-            existing.features = features
-            existing.visible = True
-            layer = existing
-        else:
-            layer = self.viewer.add_labels(data, name=unique_name(self.viewer, name), opacity=0.8,
-                                           colormap=DirectLabelColormap(color_dict=COMPARE_COLORS),
-                                           features=features, **kw)
-            layer.editable = False
-        labels = find_layer(self.viewer, labels_name)
-        if labels is not None:
-            self.viewer.layers.selection.active = labels
-        self.compare_text.setText(format_comparison(result))
-        self.status.setText(f"'{layer.name}': {s['voxels_only_a']} voxel(s) only A, {s['voxels_only_b']} only B, "
-                            f"{s['voxels_different_labels']} different labels; mean Dice {s['mean_dice']:.3f}")
-        return layer
-
-    # -- corrections ----------------------------------------------------------------------------
-    def _slice_axis(self) -> int:
-        """The display axis the user scrolls through (the one not shown in the 2D view)."""
-        nd = self.viewer.dims.not_displayed
-        return int(nd[-1]) - (self.viewer.dims.ndim - 3) if nd else 0
-
-    def _run_op(self, what: str, fn, *args, **kwargs):
-        lyr = self.layer()
-        if lyr is None:
-            report_error(VolumeError("choose a labels layer first"), what)
-            return None
-        if self._worker is not None:
-            info("a correction is already running")
-            return None
-        data = np.array(lyr.data, copy=True)
-        worker = create_worker(fn, data, *args, _start_thread=False, _ignore_errors=True, **kwargs)
-
-        def done(out):
-            new, detail = out
-            if lyr.data.shape != new.shape:
-                return
-            n = apply_labels(lyr, new)
-            self._create_diff = self._create_diff or n > 0
-            self.status.setText(f"{what}: {n} voxel(s) changed" + (f" ({detail})" if detail else "")
-                                + ("; Undo reverts it" if n else ""))
-            self.refresh(force=True)
-
-        worker.returned.connect(done)
-        worker.errored.connect(lambda exc: report_error(exc, what))
-        worker.finished.connect(self._op_finished)
-        self._worker = worker
-        for b in (self.interp_button, self.remove_button, self.fill_button):
-            b.setEnabled(False)
-        self.status.setText(f"{what}…")
-        worker.start()
-        return worker
-
-    def _op_finished(self):
-        self._worker = None
-        for b in (self.interp_button, self.remove_button, self.fill_button):
-            b.setEnabled(True)
-
-    def interpolate(self):
-        from ..review import interpolate_slices
-
-        lyr = self.layer()
-        if lyr is None:
-            return self._run_op("Interpolate", None)
-        label, axis = self._selected_label(), self._slice_axis()
-        spacing = display_spacing(lyr) if "vit3d" in lyr.metadata else tuple(np.abs(lyr.scale[-3:]))
-
-        def job(data):
-            new, n = interpolate_slices(data, label, axis, spacing=spacing)
-            return new, f"label {label}, {n} voxel(s) painted"
-
-        return self._run_op("Interpolate", job)
-
-    def remove_small(self):
-        from ..review import remove_small_components
-
-        lyr = self.layer()
-        vox_ml = float(np.prod(display_spacing(lyr))) / 1000.0 if lyr is not None and "vit3d" in lyr.metadata else \
-            (float(np.prod(np.abs(lyr.scale[-3:]))) / 1000.0 if lyr is not None else 0.001)
-        min_ml = float(self.min_ml.value())
-
-        def job(data):
-            new, removed = remove_small_components(data, min_ml=min_ml, voxel_volume_ml=vox_ml)
-            return new, ", ".join(f"label {k}: −{v}" for k, v in removed.items())
-
-        return self._run_op("Remove small pieces", job)
-
-    def fill(self):
-        from ..review import fill_holes
-
-        def job(data):
-            new, filled = fill_holes(data)
-            return new, ", ".join(f"label {k}: +{v}" for k, v in filled.items())
-
-        return self._run_op("Fill holes", job)
-
-    def undo(self):
-        lyr = self.layer()
-        if lyr is not None:
-            lyr.undo()
-            self.refresh()
-
-    def redo(self):
-        lyr = self.layer()
-        if lyr is not None:
-            lyr.redo()
-            self.refresh()
+        kw = {k: getattr(lyr, k) for k in ("scale", "translate", "units", "axis_labels")}
+        if not np.allclose(lyr.affine.affine_matrix, np.eye(lyr.ndim + 1)):
+            kw["affine"] = lyr.affine.affine_matrix
+        layer = upsert_layer(self.viewer, name, dmap, "labels", update=("visible",), opacity=0.8, visible=True,
+                             colormap=DirectLabelColormap(color_dict=DIFF_COLORS), features=DIFF_FEATURES,
+                             metadata={keys.DIFF: {"of": lyr.name}}, **kw)
+        layer.editable = False
 
     # -- uncertain regions ----------------------------------------------------------------------
     def next_region(self):

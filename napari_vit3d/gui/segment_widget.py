@@ -1,59 +1,130 @@
 """Segment dock widget: pick a scan and a model, press Segment, get an editable labels layer.
 
-Thin: the scan comes from the layer (:mod:`._layers`), the model from ``models.registry``, the work
-from ``inference.segment`` (and ``review.uncertainty`` for the optional uncertainty map), all in a
-napari thread worker. The GUI thread only builds the layers from the result.
+Thin: the scan comes from the layer (:mod:`._layers`), the model from ``models.registry``, the work from
+``usecases.segment_scan`` (labels, probabilities, uncertainty and its regions) in a napari thread worker,
+which also prepares what the layers need (display-order data, colormaps, feature tables, the napari
+layer objects themselves, the scan's content hash). The GUI thread only inserts the prepared layers,
+one per event-loop turn (labels first, then the probability and uncertainty maps), so the viewer keeps
+repainting and reacting while the result appears (``docs/performance.md``, GUI responsiveness).
 """
 
 from __future__ import annotations
 
+import functools
 import threading
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
-from napari.layers import Image, Labels
-from qtpy.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QGroupBox,
-                            QHBoxLayout, QLabel, QMenu, QProgressBar, QPushButton, QSpinBox, QToolButton,
-                            QVBoxLayout, QWidget)
+from napari.layers import Labels
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QMenu,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
 
-from ..errors import VolumeError
-from ..io import Volume, same_grid
-from ..models.devices import available_devices
+from ..errors import ModelError, Vit3dError, VolumeError
+from ..io import Volume, keys, same_grid
 from . import autosave, recovery
-from ._common import (create_engine_worker, SEP, LayerCombo, ModelCombo, ProgressBridge, ask_yes_no_cancel, find_layer, info, report_error,
-                      scan_layers, unique_name, unwrap)
+from ._common import (
+    SEP,
+    LayerCombo,
+    ModelCombo,
+    ask_yes_no_cancel,
+    build_layer,
+    find_layer,
+    info,
+    report_error,
+    scan_layers,
+    unique_name,
+    unwrap,
+    upsert_layer,
+)
 from ._layers import layer_kwargs, volume_from_layer
-from .session import RUN_KEY, RunRecord, load_model_cached, now_iso
+from .jobs import JobRunner, StepQueue
+from .session import RunRecord, load_model_cached, now_iso
 from .styles import labels_colormap, labels_features
 
 AUTO = "auto"
 
 
-def _segment_job(volume: Volume, model_key: str, device: str, settings: dict, progress, cancel):
-    """Runs in the worker thread: load the model (cached), segment, optional uncertainty."""
-    from ..inference import segment
+@dataclass
+class PreparedLayer:
+    """A layer made ready in the worker: display-order data, napari kwargs and the layer object."""
 
+    data: Any
+    kwargs: dict
+    layer_type: str
+    layer: Any = None
+
+
+def prepare_layer(volume: Volume, *, kind: str = "image", own_copy: bool = False, **style) -> PreparedLayer:
+    """Worker thread: ``volume`` as display-order data + kwargs (``_layers.layer_kwargs``) and the built
+    layer. ``own_copy``: the layer gets its own C-ordered array (a labels layer the user paints must not
+    write through a view into the model's output)."""
+    data, kwargs = layer_kwargs(volume, kind=kind, **style)
+    if own_copy:
+        data = np.array(data, copy=True, order="C")
+    return PreparedLayer(data, kwargs, kind, build_layer(data, kind, **kwargs))
+
+
+@dataclass
+class SegmentOutput:
+    """What the worker hands the GUI thread: the run record and the layers to show."""
+
+    record: RunRecord
+    layers: dict = field(default_factory=dict)  # "labels" / "probabilities" / "uncertainty" -> PreparedLayer
+    n_labels: int = 0
+
+
+def _segment_job(volume: Volume, scan_name: str, model_key: str, settings: dict, started: str, progress, cancel):
+    """Runs in the worker thread: load the model (cached), ``usecases.segment_scan``, then everything the
+    layers need, so the GUI thread only inserts them."""
+    from ..io.labels import LabelTable
     from ..models.devices import resolve_device
+    from ..usecases import segment_scan
 
-    dev = str(resolve_device(device))
+    dev = str(resolve_device(settings["device"]))
     loaded = load_model_cached(model_key, dev)
-    kwargs = dict(device=dev,
-                  overlap=settings["overlap"], sw_batch_size=settings["sw_batch_size"],
-                  progress=progress, cancel=cancel)
-    if settings.get("roi_size"):
-        kwargs["roi_size"] = tuple(settings["roi_size"])
-    result = segment(volume, loaded, **kwargs)
-    unc, regions = None, []
-    if settings.get("uncertainty") and getattr(result, "probabilities", None) is not None:
-        from ..review.uncertainty import softmax_entropy, uncertain_regions
-
-        unc = softmax_entropy(result.probabilities)
-        if not isinstance(unc, Volume):
-            unc = result.probabilities.with_data(np.asarray(unc, np.float32))
-        regions = uncertain_regions(unc, threshold=float(settings.get("uncertainty_threshold", 0.5)),
-                                    min_voxels=int(settings.get("uncertainty_min_voxels", 20)), max_regions=50)
-    # whole-scan work the result display needs, done here rather than on the GUI thread
-    extras = {"present": np.unique(result.labels.data), "scan_hash": volume.content_hash()}
-    return loaded, result, unc, regions, extras
+    want_unc = bool(settings.get("uncertainty"))
+    seg = segment_scan(volume, loaded, device=dev, overlap=settings["overlap"], sw_batch_size=settings["sw_batch_size"],
+                       roi_size=settings.get("roi_size"), probabilities=bool(settings.get("probabilities")),
+                       uncertainty=want_unc, regions=want_unc,
+                       uncertainty_threshold=float(settings.get("uncertainty_threshold", 0.5)),
+                       uncertainty_min_voxels=int(settings.get("uncertainty_min_voxels", 20)), max_regions=50,
+                       progress=progress, cancel=cancel)
+    spec = loaded.spec
+    table = LabelTable.from_spec(spec).with_missing(seg.present.tolist())
+    record = RunRecord(
+        scan_layer=scan_name, scan_volume=volume, scan_hash=volume.content_hash(), model_name=spec.name,
+        model_key=model_key, device=str(getattr(loaded, "device", dev)), settings=settings, started=started,
+        finished=now_iso(), model_labels=seg.labels, label_table=table,
+        weights_sha256=getattr(loaded, "weights_sha256", None), uncertainty=seg.uncertainty, regions=list(seg.regions))
+    out = SegmentOutput(record, n_labels=int(np.count_nonzero(seg.present)))
+    out.layers["labels"] = prepare_layer(seg.labels, kind="labels", own_copy=True, colormap=labels_colormap(table),
+                                         features=labels_features(table), opacity=0.5,
+                                         metadata={keys.RUN: record})
+    if seg.probabilities is not None:
+        out.layers["probabilities"] = prepare_layer(
+            seg.probabilities, contrast_limits=(0.0, 1.0), colormap="magma", blending="additive",
+            metadata={keys.MAP: {"method": "probability", "model": spec.name}})
+    if seg.uncertainty is not None:
+        out.layers["uncertainty"] = prepare_layer(
+            seg.uncertainty, contrast_limits=(0.0, 1.0), colormap="viridis", visible=False, blending="additive",
+            metadata={keys.MAP: {"method": "uncertainty", "model": spec.name, "units": "normalised entropy (0..1)"}})
+    return out
 
 
 _PRELOAD: list[threading.Thread] = []
@@ -64,7 +135,7 @@ def _preload_engine() -> None:
         from ..inference import preload
 
         preload()
-    except Exception:  # pragma: no cover - a broken install shows its error at the first run instead
+    except (ImportError, OSError, RuntimeError):  # pragma: no cover - a broken install shows its error at the first run
         pass
 
 
@@ -88,13 +159,15 @@ class SegmentWidget(QWidget):
     def __init__(self, napari_viewer, parent=None):
         super().__init__(parent)
         self.viewer = unwrap(napari_viewer)
-        self._worker = None
         start_engine_preload()
-        self._cancel_event = threading.Event()
-        self._bridge = ProgressBridge()
-        self._bridge.progress.connect(self._on_progress)
         self._checked_recovery: set[str] = set()
         self._build()
+        self._job = JobRunner("Segment", progress=self.progress, buttons=(self.segment_button,),
+                              cancel_button=self.cancel_button, status=self.status,
+                              cancelled_text="cancelled; nothing was added")
+        self._job.on_finished.append(self._on_finished)
+        self._steps = StepQueue("Segment")  # showing the result, one layer per event-loop turn
+        self._result_layer = None
         self.viewer.layers.events.inserted.connect(self._on_layer_inserted)
         self.viewer.layers.events.removed.connect(self._on_layer_removed)
         self.destroyed.connect(lambda *_: self._disconnect(self.viewer))
@@ -106,7 +179,7 @@ class SegmentWidget(QWidget):
     def _build(self):
         lay = QVBoxLayout(self)
         form = QFormLayout()
-        self.scan_combo = LayerCombo(self.viewer, lambda l: l in scan_layers(self.viewer))
+        self.scan_combo = LayerCombo(self.viewer, lambda lyr: lyr in scan_layers(self.viewer))
         form.addRow("Scan", self.scan_combo)
         self.extra_channels = QWidget()
         self.extra_form = QFormLayout(self.extra_channels)
@@ -131,6 +204,8 @@ class SegmentWidget(QWidget):
         self.model_info.setWordWrap(True)
         self.model_info.setStyleSheet("color: gray")
         form.addRow(self.model_info)
+
+        from ..models.devices import available_devices  # imports torch: only when the widget is made
 
         self.device_combo = QComboBox()
         self.device_combo.addItems(available_devices())
@@ -174,9 +249,7 @@ class SegmentWidget(QWidget):
         self.segment_button = QPushButton("Segment")
         self.segment_button.setDefault(True)
         self.segment_button.clicked.connect(self.run)
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setEnabled(False)
-        self.cancel_button.clicked.connect(self.cancel)
+        self.cancel_button = QPushButton("Cancel")  # wired by the job runner
         buttons.addWidget(self.segment_button, 1)
         buttons.addWidget(self.cancel_button)
         lay.addLayout(buttons)
@@ -219,13 +292,13 @@ class SegmentWidget(QWidget):
     def _on_model_changed(self, *_):
         try:
             spec = self.model_spec()
-        except Exception as exc:
+        except (ModelError, OSError, ValueError) as exc:
             self.model_info.setText(f"cannot read this model: {exc}")
             return
         if spec is None:
             self.model_info.setText("no model: use Add model…")
             return
-        labels = ", ".join(l.name for l in spec.labels if l.index != 0)
+        labels = ", ".join(e.name for e in spec.labels if e.index != 0)
         self.model_info.setText(f"{spec.architecture}, {spec.in_channels} channel(s) "
                                 f"({', '.join(spec.channel_names)}); labels: {labels}")
         for s, v in zip(self.roi, spec.roi_size):
@@ -241,7 +314,7 @@ class SegmentWidget(QWidget):
         if n <= 1:
             return
         for name in spec.channel_names[1:]:
-            combo = LayerCombo(self.viewer, lambda l: l in scan_layers(self.viewer))
+            combo = LayerCombo(self.viewer, lambda lyr: lyr in scan_layers(self.viewer))
             combo.insertItem(0, "(same scan, next channel)")
             combo.setCurrentIndex(0)
             self.extra_form.addRow(f"Channel {name}", combo)
@@ -265,7 +338,7 @@ class SegmentWidget(QWidget):
 
         try:
             spec = registry.add_model(path)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any file can be picked: every failure is shown, none crashes
             report_error(exc, "Add model")
             return False
         name = getattr(spec, "name", spec)
@@ -308,7 +381,8 @@ class SegmentWidget(QWidget):
 
     @property
     def running(self) -> bool:
-        return self._worker is not None
+        """True while a segmentation runs or its result is being shown."""
+        return self._job.busy or self._steps.busy
 
     def run(self):
         """Start a segmentation in a worker (returns immediately). Returns the worker or None."""
@@ -332,117 +406,51 @@ class SegmentWidget(QWidget):
                 return None
             replace = target if answer == "yes" else None
         try:
-            spec = self.model_spec()
-            volume = self._input_volume(layer, spec)
-        except Exception as exc:
+            volume = self._input_volume(layer, self.model_spec())
+        except (Vit3dError, OSError, ValueError) as exc:
             report_error(exc, "Segment")
             return None
-        settings = self.settings()
-        self._cancel_event.clear()
-        started = now_iso()
-        worker = create_engine_worker(_segment_job, volume, model_name, settings["device"], settings,
-                                      bridge=self._bridge, cancel_event=self._cancel_event)
-        worker.returned.connect(lambda out: self._on_done(out, layer.name, volume, model_name, settings,
-                                                          started, replace))
-        worker.errored.connect(lambda exc: report_error(exc, "Segment"))
-        worker.finished.connect(self._on_finished)
-        self._worker = worker
-        self.segment_button.setEnabled(False)
-        self.cancel_button.setEnabled(True)
-        self.progress.setRange(0, 0)
-        self.status.setText(f"segmenting {layer.name} with {model_name}…")
-        worker.start()
-        return worker
+        return self._job.start(_segment_job, volume, layer.name, model_name, self.settings(), now_iso(),
+                               on_done=lambda out: self._on_done(out, replace),
+                               status=f"segmenting {layer.name} with {model_name}…")
 
     def cancel(self):
-        if self._worker is not None:
-            self._cancel_event.set()
-            self._worker.quit()
-            self.status.setText("cancelling…")
-
-    def _on_progress(self, done: int, total: int):
-        self.progress.setRange(0, max(total, 1))
-        self.progress.setValue(done)
+        self._job.cancel()
 
     def _on_finished(self):
-        self._worker = None
-        self.segment_button.setEnabled(True)
-        self.cancel_button.setEnabled(False)
-        self.progress.setRange(0, 1)
-        if self._cancel_event.is_set():
-            self.progress.setValue(0)
-            self.status.setText("cancelled; nothing was added")
+        if self._job.cancelled:
             info("Segment cancelled; nothing was added")
 
     # -- results ------------------------------------------------------------------------------
-    def _on_done(self, out, scan_name, volume, model_key, settings, started, replace):
-        if self._cancel_event.is_set():
-            return
-        try:
-            self._show_result(out, scan_name, volume, model_key, settings, started, replace)
-        except Exception as exc:
-            report_error(exc, "Segment")
+    def _on_done(self, out: SegmentOutput, replace):
+        """GUI thread: insert the prepared layers one per event-loop turn (see the module docstring)."""
+        steps = [functools.partial(self._show_labels, out, replace)]
+        for kind in ("probabilities", "uncertainty"):
+            if kind in out.layers:
+                steps.append(functools.partial(self._show_map, f"{out.record.scan_layer}{SEP}{kind}",
+                                               out.layers[kind]))
+        steps.append(functools.partial(self._show_done, out))
+        self._steps.run(steps)
 
-    def _show_result(self, out, scan_name, volume, model_key, settings, started, replace):
-        from ..io.labels import LabelTable
+    def _show_labels(self, out: SegmentOutput, replace):
+        lab = out.layers["labels"]
+        name = replace or unique_name(self.viewer, f"{out.record.scan_layer}{SEP}labels")
+        self._result_layer = upsert_layer(self.viewer, name, lab.data, "labels", update=("colormap", "features"),
+                                          prebuilt=lab.layer, select=True, **lab.kwargs)
+        return self._result_layer
 
-        loaded, result, unc, regions, *rest = out
-        extras = rest[0] if rest else {}
-        spec = loaded.spec
-        labels_vol = result.labels
-        present = extras["present"] if "present" in extras else np.unique(labels_vol.data)
-        table = LabelTable.from_spec(spec).with_missing(present.tolist())
-        data, kwargs = layer_kwargs(labels_vol, kind="labels")
-        record = RunRecord(
-            scan_layer=scan_name, scan_volume=volume, scan_hash=extras.get("scan_hash") or volume.content_hash(),
-            model_name=spec.name,
-            model_key=model_key, device=str(getattr(loaded, "device", settings["device"])), settings=settings,
-            started=started, finished=now_iso(), model_labels=np.array(data, copy=True), label_table=table,
-            weights_sha256=getattr(loaded, "weights_sha256", None), uncertainty=unc, regions=list(regions))
-        kwargs["metadata"][RUN_KEY] = record
-        name = replace or unique_name(self.viewer, f"{scan_name}{SEP}labels")
-        existing = find_layer(self.viewer, name) if replace else None
-        if isinstance(existing, Labels):
-            existing.data = data
-            for key in ("scale", "translate", "affine"):
-                if key in kwargs:
-                    setattr(existing, key, kwargs[key])
-            existing.metadata.update(kwargs["metadata"])
-            existing.colormap = labels_colormap(table)
-            existing.features = labels_features(table)
-            labels_layer = existing
-        else:
-            labels_layer = self.viewer.add_labels(data, name=name, colormap=labels_colormap(table),
-                                                  features=labels_features(table), opacity=0.5, **kwargs)
-        if settings.get("probabilities") and result.probabilities is not None:
-            pdata, pk = layer_kwargs(result.probabilities, contrast_limits=(0.0, 1.0), colormap="magma",
-                                     metadata={"vit3d_map": {"method": "probability", "model": spec.name}})
-            self._put_image(f"{scan_name}{SEP}probabilities", pdata, pk)
-        if unc is not None:
-            udata, uk = layer_kwargs(unc, contrast_limits=(0.0, 1.0), colormap="viridis", visible=False,
-                                     metadata={"vit3d_map": {"method": "uncertainty", "model": spec.name,
-                                                             "units": "normalised entropy (0..1)"}})
-            self._put_image(f"{scan_name}{SEP}uncertainty", udata, uk)
-        autosave.attach(labels_layer, record.scan_hash, {"scan": scan_name, "model": spec.name,
-                                                         "label_table": table.to_dict()})
-        self.viewer.layers.selection.active = labels_layer
+    def _show_map(self, name: str, prepared: PreparedLayer):
+        return upsert_layer(self.viewer, name, prepared.data, prepared.layer_type, prebuilt=prepared.layer,
+                            **prepared.kwargs)
+
+    def _show_done(self, out: SegmentOutput):
+        rec, labels_layer = out.record, self._result_layer
+        autosave.attach(labels_layer, rec.scan_hash, {"scan": rec.scan_layer, "model": rec.model_name,
+                                                      "label_table": rec.label_table.to_dict()})
         labels_layer.mode = "pan_zoom"
-        n_lab = len([v for v in present if v != 0])
-        self.status.setText(f"done: {n_lab} label(s) in '{labels_layer.name}'"
-                            + (f"; {len(regions)} uncertain region(s)" if unc is not None else ""))
+        self.status.setText(f"done: {out.n_labels} label(s) in '{labels_layer.name}'"
+                            + (f"; {len(rec.regions)} uncertain region(s)" if rec.uncertainty is not None else ""))
         info(f"'{labels_layer.name}' added: paint to correct it, then use Review and correct, and Export")
-        return labels_layer
-
-    def _put_image(self, name, data, kwargs):
-        layer = find_layer(self.viewer, name)
-        if isinstance(layer, Image) and layer.data.shape == data.shape:
-            layer.data = data
-            layer.metadata.update(kwargs["metadata"])
-            return layer
-        if layer is not None:
-            self.viewer.layers.remove(layer)
-        kwargs.setdefault("blending", "additive")
-        return self.viewer.add_image(data, name=name, **kwargs)
 
     # -- recovery -----------------------------------------------------------------------------
     def ask_restore(self, scan_name: str, saved: dict) -> bool:
@@ -459,13 +467,13 @@ class SegmentWidget(QWidget):
         self._offer_recovery(event.value)
 
     def _offer_recovery(self, layer):
-        if layer not in scan_layers(self.viewer) or "vit3d" not in layer.metadata:
+        if layer not in scan_layers(self.viewer) or keys.PLUGIN not in layer.metadata:
             return
         try:
             vol = volume_from_layer(layer)
-            h = vol.content_hash()
-        except Exception:
+        except Vit3dError:  # not a scan on a known grid: nothing to recover
             return
+        h = vol.content_hash()
         if h in self._checked_recovery:  # offered once per session
             return
         saved = recovery.load_recovery(h)
@@ -482,7 +490,7 @@ class SegmentWidget(QWidget):
         table = LabelTable.from_dict(saved_info["label_table"]) if "label_table" in saved_info else \
             LabelTable.from_array(labels)
         data, kwargs = layer_kwargs(vol.with_data(np.zeros(vol.spatial_shape, labels.dtype)), kind="labels",
-                                    metadata={"vit3d_recovered": saved_info})
+                                    metadata={keys.RECOVERED: saved_info})
         restored = self.viewer.add_labels(
             labels, name=unique_name(self.viewer, f"{layer.name}{SEP}labels (recovered)"),
             colormap=labels_colormap(table), features=labels_features(table), opacity=0.5, **kwargs)

@@ -1,8 +1,10 @@
 """What the dock widgets share: loaded models and the record of each segmentation run.
 
-A run record is attached to the labels layer it produced (``layer.metadata["vit3d_run"]``), so the
+A run record is attached to the labels layer it produced (``layer.metadata[io.keys.RUN]``), so the
 Explain, Review and Export widgets find the model, the scan and the model's original output from
-the layer itself, whatever widget made it and in whatever order the widgets were opened.
+the layer itself, whatever widget made it and in whatever order the widgets were opened. Like the
+engine, the record keeps volumes in the scan file's own voxel order (``Volume``s with the scan's
+affine); only what is shown is converted to napari's display order.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-RUN_KEY = "vit3d_run"
+from ..io import keys
 
 _models: dict[tuple[str, str], Any] = {}
 _models_lock = threading.Lock()
@@ -40,12 +42,12 @@ def forget_models() -> None:
 
 
 def now_iso() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
 @dataclass
 class RunRecord:
-    """One Segment run: inputs, settings and the model's untouched output (display order)."""
+    """One Segment run: inputs, settings and the model's untouched output (file order, scan's affine)."""
 
     scan_layer: str
     scan_volume: Any  # Volume (file order), kept for explanations and provenance
@@ -56,7 +58,7 @@ class RunRecord:
     settings: dict
     started: str
     finished: str
-    model_labels: np.ndarray  # display order, never edited
+    model_labels: Any  # Volume: the model's labels in the scan file's voxel order, never edited
     label_table: Any  # io.labels.LabelTable
     weights_sha256: str | None = None
     uncertainty: Any = None  # Volume or None
@@ -64,11 +66,16 @@ class RunRecord:
     region_cursor: int = -1
     extras: dict = field(default_factory=dict)
 
+    def model_labels_display(self) -> np.ndarray:
+        """The model's labels in napari display order, to compare with the layer's data: a view (no copy),
+        read it, never write to it."""
+        return self.model_labels.geometry.to_display(self.model_labels.data)
+
 
 def run_of(layer) -> RunRecord | None:
     if layer is None:
         return None
-    rec = layer.metadata.get(RUN_KEY)
+    rec = layer.metadata.get(keys.RUN)
     return rec if isinstance(rec, RunRecord) else None
 
 
