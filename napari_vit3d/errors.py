@@ -42,4 +42,18 @@ class Cancelled(Vit3dError):
 
 
 class VolumeWarning(UserWarning):
-    """Something about the input was repaired (for example NaN voxels); the message says what."""
+    """Something about the input was repaired or is doubtful (NaN voxels, values beyond float32, a scan too
+    small for the model); the message says what."""
+
+
+class UntrustedCodeError(ModelError):
+    """A model would run code from a file the user has not trusted (a MONAI bundle's config is code:
+    ``$`` expressions and ``_target_`` instantiations); refused before anything of it is evaluated."""
+
+
+class ModelWarning(UserWarning):
+    """Something about a model is doubtful but usable (the message says what)."""
+
+
+class ResourceLimitWarning(UserWarning):
+    """A request fits in memory, but only just (the message gives the estimate and the option to change)."""

@@ -63,7 +63,7 @@ def test_passthrough_bundle_exact_on_oblique_lps(tmp_path):
     mask = blobs((36, 30, 10), OBLIQUE_LPS)
     vol = Volume(np.eye(3, dtype=np.float32)[mask], OBLIQUE_LPS, name="oblique")
     calls = []
-    res = segment(vol, load_bundle(folder), device="cpu", progress=lambda d, t: calls.append((d, t)))
+    res = segment(vol, load_bundle(folder, trust=True), device="cpu", progress=lambda d, t: calls.append((d, t)))
     np.testing.assert_array_equal(res.labels.data, mask)
     np.testing.assert_array_equal(res.labels.affine, OBLIQUE_LPS)
     np.testing.assert_array_equal(np.argmax(res.probabilities.data, -1), mask)
@@ -76,7 +76,7 @@ def test_passthrough_bundle_resampling_and_dict_postprocessing(tmp_path):
                           [{"_target_": "AsDiscreted", "keys": "pred", "argmax": True}], state=identity(3)[1])
     mask = blobs((36, 30, 10), OBLIQUE_LPS)
     vol = Volume(np.eye(3, dtype=np.float32)[mask], OBLIQUE_LPS, name="oblique")
-    res = segment(vol, load_bundle(folder), device="cpu")
+    res = segment(vol, load_bundle(folder, trust=True), device="cpu")
     assert res.labels.data.shape == mask.shape
     # the bundle discretised on its own 1.2 mm grid, so the boundary is only known to ±0.6 mm: what must
     # hold is that the labels sit where the balls are (no shift) with the overlap such a grid allows
@@ -105,7 +105,7 @@ def test_file_reading_bundle_never_saves(tmp_path):
     from napari_vit3d.io.nifti import read_nifti
 
     vol = read_nifti(src, as_labels=False)
-    res = segment(vol, load_bundle(folder), device="cpu", return_probabilities=False)
+    res = segment(vol, load_bundle(folder, trust=True), device="cpu", return_probabilities=False)
     np.testing.assert_array_equal(res.labels.data, mask)  # one-channel output: the bundle's labels, placed exactly
     assert list(out_dir.iterdir()) == []
 
@@ -125,7 +125,7 @@ def test_unet_bundle_labels_equal_monai_running_the_bundle(tmp_path):
                           n_in=1, n_out=3, state=state)
     rng = np.random.default_rng(0)
     vol = Volume(rng.gamma(2, 30, (24, 20, 18)).astype(np.float32), from_matvec(np.eye(3), [1, 2, 3]))
-    res = segment(vol, load_bundle(folder), device="cpu")
+    res = segment(vol, load_bundle(folder, trust=True), device="cpu")
     # MONAI itself: ConfigParser builds everything, torch.load reads the weights
     ref = ConfigParser()
     ref.read_config(str(folder / "configs" / "inference.json"))

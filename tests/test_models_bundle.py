@@ -74,7 +74,7 @@ def monai_reference(folder, x):
 @pytest.mark.parametrize("yaml", [False, True])
 def test_bundle_gives_monai_own_output(tmp_path, yaml):
     folder = write_bundle(tmp_path / "bundle", UNET, yaml=yaml)
-    bundle = load_bundle(folder)
+    bundle = load_bundle(folder, trust=True)
     assert not bundle.network.training
     assert bundle.spec.architecture == "monai_bundle" and bundle.spec.name == "Tiny test bundle"
     assert [(l.index, l.name) for l in bundle.spec.labels] == [(0, "background"), (1, "left"), (2, "right")]
@@ -100,7 +100,7 @@ def test_stale_swin_unetr_img_size_is_dropped_with_a_warning(tmp_path):
     with pytest.raises(Exception):  # MONAI itself cannot build this published-style config any more
         parser.get_parsed_content("network_def")
     with pytest.warns(UserWarning, match="img_size"):
-        bundle = load_bundle(folder)
+        bundle = load_bundle(folder, trust=True)
     ref = SwinUNETR(**{k: v for k, v in SWIN.items() if k not in ("_target_", "img_size")})
     ref.load_state_dict(torch.load(folder / "models" / "model.pt", weights_only=False)["state_dict"])
     x = torch.randn(1, 1, 32, 32, 32)
@@ -111,7 +111,7 @@ def test_stale_swin_unetr_img_size_is_dropped_with_a_warning(tmp_path):
 def test_bundle_through_the_registry(tmp_path, monkeypatch):
     monkeypatch.setenv("NAPARI_VIT3D_CONFIG_DIR", str(tmp_path / "config"))
     folder = write_bundle(tmp_path / "b", UNET)
-    spec = add_model(folder, name="tiny-bundle")
+    spec = add_model(folder, name="tiny-bundle", trust_bundle=True)
     assert spec.architecture == "monai_bundle"
     assert get_spec(folder / "configs" / "inference.json").architecture == "monai_bundle"
     assert "tiny-bundle" in [e.name for e in list_models()]
@@ -124,11 +124,11 @@ def test_broken_bundles_are_user_errors(tmp_path):
     folder = write_bundle(tmp_path / "b", UNET)
     (folder / "models" / "model.pt").unlink()
     with pytest.raises(CheckpointError, match="no weights"):
-        load_bundle(folder)
+        load_bundle(folder, trust=True)
     assert bundle_spec(folder).weights is None
     with pytest.raises(ModelError, match="not a MONAI bundle"):
-        load_bundle(tmp_path)
+        load_bundle(tmp_path, trust=True)
     bad = write_bundle(tmp_path / "bad", {**UNET, "channels": [4, 8, 16], "strides": [2, 2]})
     torch.save({"state_dict": {"x": torch.zeros(1)}}, bad / "models" / "model.pt")
     with pytest.raises(CheckpointError, match="unexpected 1: x"):
-        load_bundle(bad)
+        load_bundle(bad, trust=True)

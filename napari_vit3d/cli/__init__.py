@@ -3,16 +3,21 @@
 A command module defines ``register(subparsers)`` which adds its parser and sets ``func`` (a callable
 taking the parsed ``argparse.Namespace`` and returning an exit code). User errors
 (:class:`~napari_vit3d.errors.Vit3dError`) and refusals of the file system (``OSError``: permission,
-disk full, ...) become one line on stderr and exit code 2; a cancelled run exits 130. Anything else is
-a bug and keeps its traceback.
+disk full, ...) become one line on stderr and exit code 2; a cancelled run exits 130 (Ctrl-C), 143
+(SIGTERM) or 129 (SIGHUP): those two signals are turned into the same ``KeyboardInterrupt`` path as Ctrl-C,
+so temporary files are removed and no output is half-replaced. Running out of memory despite the
+pre-flight checks is one line too (exit 2). Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import re
+import signal
 import sys
+import threading
 import warnings
 
 from .. import __version__
@@ -64,6 +69,37 @@ def _attach_negative_values(argv: list[str]) -> list[str]:
     return out
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised where Python is when it arrives: every ``except BaseException``/``finally``
+    cleanup runs (temporary files are removed), exactly as for Ctrl-C."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = int(signum)
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated(signum)
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt():
+    """While a command runs: SIGTERM and SIGHUP raise :class:`Terminated` (main thread only; handlers restored)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = {}
+    for name in ("SIGTERM", "SIGHUP"):
+        sig = getattr(signal, name, None)
+        if sig is not None:
+            old[sig] = signal.signal(sig, _raise_terminated)
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -73,7 +109,8 @@ def main(argv=None) -> int:
         return EXIT_USAGE_OR_INPUT
     warnings.showwarning = _show_warning
     try:
-        return int(args.func(args) or 0)
+        with _terminate_as_interrupt():
+            return int(args.func(args) or 0)
     except Cancelled as exc:
         print(f"cancelled: {exc}", file=sys.stderr)
         return EXIT_CANCELLED
@@ -84,6 +121,14 @@ def main(argv=None) -> int:
         where = f"{exc.filename}: " if exc.filename else ""
         print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
         return EXIT_USAGE_OR_INPUT
+    except MemoryError:  # past the pre-flight estimates: still one line, not a traceback
+        print("error: ran out of memory (the pre-flight estimate did not foresee this: close other programs, or use a "
+              "smaller scan or model)", file=sys.stderr)
+        return EXIT_USAGE_OR_INPUT
+    except Terminated as exc:
+        name = signal.Signals(exc.signum).name
+        print(f"cancelled: {name} received; temporary files were removed", file=sys.stderr)
+        return 128 + exc.signum
     except KeyboardInterrupt:
         print("cancelled", file=sys.stderr)
         return EXIT_CANCELLED

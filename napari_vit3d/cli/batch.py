@@ -40,8 +40,21 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
+def _check_bundle_trust(model) -> None:
+    """Batch workers load the model in their own processes: a MONAI bundle must be trusted on record first."""
+    from ..models.registry import default_model_name, get_spec
+    from ..models.trust import require_trust
+
+    spec = get_spec(model or default_model_name())
+    if spec.architecture == "monai_bundle" and spec.root:
+        require_trust(spec.root, how=f"record trust with napari-vit3d models --add {spec.root} --trust-bundle (batch "
+                                     "workers load the model in their own processes)")
+
+
 def run(args) -> int:
     from ..batch import EXIT_SOME_FAILED, run_batch
+
+    _check_bundle_trust(args.model)  # before a cluster starts: nothing of an untrusted bundle runs anywhere
 
     bar = None
     if not args.quiet:

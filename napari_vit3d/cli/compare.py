@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import sys
 
-from ._common import check_output_paths
+from ._common import add_trust_option, check_output_paths, model_files, outputs_transaction
 
 
 def format_table(result: dict) -> str:
@@ -30,7 +30,8 @@ def _finish(args, comparison, scan_source=None) -> int:
     if args.output:
         vol = comparison.map
         protect = tuple(p for p in (scan_source, getattr(args, "a", None), getattr(args, "b", None)) if p)
-        write_labels(args.output, vol.data, vol.affine, header=vol.header, protect=protect)
+        with outputs_transaction():
+            write_labels(args.output, vol.data, vol.affine, header=vol.header, protect=protect)
         result["output"] = str(args.output)
     if args.json:
         sys.stdout.write(to_json(result, indent=None) + "\n")
@@ -46,6 +47,8 @@ def run_labels(args) -> int:
     from ..io.labels import LabelTable
     from ..review.compare import compare_labels
 
+    if args.output:
+        check_output_paths(args.a, [args.output], inputs=(args.b, args.label_table))
     a = read_scan(args.a, as_labels=True)
     b = read_scan(args.b, as_labels=True)
     table = LabelTable.read(args.label_table) if args.label_table else None
@@ -54,25 +57,31 @@ def run_labels(args) -> int:
 
 def run_models(args) -> int:
     from ..inference import resolve_device, segment
+    from ..inference.preflight import check_segmentation
     from ..io.formats import read_scan
     from ..io.labels import LabelTable
-    from ..models.registry import get_spec
+    from ..models.registry import get_spec, load_model
     from ..review.compare import compare_labels
 
-    # fail fast, before the first (slow) model run: output path, device, both models' specs
-    check_output_paths(args.scan, [args.output])
+    # fail fast, before the first (slow) model run: output path, device, both models' specs, the scan, the
+    # models themselves (a bundle needs --trust-bundle) and the memory both runs need
+    check_output_paths(args.scan, [args.output], inputs=[*model_files(args.model_a), *model_files(args.model_b)])
     device = resolve_device(args.device)
     for ref in (args.model_a, args.model_b):
         get_spec(ref)
     scan = read_scan(args.scan, as_labels=False, series=args.series)
+    loaded = [load_model(ref, device, trust_bundle=args.trust_bundle) for ref in (args.model_a, args.model_b)]
+    for m in loaded:
+        check_segmentation(scan, m.spec, network=None if m.bundle is not None else m.network, overlap=args.overlap,
+                           probabilities=False)
     def show(done, total):
         print(f"\r  {done}/{total} windows", end="", file=sys.stderr)
 
     progress = None if args.json else show
     results = []
-    for which, model in (("A", args.model_a), ("B", args.model_b)):
+    for which, ref, model in (("A", args.model_a, loaded[0]), ("B", args.model_b, loaded[1])):
         if not args.json:
-            print(f"model {which}: {model}", file=sys.stderr)
+            print(f"model {which}: {ref}", file=sys.stderr)
         results.append(segment(scan, model, device=device, overlap=args.overlap, progress=progress,
                                return_probabilities=False, use_cache=False))  # one-shot: nothing to reuse
         if progress:
@@ -99,6 +108,7 @@ def register(subparsers) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA > MPS > CPU), cpu, cuda, mps")
     p.add_argument("--overlap", type=float, default=0.25, help="sliding-window overlap (0..1)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    add_trust_option(p)
     p.set_defaults(func=run_models)
 
     q = subparsers.add_parser("compare-labels", help="map where two label files of one scan disagree",

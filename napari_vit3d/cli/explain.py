@@ -12,7 +12,9 @@
 OUTPUT lies on INPUT's grid (same first three axes, affine, qform/sform codes), float32;
 ``dino-heads`` and ``--head all`` write a 4D file with heads along the 4th axis. Beside OUTPUT a
 JSON sidecar (``OUTPUT`` with ``.json`` instead of ``.nii[.gz]``) records the method, model, layer,
-head, query, window and parameters. Without ``--model`` the first registered model that supports the
+head, query, window and parameters; an existing ``.json`` there that is not this command's sidecar for
+OUTPUT is never replaced without ``--overwrite``. All outputs are checked before the model runs and
+written together at the end, or none. Without ``--model`` the first registered model that supports the
 method is used (the default model when it does) and named on stderr and in the sidecar.
 Exit codes: 0 done, 2 user error (one line on stderr), 130 cancelled.
 """
@@ -20,13 +22,14 @@ Exit codes: 0 done, 2 user error (one line on stderr), 130 cancelled.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import GeometryError, ModelError, VolumeError
 from ..explain.methods import architectures_supporting, method_names
-from ._common import check_output_paths
+from ._common import add_trust_option, check_output_paths, model_files, outputs_transaction, safe_resolve
 
 METHODS = method_names(cli=True)
 
@@ -67,6 +70,9 @@ def register(subparsers) -> None:
                                                     "instead of one voxel")
     p.add_argument("--log1p", action="store_true", help="erf: write log(1 + |gradient|)")
     p.add_argument("--stats", metavar="PATH", help="erf: write extent statistics (JSON)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing OUTPUT .json that is not this command's sidecar for OUTPUT")
+    add_trust_option(p)
     p.set_defaults(func=run)
 
 
@@ -105,24 +111,40 @@ def choose_model(method: str) -> str:
     return entries[0].name
 
 
-def _check_outputs(args) -> None:
-    inp = Path(args.input).resolve()
-    outs = check_output_paths(args.input, (args.output, args.masks_output))
-    side = sidecar_path(args.output).resolve()
-    for extra in (args.stats,):
-        if extra and Path(extra).resolve() in (side, inp, *(o.resolve() for o in outs)):
-            raise VolumeError(f"{extra}: this name is taken by another output (the JSON sidecar is {side.name})")
+def _own_sidecar(output) -> Callable[[Path], bool]:
+    """Whether an existing JSON file is the sidecar this command wrote for ``output`` (so it may be replaced)."""
+    import json
+
+    want = str(safe_resolve(output))
+
+    def owned(path: Path) -> bool:
+        try:
+            d = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError):
+            return False
+        return isinstance(d, dict) and d.get("output") == want and d.get("method") is not None
+
+    return owned
+
+
+def _check_outputs(args, model_ref=None) -> None:
+    """Every output, and the sidecar, checked before the model runs (``cli._common.check_output_paths``)."""
+    check_output_paths(args.input, (args.output, args.masks_output), extra=(args.stats,),
+                       inputs=[args.region, *(model_files(model_ref) if model_ref else ())],
+                       sidecars=[(sidecar_path(args.output), _own_sidecar(args.output))], overwrite=args.overwrite)
 
 
 def run(args) -> int:
     from .. import explain as ex
+    from ..inference.preflight import check_segmentation
     from ..io.atomic import to_json, write_text_atomic
     from ..io.formats import read_scan
     from ..io.nifti import write_image, write_labels
     from ..models.devices import resolve_device
     from ..models.registry import load_model
 
-    _check_outputs(args)
+    model_ref = args.model or choose_model(args.method)
+    _check_outputs(args, model_ref)
     if args.method != "dino-heads" and args.masks_output:
         raise VolumeError("--masks-output only goes with --method dino-heads")
     scan = read_scan(args.input, as_labels=False, series=args.series)
@@ -142,8 +164,7 @@ def run(args) -> int:
         except ValueError:
             raise ModelError(f"--head must be a head number, mean or all; got {args.head!r}") from None
 
-    model_ref = args.model or choose_model(args.method)
-    model = load_model(model_ref, resolve_device(args.device))
+    model = load_model(model_ref, resolve_device(args.device), trust_bundle=args.trust_bundle)
     if not ex.supports(model.network, args.method):
         raise ModelError(f"model {model.spec.name!r} ({model.spec.architecture}) does not support {args.method}; "
                          f"models that do: {', '.join(architectures_supporting(args.method))}")
@@ -152,6 +173,8 @@ def run(args) -> int:
     def progress(done, total):
         print(f"  {args.method}: {done}/{total}", file=sys.stderr)
 
+    check_segmentation(scan, model.spec, network=model.network, probabilities=args.head == "all",
+                       options={"probabilities": "--head all"})  # the prepared scan and the maps: refuse or warn
     sess = ex.ExplainSession(model, scan)
     masks = None
     stats = None
@@ -186,15 +209,17 @@ def run(args) -> int:
     side = sidecar_path(args.output)
     side_text = to_json(meta) + "\n"
     stats_text = to_json(stats) + "\n" if stats is not None else None
-    write_image(args.output, vol.data, scan.affine, header=header, source_path=scan.source_path)
-    written = [str(args.output)]
-    if labels is not None:
-        write_labels(args.masks_output, labels.data, scan.affine, header=scan.header, source_path=scan.source_path)
-        written.append(str(args.masks_output))
-    if stats_text is not None:
-        write_text_atomic(args.stats, stats_text)
-        written.append(str(args.stats))
-    write_text_atomic(side, side_text)
-    written.append(str(side))
+    with outputs_transaction():  # the map, masks, statistics and sidecar replace their targets together, or none
+        write_image(args.output, vol.data, scan.affine, header=header, source_path=scan.source_path)
+        written = [str(args.output)]
+        if labels is not None:
+            write_labels(args.masks_output, labels.data, scan.affine, header=scan.header,
+                         source_path=scan.source_path)
+            written.append(str(args.masks_output))
+        if stats_text is not None:
+            write_text_atomic(args.stats, stats_text)
+            written.append(str(args.stats))
+        write_text_atomic(side, side_text)
+        written.append(str(side))
     print(f"wrote {', '.join(written)}", file=sys.stderr)
     return 0

@@ -9,7 +9,9 @@
 The clicks are applied one at a time in the order given (positive points first, then negative
 ones), each a prediction of the promptable model on a crop around the clicks, as a user clicking in
 the viewer would. MASK has SCAN's shape, affine and voxel order, uint8 0/1, written atomically and
-never over SCAN. A JSON sidecar ``MASK.json`` records the clicks, crop and model. Exit codes: 0
+never over SCAN. A JSON sidecar ``MASK.json`` records the clicks, crop and model (an existing one that
+is not a prompt sidecar is only replaced with ``--overwrite``); both are checked before the model runs
+and written together at the end, or neither. Exit codes: 0
 done, 2 a user error (a point outside the scan, a box with no volume, no positive point, …), 130
 cancelled.
 """
@@ -21,7 +23,7 @@ import sys
 from pathlib import Path
 
 from ..errors import GeometryError
-from ._common import check_output_paths
+from ._common import check_output_paths, outputs_transaction
 
 
 def _triple(text: str, what: str) -> tuple[float, float, float]:
@@ -63,7 +65,14 @@ def register(subparsers) -> None:
     p.add_argument("--previous", metavar="MASK", help="an existing mask on SCAN's grid to correct")
     p.add_argument("--model", metavar="MODEL", help="promptable model name or spec .json (default segformer3d-prompt)")
     p.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda", "mps"), help="default cpu")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing MASK.json that is not a prompt sidecar")
     p.set_defaults(func=run)
+
+
+def _sidecar(output) -> Path:
+    out = str(output)
+    return Path((out[:-7] if out.lower().endswith(".nii.gz") else out[:-4]) + ".json")
 
 
 def run(args) -> int:
@@ -73,7 +82,8 @@ def run(args) -> int:
     from ..models.devices import resolve_device
     from ..prompt.session import PromptSession, load_prompt_model
 
-    outs = check_output_paths(args.input, (args.output,))
+    outs = check_output_paths(args.input, (args.output,), inputs=(args.previous,),
+                              sidecars=[(_sidecar(args.output), _is_prompt_sidecar)], overwrite=args.overwrite)
     positives = ([("world", _triple(t, "--point-world")) for t in args.point_world]
                  + [("voxel", _triple(t, "--point-voxel")) for t in args.point_voxel])
     negatives = ([("world", _triple(t, "--negative-world")) for t in args.negative_world]
@@ -91,11 +101,7 @@ def run(args) -> int:
             raise GeometryError(f"--box-world {args.box_world!r}: expected six comma-separated numbers, got "
                                 f"{len(vals)}")
         box = (vals[:3], vals[3:])
-    out = str(outs[0])
-    sidecar = Path((out[:-7] if out.lower().endswith(".nii.gz") else out[:-4]) + ".json")
-    if sidecar.exists() and not _is_prompt_sidecar(sidecar):
-        raise GeometryError(f"{sidecar}: exists and is not a prompt sidecar; refusing to replace it (choose "
-                            f"another -o)")
+    sidecar = _sidecar(outs[0])
     scan = read_scan(args.input, as_labels=False, series=args.series)
     model = load_prompt_model(args.model, device=resolve_device(args.device))
     session = PromptSession(model, scan)
@@ -115,9 +121,10 @@ def run(args) -> int:
         session.add_point(world=w, positive=False)
         result = session.predict()
     mask = result.mask
-    write_labels(outs[0], mask.data, scan.affine, header=scan.header, source_path=scan.source_path)
-    write_json_atomic(sidecar, {**mask.metadata, "voxels": int(mask.data.sum()),
-                                       "volume_ml": float(mask.data.sum() * scan.voxel_volume_ml)})
+    with outputs_transaction():  # the mask and its sidecar replace their targets together, or neither
+        write_labels(outs[0], mask.data, scan.affine, header=scan.header, source_path=scan.source_path)
+        write_json_atomic(sidecar, {**mask.metadata, "voxels": int(mask.data.sum()),
+                                    "volume_ml": float(mask.data.sum() * scan.voxel_volume_ml)})
     print(f"wrote {outs[0]}  ({int(mask.data.sum())} voxels, {mask.data.sum() * scan.voxel_volume_ml:.2f} mL, "
           f"crop {result.crop.spacing:g} mm)", file=sys.stderr)
     return 0

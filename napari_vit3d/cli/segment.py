@@ -7,8 +7,11 @@
                          [--save-probabilities PATH] [--save-uncertainty PATH]
 
 OUTPUT has INPUT's shape (first three axes), affine, qform/sform codes and voxel order, an integer
-dtype, and is written atomically; it is never written over INPUT. Exit codes: 0 done, 2 a user error
-(bad file, unknown model, …; one line on stderr), 130 cancelled (Ctrl-C).
+dtype; it is never written over INPUT. All outputs are checked before the run (names, folders writable,
+none of them an input) and written together at the end, or none (``cli._common``). The run is checked
+against the memory available first (``inference.preflight``). Exit codes: 0 done, 2 a user error (bad
+file, unknown model, untrusted bundle, not enough memory, …; one line on stderr), 130 cancelled (Ctrl-C;
+143/129 for SIGTERM/SIGHUP).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ._common import check_output_paths
+from ._common import add_trust_option, check_output_paths, model_files, outputs_transaction
 
 
 def register(subparsers) -> None:
@@ -43,25 +46,32 @@ def register(subparsers) -> None:
     p.add_argument("--save-uncertainty", metavar="PATH",
                    help="also write the normalised softmax entropy (0 = certain, 1 = all classes equally likely)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_trust_option(p)
     p.set_defaults(func=run)
 
 
-def _check_outputs(args) -> list[Path]:
-    return check_output_paths(args.input, (args.output, args.save_probabilities, args.save_uncertainty))
+def _check_outputs(args, model_ref=None) -> list[Path]:
+    return check_output_paths(args.input, (args.output, args.save_probabilities, args.save_uncertainty),
+                              inputs=model_files(model_ref) if model_ref else ())
 
 
 def run(args) -> int:
+    from ..inference.preflight import check_segmentation
     from ..io.formats import read_scan
     from ..io.nifti import write_image, write_labels
     from ..models.devices import resolve_device
     from ..models.registry import default_model_name, load_model
     from ..usecases import segment_scan
 
-    _check_outputs(args)  # before the (slow) model run: fail fast on a bad output path
-    scan = read_scan(args.input, as_labels=False, series=args.series)
     model_ref = args.model if args.model else default_model_name()
+    _check_outputs(args, model_ref)  # before the (slow) model run: fail fast on a bad output path
+    scan = read_scan(args.input, as_labels=False, series=args.series)
     device = resolve_device(args.device)
-    model = load_model(model_ref, device)
+    model = load_model(model_ref, device, trust_bundle=args.trust_bundle)
+    # the whole run, with the outputs asked for, against the memory available: refuse or warn before it starts
+    check_segmentation(scan, model.spec, network=None if model.bundle is not None else model.network,
+                       overlap=args.overlap, sw_batch_size=args.sw_batch_size,
+                       probabilities=bool(args.save_probabilities), uncertainty=bool(args.save_uncertainty))
 
     bar = None
     if not args.quiet:
@@ -84,15 +94,17 @@ def run(args) -> int:
             bar.close()
 
     protect = (scan.source_path,)
-    write_labels(args.output, out.labels.data, scan.affine, header=scan.header, source_path=scan.source_path)
-    written = [args.output]
-    if args.save_probabilities:
-        write_image(args.save_probabilities, out.probabilities.data, scan.affine, header=scan.header,
-                    protect=protect)
-        written.append(args.save_probabilities)
-    if args.save_uncertainty:
-        write_image(args.save_uncertainty, out.uncertainty.data, scan.affine, header=scan.header, protect=protect)
-        written.append(args.save_uncertainty)
+    with outputs_transaction():  # all outputs replace their targets together at the end, or none does
+        write_labels(args.output, out.labels.data, scan.affine, header=scan.header, source_path=scan.source_path)
+        written = [args.output]
+        if args.save_probabilities:
+            write_image(args.save_probabilities, out.probabilities.data, scan.affine, header=scan.header,
+                        protect=protect)
+            written.append(args.save_probabilities)
+        if args.save_uncertainty:
+            write_image(args.save_uncertainty, out.uncertainty.data, scan.affine, header=scan.header,
+                        protect=protect)
+            written.append(args.save_uncertainty)
     present = [int(v) for v in out.present]
     names = out.label_names
     present_txt = ", ".join(f"{v} {names.get(v, '')}".strip() for v in present[:20])

@@ -35,9 +35,9 @@ def estimate_bytes(network: nn.Module, roi, method: str, in_channels: int = 1) -
 
 
 def available_bytes() -> int:
-    import psutil
+    from ..io.memory import available_memory  # free memory, address-space and cgroup limits: one home
 
-    return int(psutil.virtual_memory().available)
+    return available_memory()
 
 
 def check_memory(network: nn.Module, roi, method: str, in_channels: int = 1, *, available: int | None = None) -> int:

@@ -99,6 +99,12 @@ class ExplainSession:
             self.model_input = model_input
             self.roi = tuple(int(r) for r in (roi_size if roi_size is not None else model_input.spatial_shape))
         else:
+            from ..inference.preflight import check_scan_content, check_segmentation
+
+            # refuse a scan the model cannot say anything about, or a model grid that would not fit, before preparing it
+            check_scan_content(volume, self.spec, channels=channels, warn=False)
+            check_segmentation(volume, self.spec, network=self.network, roi_size=roi_size, probabilities=False,
+                               warn=False)
             self.model_input = preprocess(volume, self.spec, roi_size=roi_size, channels=channels)
             self.roi = tuple(int(r) for r in (roi_size if roi_size is not None else self.spec.roi_size))
         self._captures: OrderedDict = OrderedDict()

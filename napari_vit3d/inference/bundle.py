@@ -124,6 +124,9 @@ def segment_bundle(volume: Volume, bundle, spec, *, device="auto", weights_sha25
     if isinstance(logits, (tuple, list)):
         logits = logits[0]
     logits = logits[0].detach().float().cpu().as_subclass(torch.Tensor)
+    if not bool(torch.isfinite(logits).all()):
+        raise ModelError(f"bundle {spec.name!r} produced NaN/Inf outputs on {volume.name}; its labels would be "
+                         "meaningless, so none are given")
     if cancel is not None and cancel():
         raise Cancelled("segmentation was cancelled; nothing was written")
     if image_affine is None:

@@ -28,6 +28,7 @@ from ..models.architectures import check_window
 from ..models.devices import autocast_dtype, resolve_device
 from .cache import forward_cache, network_fingerprint
 from .predictor import BLEND_MODES, CancelFn, ProgressFn, count_windows, sliding_window_logits
+from .preflight import check_scan_content, check_segmentation
 from .preprocess import ModelInput, preprocess
 from .results import (
     SegmentationResult,
@@ -105,11 +106,34 @@ def _prepare(model, device, overlap, mode, roi_size, what: str):
     return parts, spec, resolve_device(device), check_window(spec, roi_size if roi_size is not None else spec.roi_size)
 
 
+def _preflight(volume: Volume, parts: _ModelParts, roi, overlap, sw_batch_size, channels, *,
+               probabilities: bool, flips: int = 1) -> None:
+    """Refuse, before anything large is allocated, a scan the model cannot say anything about and a run that
+    would not fit (``inference.preflight``; the front ends warn, this only refuses)."""
+    check_scan_content(volume, parts.spec, channels=channels)
+    check_segmentation(volume, parts.spec, network=None if parts.bundle is not None else parts.network,
+                       roi_size=roi, overlap=overlap, sw_batch_size=sw_batch_size, probabilities=probabilities,
+                       flips=flips, warn=False)
+
+
+def _check_finite(logits: torch.Tensor, spec) -> None:
+    if not bool(torch.isfinite(logits).all()):
+        raise ModelError(f"model {spec.name!r} produced NaN/Inf outputs on this scan; its labels would be "
+                         "meaningless, so none are given (broken weights, or an input far outside what it was "
+                         "trained on)")
+
+
 def forward(volume: Volume, model, *, device="auto", overlap: float = 0.25, sw_batch_size: int | None = None,
             mode: str = "gaussian", roi_size=None, channels=None, amp: bool = True,
-            progress: ProgressFn | None = None, cancel: CancelFn | None = None, use_cache: bool = True) -> ForwardPass:
-    """Preprocess ``volume`` and run the sliding-window forward pass (or take it from the cache)."""
+            progress: ProgressFn | None = None, cancel: CancelFn | None = None, use_cache: bool = True,
+            _checked: bool = False) -> ForwardPass:
+    """Preprocess ``volume`` and run the sliding-window forward pass (or take it from the cache).
+
+    Pre-flight checks (``inference.preflight``) run first: a blank, constant or too small scan and a run that
+    would not fit in memory are refused before anything large is allocated."""
     parts, spec, dev, roi = _prepare(model, device, overlap, mode, roi_size, "the model-space forward pass")
+    if not _checked:
+        _preflight(volume, parts, roi, overlap, sw_batch_size, channels, probabilities=False)
     settings = _settings(spec, roi, overlap, mode, dev, amp, channels)
     fingerprint = network_fingerprint(parts.network)
     key = None
@@ -127,6 +151,7 @@ def forward(volume: Volume, model, *, device="auto", overlap: float = 0.25, sw_b
     logits = sliding_window_logits(parts.network, mi.tensor, roi, overlap=overlap, mode=mode,
                                    sw_batch_size=sw_batch_size, device=dev, amp=amp, progress=progress,
                                    cancel=cancel)[0]
+    _check_finite(logits, spec)
     if key is not None:
         forward_cache().put(key, (logits, mi))
     return ForwardPass(logits, mi, settings, fingerprint)
@@ -157,10 +182,17 @@ def segment(volume: Volume, model, *, device="auto", overlap: float = 0.25, sw_b
     if parts.bundle is not None:
         from .bundle import segment_bundle
 
+        _preflight(volume, parts, parts.spec.roi_size, overlap, sw_batch_size, channels,
+                   probabilities=return_probabilities)
         return segment_bundle(volume, parts.bundle, parts.spec, device=device, weights_sha256=parts.weights_sha256,
                               progress=progress, cancel=cancel, return_probabilities=return_probabilities, amp=amp)
+    _check_args(overlap, mode)
+    _no_bundle(parts, "segmentation")
+    roi = check_window(parts.spec, roi_size if roi_size is not None else parts.spec.roi_size)
+    _preflight(volume, parts, roi, overlap, sw_batch_size, channels, probabilities=return_probabilities)
     fp = forward(volume, parts, device=device, overlap=overlap, sw_batch_size=sw_batch_size, mode=mode,
-                 roi_size=roi_size, channels=channels, amp=amp, progress=progress, cancel=cancel, use_cache=use_cache)
+                 roi_size=roi_size, channels=channels, amp=amp, progress=progress, cancel=cancel, use_cache=use_cache,
+                 _checked=True)
     if cancel is not None and cancel():
         raise Cancelled("segmentation was cancelled; nothing was written")
     scan_logits = logits_to_scan(fp.logits, fp.model_input)
@@ -218,6 +250,7 @@ def predict_tta(volume: Volume, model, *, flips: Sequence[Sequence[int]] = DEFAU
         raise ModelError("test-time augmentation needs at least one flip (use () for the plain prediction)")
     if any(a not in (0, 1, 2) for f in flips for a in f):
         raise ModelError(f"flip axes must be 0, 1 or 2, got {flips}")
+    _preflight(volume, parts, roi, overlap, sw_batch_size, channels, probabilities=True, flips=len(flips))
     if cancel is not None and cancel():
         raise Cancelled("segmentation was cancelled; nothing was written")
     mi = preprocess(volume, spec, roi_size=roi, channels=channels)
@@ -231,6 +264,7 @@ def predict_tta(volume: Volume, model, *, flips: Sequence[Sequence[int]] = DEFAU
         lg = sliding_window_logits(parts.network, x, roi, overlap=overlap, mode=mode, sw_batch_size=sw_batch_size,
                                    device=dev, amp=amp, progress=progress, cancel=cancel,
                                    progress_offset=i * per, progress_total=total)[0]
+        _check_finite(lg, spec)
         if dims:
             lg = torch.flip(lg, [d - 1 for d in dims])
         outs.append(probabilities_from_logits(logits_to_scan(lg, mi)))

@@ -10,16 +10,32 @@ replaces (``mkstemp`` alone would make it ``0600``).
 
 >>> atomic_write("labels.nii.gz", lambda tmp: nib.save(img, tmp), suffix=".nii.gz")   # doctest: +SKIP
 >>> write_json_atomic("record.json", {"dice": 0.91})                                  # doctest: +SKIP
+
+**Several outputs as one transaction.** Inside ``with output_transaction():`` every :func:`atomic_write`
+(so every writer of the package) only *stages* its file: the temporary file is written and kept, and the
+targets are replaced together when the block ends without an error. An error or an interrupt
+(``KeyboardInterrupt``, and SIGTERM/SIGHUP once the CLI turns them into one) anywhere in the block removes
+every temporary file and leaves every target as it was: a command's outputs appear all together or not
+at all. The renames at the end run with SIGINT/SIGTERM/SIGHUP held back, so an interrupt cannot split them.
+
+>>> with output_transaction():                                                        # doctest: +SKIP
+...     write_labels("labels.nii.gz", ...)          # staged
+...     write_image("probabilities.nii.gz", ...)    # staged; Ctrl-C here leaves labels.nii.gz untouched
+... # both renamed into place here
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import hashlib
 import json
 import math
 import os
+import signal
 import tempfile
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +61,81 @@ def new_file_mode(path) -> int:
         return 0o666 & ~_UMASK
 
 
+class OutputTransaction:
+    """Files staged by :func:`atomic_write` inside :func:`output_transaction`, replaced together at its end."""
+
+    def __init__(self) -> None:
+        self.staged: list[tuple[str, Path]] = []
+
+    def stage(self, tmp: str, path: Path) -> None:
+        for i, (old_tmp, old_path) in enumerate(self.staged):
+            if old_path == path:  # written twice: the second version wins
+                _unlink(old_tmp)
+                del self.staged[i]
+                break
+        self.staged.append((tmp, path))
+
+    def abort(self) -> None:
+        """Remove every staged temporary file; no target is touched."""
+        for tmp, _ in self.staged:
+            _unlink(tmp)
+        self.staged.clear()
+
+    def commit(self) -> list[Path]:
+        """Replace every target by its staged file (with interrupts held back); returns the targets."""
+        done: list[Path] = []
+        with _signals_held():
+            try:
+                for tmp, path in self.staged:
+                    os.replace(tmp, path)
+                    done.append(path)
+            except OSError as exc:
+                failed = self.staged[len(done)][1]
+                self.staged = self.staged[len(done):]
+                self.abort()
+                raise _write_error(failed, exc) from None
+        self.staged.clear()
+        return done
+
+
+_TRANSACTION: contextvars.ContextVar[OutputTransaction | None] = contextvars.ContextVar("vit3d_outputs", default=None)
+_HELD = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n))
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Hold back SIGINT/SIGTERM/SIGHUP (POSIX, main thread) while a few renames run; they arrive right after."""
+    can = hasattr(signal, "pthread_sigmask") and threading.current_thread() is threading.main_thread()
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, _HELD) if can else None
+    try:
+        yield
+    finally:
+        if old is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+@contextlib.contextmanager
+def output_transaction() -> Iterator[OutputTransaction]:
+    """Stage every :func:`atomic_write` in the block; commit them together at its end, or none (module docstring)."""
+    tx = OutputTransaction()
+    token = _TRANSACTION.set(tx)
+    try:
+        yield tx
+    except BaseException:
+        tx.abort()
+        raise
+    else:
+        tx.commit()
+    finally:
+        _TRANSACTION.reset(token)
+        tx.abort()  # a commit that failed half way removes what it left
+
+
+def _unlink(tmp: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+
+
 def atomic_write(path, writer: Callable[[str], Any], *, suffix: str = "") -> Path:
     """Write ``path`` atomically: ``writer(tmp)`` writes a temporary file that then replaces ``path``.
 
@@ -54,6 +145,7 @@ def atomic_write(path, writer: Callable[[str], Any], *, suffix: str = "") -> Pat
     including ``KeyboardInterrupt``, the temporary file is removed and ``path`` is left untouched; an
     ``OSError`` (no permission, disk full, name too long) becomes a one-line
     :class:`~napari_vit3d.errors.FileWriteError` (a ``Vit3dError`` that is still an ``OSError``).
+    Inside :func:`output_transaction` the file is staged and replaces ``path`` when the transaction commits.
     """
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
@@ -64,10 +156,14 @@ def atomic_write(path, writer: Callable[[str], Any], *, suffix: str = "") -> Pat
     except OSError as exc:
         raise _write_error(path, exc) from None
     os.close(fd)
+    tx = _TRANSACTION.get()
     try:
         writer(tmp)
         os.chmod(tmp, new_file_mode(path))
-        os.replace(tmp, path)
+        if tx is not None:
+            tx.stage(tmp, path)
+        else:
+            os.replace(tmp, path)
     except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -130,6 +226,37 @@ def write_json_atomic(path, obj, *, indent: int | None = 2) -> Path:
     return write_text_atomic(path, to_json(obj, indent=indent) + "\n")
 
 
+def read_json_record(path, *, what: str, warning: type[Warning] = UserWarning) -> dict:
+    """A JSON object the package keeps (the model registry, the trusted-bundles record): ``{}`` when the file is
+    missing. A corrupt one (not JSON, not an object) is set aside as ``<name>.corrupt-<timestamp>`` with a
+    warning, so the next write starts afresh and the old content is kept for the user to look at."""
+    import time
+    import warnings
+
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        warnings.warn(f"{path}: cannot read {what} ({exc.strerror or exc}); using none", warning, stacklevel=3)
+        return {}
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        data, problem = None, " ".join(str(exc).split())
+    else:
+        problem = None if isinstance(data, dict) else f"a JSON {type(data).__name__}, not an object"
+    if problem is None:
+        return data
+    aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
+    try:
+        os.replace(path, aside)
+        where = f"moved it to {aside.name}"
+    except OSError as exc:
+        where = f"could not move it aside ({exc.strerror or exc})"
+    warnings.warn(f"{path}: {what} is corrupt ({problem}); {where} and started a new one", warning, stacklevel=3)
+    return {}
+
+
 def sha256_file(path, chunk: int = 1 << 20) -> str:
     """sha256 of a file's bytes (streamed); :class:`~napari_vit3d.errors.VolumeError` if it cannot be read."""
     h = hashlib.sha256()
@@ -142,5 +269,5 @@ def sha256_file(path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-__all__ = ["atomic_write", "jsonable", "new_file_mode", "sha256_file", "to_json", "write_bytes_atomic",
-           "write_json_atomic", "write_text_atomic"]
+__all__ = ["OutputTransaction", "atomic_write", "jsonable", "new_file_mode", "output_transaction", "read_json_record",
+           "sha256_file", "to_json", "write_bytes_atomic", "write_json_atomic", "write_text_atomic"]

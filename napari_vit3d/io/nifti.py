@@ -1,7 +1,10 @@
 """Read and write NIfTI files with exact geometry and clear errors for bad input.
 
-Reading never allocates more than the header honestly promises (checked against a limit first), never
-hangs on a truncated file and turns every failure into a :class:`VolumeError` with one plain line.
+Reading never allocates more than the header honestly promises (checked against a limit and against the
+memory available, :mod:`.memory`, first), never hangs on a truncated file and turns every failure into a
+:class:`VolumeError` with one plain line. The voxel data are streamed into one array of the declared size,
+and a gzip stream that inflates past what the header declares (plus a small slack) is refused while it
+is read, never after.
 Writing is atomic (:func:`.atomic.atomic_write`: temporary file in the same folder, then ``os.replace``) and
 refuses to write over the scan a label map came from.
 """
@@ -18,14 +21,18 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from ..errors import VolumeError, VolumeWarning
+from ..errors import ResourceLimitError, VolumeError, VolumeWarning
 from .atomic import atomic_write
+from .memory import check_memory_request
 from .volume import Volume
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 #: the largest array a file may ask for before it is refused (bytes, after conversion to float32)
 DEFAULT_MAX_BYTES = 4 * 1024**3
 MAX_CHANNELS = 8
+#: decompressed bytes a gzip stream may hold beyond the data its header declares (padding, extensions)
+GZIP_SLACK_BYTES = 1024**2
+_CHUNK = 16 * 1024**2
 #: file names that suggest a label map ("masked"/"labelled" scans are images, so those are excluded)
 _LABEL_NAME = re.compile(r"(seg(?!mented)|label(?!l?ed)|mask(?!ed)|parc|aseg|atlas)", re.IGNORECASE)
 
@@ -128,7 +135,7 @@ def _check_data_present(path: Path, img, shape) -> None:
     count the decompressed bytes in small chunks, stopping as soon as there are enough.
     """
     hdr = img.header
-    offset = int(hdr.get("vox_offset", 0) or 0)
+    offset = int(getattr(img.dataobj, "offset", 0) or hdr.get("vox_offset", 0) or 0)
     need = offset + int(np.prod(shape, dtype=np.float64)) * hdr.get_data_dtype().itemsize
     if not path.name.lower().endswith(".gz"):
         have = path.stat().st_size
@@ -154,6 +161,104 @@ def _check_data_present(path: Path, img, shape) -> None:
         raise _fail(path, f"is truncated or corrupt ({type(exc).__name__}: {exc})") from None
     if got < need:
         raise _fail(path, f"is truncated: the header promises {need} bytes, the file holds {got}")
+
+
+def _streamable(dtype: np.dtype) -> bool:
+    """Plain numbers (not RGB or other structured voxels): read by :func:`_read_voxels`."""
+    return dtype.fields is None and dtype.kind in "biuf"
+
+
+def _check_read_memory(path: Path, img, shape, integer: bool) -> None:
+    """Refuse, from the header alone, a file whose voxels (and their float32 copy) would not fit in memory."""
+    n = int(np.prod(shape, dtype=np.float64))
+    dtype = img.header.get_data_dtype()
+    need = n * dtype.itemsize  # the voxels as stored
+    if not integer:
+        scaling = _has_scaling(img)
+        if scaling or dtype != np.float32:
+            need += n * 4  # the float32 copy
+        if scaling and dtype.itemsize >= 4:
+            need += n * 8  # nibabel's float64 scaling step
+        need += n  # the finiteness mask
+    check_memory_request(int(need), what=f"reading {path.name} ({'×'.join(map(str, shape))} voxels of "
+                                         f"{img.header.get_data_dtype()} by its header)",
+                         change="free memory, or crop or downsample the scan with another tool first")
+
+
+def _read_voxels(path: Path, img, shape) -> np.ndarray:
+    """The voxels as stored (disk dtype, file order), streamed into one array of the size the header declares.
+
+    A stream that ends early is truncated; a gzip stream that goes on past the declared size by more
+    than :data:`GZIP_SLACK_BYTES` is refused as soon as that is read (a decompression bomb or a header
+    that lies), without inflating the rest.
+    """
+    proxy = img.dataobj  # the header nibabel hands out may not say where the data start; the proxy knows
+    dtype = np.dtype(proxy.dtype)
+    n = int(np.prod(shape, dtype=np.int64))
+    out = np.empty(n, dtype=dtype)
+    view = memoryview(out.view(np.uint8))
+    need = view.nbytes
+    offset = int(proxy.offset)
+    gz = path.name.lower().endswith(".gz")
+    opener = gzip.open if gz else open
+    try:
+        with opener(path, "rb") as fh:
+            skipped = 0
+            while skipped < offset:  # gzip streams cannot seek backwards; reading forward is cheap here
+                block = fh.read(min(_CHUNK, offset - skipped))
+                if not block:
+                    break
+                skipped += len(block)
+            got = 0
+            while got < need:
+                k = fh.readinto(view[got:got + _CHUNK])
+                if not k:
+                    break
+                got += k
+            if got < need:
+                raise _fail(path, f"is truncated: the header promises {offset + need} bytes, the file holds "
+                                  f"{skipped + got}")
+            if gz:
+                extra = 0
+                while extra <= GZIP_SLACK_BYTES:
+                    block = fh.read(min(_CHUNK, GZIP_SLACK_BYTES + 1 - extra))
+                    if not block:
+                        break
+                    extra += len(block)
+                if extra > GZIP_SLACK_BYTES:
+                    raise _fail(path, f"decompresses to more than its header declares ({offset + need} bytes + "
+                                      f"{GZIP_SLACK_BYTES // 1024**2} MiB); refusing to inflate the rest (a damaged "
+                                      "file or a decompression bomb)")
+    except (EOFError, OSError, zlib.error) as exc:
+        raise _fail(path, f"is truncated or corrupt ({type(exc).__name__}: {exc})") from None
+    finally:
+        view.release()
+    if not out.dtype.isnative:  # in place: no second copy of a big file
+        out = out.byteswap(inplace=True).view(out.dtype.newbyteorder("="))
+    return out.reshape(shape, order=getattr(proxy, "order", "F"))
+
+
+def _scaled_float32(raw: np.ndarray, img) -> tuple[np.ndarray, tuple[int, float]]:
+    """float32 voxels exactly as ``img.get_fdata(dtype=np.float32)`` computes them (nibabel's read scaling), and
+    (how many finite values overflowed float32, the largest magnitude among them)."""
+    from nibabel.volumeutils import apply_read_scaling
+
+    slope, inter = np.asanyarray(img.dataobj.slope), np.asanyarray(img.dataobj.inter)
+    if np.can_cast(slope, np.float32):
+        slope = slope.astype(np.float32)
+    if np.can_cast(inter, np.float32):
+        inter = inter.astype(np.float32)
+    scaled = apply_read_scaling(raw, slope, inter)
+    overflow = (0, 0.0)
+    if scaled.dtype.itemsize > 4 and scaled.dtype.kind == "f":
+        big = np.abs(scaled) > np.finfo(np.float32).max
+        big &= np.isfinite(scaled)
+        if big.any():
+            overflow = (int(np.count_nonzero(big)), float(np.abs(scaled[big]).max()))
+        del big
+    with np.errstate(over="ignore"):  # counted above and reported as one warning
+        out = scaled.astype(np.promote_types(scaled.dtype, np.float32), copy=False).astype(np.float32, copy=False)
+    return out, overflow
 
 
 def _has_scaling(img) -> bool:
@@ -187,13 +292,24 @@ def read_nifti(path, *, as_labels: bool | None = None, max_bytes: int = DEFAULT_
     auto = as_labels is None
     if auto:  # a label map by name: 3D only (a 4D file is a multi-channel scan)
         as_labels = looks_like_labels_name(path) and (len(shape) == 3 or int(shape[3]) == 1)
+    _check_read_memory(path, img, shape, integer)
+    overflow = (0, 0.0)
     try:
-        if integer:
+        if _streamable(disk_dtype):
+            raw = _read_voxels(path, img, shape)
+            if integer:
+                data = raw
+            else:
+                data, overflow = _scaled_float32(raw, img)
+            del raw
+        elif integer:  # pragma: no cover - exotic integer layouts: nibabel's reader
             data = np.asanyarray(img.dataobj)
-        else:
+        else:  # RGB and other structured types: nibabel says what it can do with them
             data = img.get_fdata(dtype=np.float32)
+    except VolumeError:
+        raise
     except MemoryError:
-        raise _fail(path, "does not fit in memory") from None
+        raise ResourceLimitError(f"{path}: does not fit in memory ({'×'.join(map(str, shape))} voxels)") from None
     except Exception as exc:  # noqa: BLE001 - truncated data surfaces as EOFError, ValueError, zlib.error, ...
         raise _fail(path, f"is truncated or corrupt ({type(exc).__name__}: {exc})") from None
     data = np.asarray(data).reshape(shape)
@@ -205,9 +321,16 @@ def read_nifti(path, *, as_labels: bool | None = None, max_bytes: int = DEFAULT_
         finite = np.isfinite(data)
         if not finite.all():
             n_bad = int(data.size - np.count_nonzero(finite))
+            n_over, largest = overflow
             if n_bad == data.size:
-                raise _fail(path, "contains no finite voxel values (all NaN/Inf)")
-            warnings.warn(f"{path.name}: {n_bad} NaN/Inf voxels were set to 0", VolumeWarning, stacklevel=2)
+                what = "beyond the float32 range" if n_over == n_bad else "NaN/Inf or beyond the float32 range"
+                raise _fail(path, f"contains no usable voxel values (all {what})")
+            parts = []
+            if n_over:
+                parts.append(f"{n_over} voxels hold values beyond the float32 range (up to {largest:.3g})")
+            if n_bad - n_over:
+                parts.append(f"{n_bad - n_over} NaN/Inf voxels")
+            warnings.warn(f"{path.name}: {' and '.join(parts)}; they were set to 0", VolumeWarning, stacklevel=2)
             data = np.where(finite, data, np.float32(0)).astype(np.float32)
     if as_labels:
         if data.ndim != 3:

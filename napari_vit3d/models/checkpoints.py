@@ -10,6 +10,7 @@
   are unwrapped.
 * :func:`apply_state_dict` is strict: missing, unexpected or mis-shaped keys raise a
   ``CheckpointError`` listing them.
+* Weights holding NaN or Inf are refused (every output would be NaN: meaningless labels).
 """
 
 from __future__ import annotations
@@ -39,9 +40,10 @@ STRIP_PREFIXES = ("module.", "_orig_mod.")
 #: when that makes the checkpoint match the network
 OPTIONAL_PREFIXES = ("model.", "net.", "network.", "backbone.")
 
-CONVERT_HINT = ("to convert it, in a trusted environment run: python -c \"import torch, safetensors.torch as s; "
-                "sd = torch.load('{path}', weights_only=False); sd = sd.get('state_dict', sd); "
-                "s.save_file({{k: v.contiguous() for k, v in sd.items()}}, '{stem}.safetensors')\"")
+#: what to do with a refused pickle. It does not hand out a one-liner: converting means unpickling, which runs the
+#: file's code, so it is only for a file whose source the user trusts, in a throwaway environment.
+CONVERT_HINT = ("ask its author for a .safetensors file; converting it yourself runs its code, so only do that for a "
+                "file from a source you trust, in an isolated throwaway environment (see docs/security.md)")
 
 _NUMPY_SAFE = None
 _MAX_LIST = 8
@@ -76,7 +78,7 @@ def _numpy_safe_globals() -> dict[str, object]:
 def _refuse(path: Path, bad: list[str]) -> CheckpointError:
     return CheckpointError(
         f"{path}: refused to load: the pickle needs {', '.join(bad[:_MAX_LIST])}, which could run code; only "
-        f"tensors and plain data are loaded ({CONVERT_HINT.format(path=path, stem=path.with_suffix(''))})")
+        f"tensors and plain data are loaded; {CONVERT_HINT}")
 
 
 def _unsafe_globals(path: Path, exc: Exception) -> list[str]:
@@ -147,7 +149,16 @@ def _unwrap(obj: object, path: Path) -> dict[str, torch.Tensor]:
     for prefix in STRIP_PREFIXES:
         if all(k.startswith(prefix) for k in out):
             out = {k[len(prefix):]: v for k, v in out.items()}
+    _refuse_non_finite(out, path)
     return out
+
+
+def _refuse_non_finite(state: dict[str, torch.Tensor], path) -> None:
+    """NaN/Inf weights make every output NaN (the labels would be arbitrary): refuse them, naming the tensors."""
+    bad = [k for k, v in state.items() if v.is_floating_point() and v.numel() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(f"{path}: {len(bad)} weight tensor(s) hold NaN or Inf values ({_fmt(bad)}); the "
+                              "checkpoint is broken (a diverged training run?) and would give meaningless labels")
 
 
 def load_state_dict(path) -> dict[str, torch.Tensor]:

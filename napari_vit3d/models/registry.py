@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import ModelError
+from ..errors import ModelError, ModelWarning, UntrustedCodeError, Vit3dError
 from ..io.atomic import write_json_atomic
 from .architectures import check_window, get_architecture
 from .devices import resolve_device
@@ -33,7 +33,7 @@ from .spec import ModelSpec
 
 __all__ = ["build_network", "list_models", "get_spec", "add_model", "remove_model", "default_model_name",
            "load_model", "LoadedModel", "config_dir", "bundled_models_dir", "ModelEntry", "IdentityNet",
-           "CHECKPOINT_SUFFIXES"]
+           "CHECKPOINT_SUFFIXES", "check_model_memory", "parameter_count"]
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".ckpt", ".bin")
 REGISTRY_FILE = "models.json"
@@ -76,10 +76,11 @@ def _out_channels(spec: ModelSpec, kwargs: dict) -> int:
     return int(out)
 
 
-def build_network(spec: ModelSpec) -> nn.Module:
+def build_network(spec: ModelSpec, *, trust_bundle: bool = False) -> nn.Module:
     """A freshly initialised network for ``spec`` (no weights loaded), constructed with keywords only.
 
-    The builder and the window rules come from the architecture's record (``models.architectures``)."""
+    The builder and the window rules come from the architecture's record (``models.architectures``). A MONAI
+    bundle's network comes from its config, which is code: ``trust_bundle`` as in :func:`load_model`."""
     kwargs = dict(spec.arch_kwargs)
     arch = get_architecture(spec.architecture)
     in_ch = int(kwargs.pop("in_channels", spec.in_channels))
@@ -90,7 +91,7 @@ def build_network(spec: ModelSpec) -> nn.Module:
 
         if spec.root is None:
             raise ModelError(f"model {spec.name!r}: a monai_bundle spec needs its bundle folder")
-        return load_bundle(spec.root, weights=False).network
+        return load_bundle(spec.root, weights=False, trust=trust_bundle).network
     out_ch = _out_channels(spec, kwargs)
     check_window(spec, spec.roi_size)
     try:
@@ -101,6 +102,37 @@ def build_network(spec: ModelSpec) -> nn.Module:
         if isinstance(exc, ModelError):
             raise
         raise ModelError(f"model {spec.name!r}: cannot build {arch.name}: {exc}") from None
+
+
+def parameter_count(spec: ModelSpec) -> int | None:
+    """How many parameters ``spec``'s network has, counted on PyTorch's ``meta`` device (no memory is
+    allocated, nothing is computed); None for bundles and for builders that cannot run there."""
+    arch = get_architecture(spec.architecture)
+    if arch.external:
+        return None
+    try:
+        with torch.device("meta"):
+            net = build_network(spec)
+    except ModelError:
+        raise
+    except Exception:  # noqa: BLE001 - a builder that needs real tensors (e.g. .item()): unknown, not an error
+        return None
+    return int(sum(p.numel() for p in net.parameters()) + sum(b.numel() for b in net.buffers()))
+
+
+def check_model_memory(spec: ModelSpec, *, available: int | None = None) -> int | None:
+    """Refuse (``ResourceLimitError``) a model whose weights would not fit in memory, before building it.
+
+    Loading holds the network and the checkpoint's tensors at once: 2 × 4 bytes per parameter."""
+    from ..io.memory import check_memory_request
+
+    n = parameter_count(spec)
+    if n is None:
+        return None
+    check_memory_request(8 * n, what=f"model {spec.name!r} ({n / 1e6:,.0f} M parameters)", available=available,
+                         change="use a smaller model (its spec's arch_kwargs: embed_dims, hidden_size, feature_size, "
+                                "depths)")
+    return n
 
 
 # --------------------------------------------------------------------------------------------- registry
@@ -153,14 +185,14 @@ def _registry_path() -> Path:
 
 
 def _read_registry() -> dict[str, dict]:
-    p = _registry_path()
-    if not p.is_file():
+    """The user-added models; a corrupt ``models.json`` is set aside (``models.json.corrupt-<time>``) with a
+    :class:`~napari_vit3d.errors.ModelWarning`, so the bundled models are still listed."""
+    from ..io.atomic import read_json_record
+
+    data = read_json_record(_registry_path(), what="the model registry", warning=ModelWarning)
+    models = data.get("models", {})
+    if not isinstance(models, dict):
         return {}
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelError(f"{p}: the model registry is unreadable ({exc}); fix or delete it") from None
-    models = data.get("models", {}) if isinstance(data, dict) else {}
     return {str(k): v for k, v in models.items() if isinstance(v, dict) and "path" in v}
 
 
@@ -264,10 +296,20 @@ def _entry(name: str, source: str, path: Path, default: str | None) -> ModelEntr
         return ModelEntry(name, source, str(path), error=str(exc), is_default=(name == default))
 
 
-def add_model(path, name: str | None = None, *, replace: bool = False) -> ModelSpec:
-    """Register a spec file, a checkpoint with a spec beside it, or a bundle folder under ``name``."""
-    path = Path(path).expanduser().resolve()
-    if not path.exists():
+def add_model(path, name: str | None = None, *, replace: bool = False, trust_bundle: bool = False) -> ModelSpec:
+    """Register a spec file, a checkpoint with a spec beside it, or a bundle folder under ``name``.
+
+    The model is test-loaded first (built and its weights loaded, on the CPU); one that does not load is
+    refused with the reason. A MONAI bundle's config is code, so adding one needs ``trust_bundle=True``
+    (which records its content hash as trusted, :func:`napari_vit3d.models.trust.trust_bundle`) unless
+    its current content is trusted already."""
+    path = Path(path).expanduser()
+    try:
+        path = path.resolve()
+        exists = path.exists()
+    except (OSError, RuntimeError) as exc:  # a link loop
+        raise ModelError(f"{path}: cannot be resolved ({exc})") from None
+    if not exists:
         raise ModelError(f"{path}: no such file or folder")
     spec = _spec_from_path(path)
     if spec.weights_path is not None and not spec.weights_path.is_file():
@@ -280,10 +322,33 @@ def add_model(path, name: str | None = None, *, replace: bool = False) -> ModelS
     models = _read_registry()
     if name in models and not replace and Path(models[name]["path"]) != path:
         raise ModelError(f"a model named {name!r} is already registered ({models[name]['path']}); pass --name")
+    _test_load(spec, path, trust_bundle)
+    if spec.architecture == "monai_bundle" and trust_bundle:
+        from .trust import trust_bundle as record_trust
+
+        record_trust(spec.root)
     models[name] = {"path": str(path), "architecture": spec.architecture}
     _write_registry(models)
     spec.name = name
     return spec
+
+
+def _test_load(spec: ModelSpec, path: Path, trust_bundle: bool) -> None:
+    """Build ``spec`` and load its weights on the CPU; refuse with one line when that fails."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*has no weights: using a random initialisation")
+        try:
+            load_model(spec, "cpu", trust_bundle=trust_bundle)
+        except UntrustedCodeError:
+            raise UntrustedCodeError(
+                f"{path}: not added: adding a MONAI bundle test-loads it, and its config is code that has not been "
+                f"trusted (nothing of it ran); review what it runs (napari-vit3d models --card {path}), then add it "
+                "with --trust-bundle (docs/security.md)") from None
+        except Vit3dError as exc:
+            raise type(exc)(f"{path}: not added, it does not load: {exc}") from None
+        except (RuntimeError, ValueError, TypeError, MemoryError) as exc:  # a builder's own failure: one line
+            raise ModelError(f"{path}: not added, it does not load: {type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
 
 
 def remove_model(name: str) -> None:
@@ -312,8 +377,14 @@ class LoadedModel:
         return self.spec.name
 
 
-def load_model(spec_or_name_or_path, device="cpu") -> LoadedModel:
-    """Build the network for a spec / name / path and load its weights safely (strict)."""
+def load_model(spec_or_name_or_path, device="cpu", *, trust_bundle: bool = False) -> LoadedModel:
+    """Build the network for a spec / name / path and load its weights safely (strict).
+
+    A MONAI bundle's config is code and is only evaluated when the bundle is trusted: ``trust_bundle=True``
+    for this call (the CLI's ``--trust-bundle``) or its content hash recorded
+    (:func:`napari_vit3d.models.trust.trust_bundle`); otherwise
+    :class:`~napari_vit3d.errors.UntrustedCodeError` before anything runs. Our own architectures are
+    checked against the memory available before they are built (:func:`check_model_memory`)."""
     from .checkpoints import apply_state_dict, file_sha256, load_state_dict
 
     spec = get_spec(spec_or_name_or_path)
@@ -323,10 +394,11 @@ def load_model(spec_or_name_or_path, device="cpu") -> LoadedModel:
 
         if spec.root is None:
             raise ModelError(f"model {spec.name!r}: a monai_bundle spec needs its bundle folder")
-        bundle = load_bundle(spec.root, device=device)
+        bundle = load_bundle(spec.root, device=device, trust=trust_bundle)
         wpath = bundle.spec.weights_path
         bundle.spec.name = spec.name
         return LoadedModel(bundle.network, bundle.spec, file_sha256(wpath) if wpath else None, device, bundle)
+    check_model_memory(spec)
     network = build_network(spec)
     wpath = spec.weights_path
     digest = None

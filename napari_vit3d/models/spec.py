@@ -23,6 +23,19 @@ def _whole(v) -> int:
     return int(v)
 
 
+#: spec fields that name files (relative to the spec's folder, and inside it)
+FILE_FIELDS = ("weights", "card")
+
+
+def _check_relative(name: str, key: str, value) -> None:
+    if not isinstance(value, str) or not value.strip():
+        raise ModelError(f"model {name!r}: {key} must be a file name, got {value!r}")
+    p = Path(value)
+    if p.is_absolute() or p.drive or ".." in p.parts or "\\" in value:
+        raise ModelError(f"model {name!r}: {key} {value!r} must name a file inside the spec's folder (no absolute "
+                         "path, no '..')")
+
+
 def _label(entry) -> LabelInfo:
     if not isinstance(entry, dict):
         raise ValueError(f"each label must be an object with index and name, got {entry!r}")
@@ -50,9 +63,11 @@ class ModelSpec:
     normalization: dict = field(default_factory=lambda: {"kind": "zscore_nonzero"})
     roi_size: tuple[int, int, int] = (96, 96, 96)
     labels: tuple[LabelInfo, ...] = ()
-    #: weights file, relative to the spec file's folder (or absolute); None = random init
+    #: weights file, relative to the spec file's folder and inside it (a spec read from a file may not name an
+    #: absolute path, a ``..`` path or a link that leads out of its folder); None = random init
     weights: str | None = None
     description: str = ""
+    #: model card (Markdown), relative to the spec's folder and inside it, like ``weights``
     card: str | None = None
     #: filled in by the registry: the folder the spec was read from
     root: str | None = None
@@ -101,12 +116,40 @@ class ModelSpec:
     def n_classes(self) -> int:
         return len(self.labels)
 
+    def file_in_folder(self, field_name: str) -> Path | None:
+        """The file a spec field (``weights``, ``card``) names, checked to lie inside the spec's folder.
+
+        A relative name is taken in ``root`` and must stay there once links are followed (no ``..``, no
+        link out); a :class:`ModelError` says so otherwise. An absolute path can only have been set by code
+        (a spec read from a file may not hold one, see :meth:`from_dict`), e.g. the checkpoint a user
+        passed on the command line, and is returned as it is.
+        """
+        value = getattr(self, field_name)
+        if value is None:
+            return None
+        p = Path(value)
+        if p.is_absolute() or self.root is None:
+            return p
+        _check_relative(self.name, field_name, value)
+        root = Path(self.root)
+        full = root / p
+        try:
+            inside = full.resolve().is_relative_to(root.resolve())
+        except (OSError, RuntimeError) as exc:  # a link loop
+            raise ModelError(f"model {self.name!r}: {field_name} {value!r} cannot be resolved ({exc})") from None
+        if not inside:
+            raise ModelError(f"model {self.name!r}: {field_name} {value!r} is a link that leads out of the spec's "
+                             f"folder {root}; refused (copy the file into the folder)")
+        return full
+
     @property
     def weights_path(self) -> Path | None:
-        if self.weights is None:
-            return None
-        p = Path(self.weights)
-        return p if p.is_absolute() or self.root is None else Path(self.root) / p
+        return self.file_in_folder("weights")
+
+    @property
+    def card_path(self) -> Path | None:
+        """The model card file (inside the spec's folder), or None."""
+        return self.file_in_folder("card")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -122,6 +165,10 @@ class ModelSpec:
         unknown = {str(k) for k in d} - known
         if unknown:
             raise ModelError(f"model spec has unknown keys: {', '.join(sorted(unknown))}")
+        if root is not None:  # read from a file: the files it names must be inside its folder
+            for key in FILE_FIELDS:
+                if d.get(key) is not None:
+                    _check_relative(str(d.get("name", "?")), key, d[key])
         try:
             return cls(**{**d, "root": root})
         except TypeError as exc:
