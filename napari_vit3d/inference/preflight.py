@@ -52,6 +52,8 @@ MAX_WINDOWS = 200_000
 MIN_GRID_AXIS = 4
 #: parameters of the default-size models the per-voxel activation memory was measured on
 _REFERENCE_PARAMS = 5_000_000
+#: what a first run adds whatever the sizes (code pages of lazily imported modules, torch's allocator and threads)
+RUNTIME_BYTES = 192 * 1024**2
 
 
 @dataclass
@@ -165,7 +167,7 @@ def estimate_segmentation(volume: Volume, spec, *, network=None, roi_size=None, 
     return SegmentationPlan(scan_shape=shape, scan_spacing=spacing, model_grid=grid, padded_grid=padded,
                             model_spacing=model_spacing, roi=roi, overlap=float(overlap), n_windows=int(n_windows),
                             n_classes=K, in_channels=C, parameters=params, resampled=bool(resampled),
-                            phases={k: int(min(v, 2**62)) for k, v in phases.items()})
+                            phases={k: int(min(v + RUNTIME_BYTES, 2**62)) for k, v in phases.items()})
 
 
 def check_segmentation(volume: Volume, spec, *, network=None, roi_size=None, overlap: float = 0.25,
