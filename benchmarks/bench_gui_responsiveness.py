@@ -4,19 +4,24 @@ A ``QTimer`` fires every 10 ms on the GUI thread and records when it actually ra
 widget's worker runs the model (and then the Explain widget's worker computes point attention at a
 clicked voxel), the gaps between heartbeats show how long the event loop was blocked: a gap of
 100 ms or more is a visible freeze. The GUI thread is also used to add the result layers at the
-end; that part is reported separately ("show result"), as it is the only work the widgets do on
-the GUI thread.
+end (the Segment widget inserts them one per event-loop turn, ``gui.jobs.StepQueue``); that part is
+reported separately, as it is the only work the widgets do on the GUI thread.
 
 Columns: ``phase`` (idle viewer, segmentation in the worker, explanation in the worker),
 ``seconds`` (wall time of the phase), ``beats`` (heartbeats seen), ``max gap`` and ``p95 gap`` (ms
 between consecutive heartbeats; 10 ms is perfect), ``gaps ≥ 100 ms`` (how many), the largest gap that
 does not overlap the widgets' own GUI-thread work (building the result layers: what the worker's
-computation costs the event loop, e.g. through the GIL) and the total time of that GUI-thread work.
+computation costs the event loop, e.g. through the GIL), the total time of that GUI-thread work, the
+longest single stretch of it (one layer insertion) and the longest pause of Python's cyclic garbage
+collector in the phase (it holds the GIL: whichever thread triggers it, the event loop waits).
 
 Run (needs an X server; ``make bench`` arranges one through ``benchmarks/run_all.py`` under xvfb)::
 
     xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python benchmarks/bench_gui_responsiveness.py \
-        [--model NAME_OR_SPEC] [--json out.json] [--threads N]
+        [--model NAME_OR_SPEC] [--json out.json] [--threads N] [--gc-freeze]
+
+``--gc-freeze`` is an experiment, not what the plugin does: ``gc.freeze()`` once the engine is
+imported, so the collector no longer walks the ~0.5 M objects torch, MONAI and napari leave behind.
 
 Without ``--model`` the bundled default model is used when there is one, else a small random
 SegFormer3D (4.5 M parameters, the paper's configuration) at 1 mm with 96³ windows.
@@ -45,6 +50,16 @@ RANDOM_SPEC = {
 
 #: (start, end) of the widgets' own GUI-thread work (building the result layers), filled by ``timed``
 GUI_WORK: list[tuple[float, float]] = []
+#: (start, end) of every cyclic garbage collection, filled by ``gc.callbacks``
+GC_PAUSES: list[tuple[float, float]] = []
+_gc_start: list[float] = []
+
+
+def _on_gc(phase: str, info: dict) -> None:
+    if phase == "start":
+        _gc_start[:] = [time.perf_counter()]
+    elif _gc_start:
+        GC_PAUSES.append((_gc_start[0], time.perf_counter()))
 
 
 def timed(obj, name: str) -> None:
@@ -82,12 +97,16 @@ class Heartbeat:
         # gaps that overlap the widgets' GUI-thread work (adding the result layers) vs the rest
         on_gui = np.array([any(s < t[i + 1] and e > t[i] for s, e in GUI_WORK) for i in range(len(gaps))], bool)
         worker_gaps = gaps[~on_gui] if (~on_gui).any() else np.zeros(1)
-        gui_s = sum(min(e, t[-1]) - max(s, t[0]) for s, e in GUI_WORK if s < t[-1] and e > t[0])
+        inside = [(s, e) for s, e in GUI_WORK if s < t[-1] and e > t[0]]
+        gui_s = sum(min(e, t[-1]) - max(s, t[0]) for s, e in inside)
+        gc_ms = max([(e - s) * 1000.0 for s, e in GC_PAUSES if s >= t[0] and e <= t[-1]], default=0.0)
         return {"seconds": round(float(t[-1] - t[0]), 2), "beats": int(len(t) - 2),
                 "max_gap_ms": round(float(gaps.max()), 1), "p95_gap_ms": round(float(np.percentile(gaps, 95)), 1),
                 "gaps_over_100ms": int(np.count_nonzero(gaps >= 100.0)),
                 "max_gap_worker_only_ms": round(float(worker_gaps.max()), 1),
-                "gui_thread_work_s": round(float(gui_s), 2)}
+                "gui_thread_work_s": round(float(gui_s), 2),
+                "longest_gui_step_ms": round(max([(e - s) * 1000.0 for s, e in inside], default=0.0), 1),
+                "longest_gc_pause_ms": round(float(gc_ms), 1)}
 
 
 def run_phase(app, beat: Heartbeat, start, done, timeout_s: float = 1800) -> dict:
@@ -107,7 +126,12 @@ def main(argv=None) -> int:
     ap.add_argument("--model", help="registered model name or spec .json (default: bundled default, else random)")
     ap.add_argument("--json", help="write the results here as JSON")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    ap.add_argument("--gc-freeze", action="store_true",
+                    help="experiment: gc.freeze() after the engine preload (not what the plugin does)")
     args = ap.parse_args(argv)
+    import gc
+
+    gc.callbacks.append(_on_gc)
 
     import torch
 
@@ -148,7 +172,12 @@ def main(argv=None) -> int:
     t_idle = time.perf_counter()
     rows.append({"phase": "idle viewer (2 s)",
                  **run_phase(app, beat, lambda: None, lambda: time.perf_counter() - t_idle > 2.0)})
-    timed(seg, "_show_result")
+    if args.gc_freeze:
+        from napari_vit3d.gui.segment_widget import start_engine_preload
+
+        start_engine_preload().join()
+        gc.freeze()
+    timed(seg._steps, "run_one")  # each step inserts one result layer (gui.jobs.StepQueue)
     from napari_vit3d.inference import forward_cache
 
     forward_cache().clear()
@@ -174,14 +203,15 @@ def main(argv=None) -> int:
 
     meta = {"date": time.strftime("%Y-%m-%d"), "python": platform.python_version(), "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(), "load_average": os.getloadavg(),
-            "qt_api": os.environ.get("QT_API", "pyqt5"), "model": model_name}
+            "qt_api": __import__("qtpy").API_NAME, "model": model_name, "gc_freeze": args.gc_freeze}
     print(f"\n{meta}\n")
     print("| phase | seconds | beats | max gap (ms) | p95 gap (ms) | gaps ≥ 100 ms | max gap outside the widgets' "
-          "GUI-thread work (ms) | widgets' GUI-thread work (s) |")
-    print("|---|---|---|---|---|---|---|---|")
+          "GUI-thread work (ms) | widgets' GUI-thread work (s) | longest GUI step (ms) | longest GC pause (ms) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['phase']} | {r['seconds']} | {r['beats']} | {r['max_gap_ms']} | {r['p95_gap_ms']} | "
-              f"{r['gaps_over_100ms']} | {r['max_gap_worker_only_ms']} | {r['gui_thread_work_s']} |")
+              f"{r['gaps_over_100ms']} | {r['max_gap_worker_only_ms']} | {r['gui_thread_work_s']} | "
+              f"{r['longest_gui_step_ms']} | {r['longest_gc_pause_ms']} |")
     if args.json:
         Path(args.json).write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     return 0
