@@ -1,4 +1,5 @@
-"""How plugin layers look: label colours from the model's label table, colormaps for maps."""
+"""How plugin labels layers look: colours and a features table from the label table (an explanation map's
+colormap comes with its method, ``explain.methods``)."""
 
 from __future__ import annotations
 
