@@ -9,7 +9,7 @@ import pytest
 from nibabel.affines import apply_affine
 
 from napari_vit3d.demo import plugin_widget_names, save_screenshot, setup_viewer
-from napari_vit3d.gui.viewer_setup import RADIOLOGICAL_ORIENTATION, viewer_camera
+from napari_vit3d.gui.viewer_setup import RADIOLOGICAL_ORIENTATION, install_radiological_view, viewer_camera
 from napari_vit3d.io.samples import sample_path
 
 pytestmark = pytest.mark.gui
@@ -35,6 +35,11 @@ def _assert_radiological(viewer):
 
 def test_samples_open_through_plugin_where_nibabel_puts_them(make_napari_viewer):
     viewer = make_napari_viewer()
+    before = tuple(viewer_camera(viewer).orientation)
+    viewer.open(str(sample_path("colin27_t1")), plugin=PLUGIN)
+    assert tuple(viewer_camera(viewer).orientation) == before  # the reader has no side effects on the viewer
+    viewer.layers.clear()
+    install_radiological_view(viewer)  # what every dock widget of the plugin does when it is created
     for name, layer_type in (("colin27_t1", "Image"), ("mni152_2009a_t1", "Image"), ("colin27_brainmask", "Labels")):
         path = sample_path(name)
         added = viewer.open(str(path), plugin=PLUGIN)
@@ -79,6 +84,7 @@ def test_screen_shows_anterior_up_and_patient_right_on_the_left(make_napari_view
     path = tmp_path / "markers_lps.nii.gz"
     markers = _marker_scan(path)
     viewer = make_napari_viewer(show=True)
+    install_radiological_view(viewer)  # as the plugin's widgets do
     (layer,) = viewer.open(str(path), plugin=PLUGIN)
     layer.contrast_limits = (0, 255)
     viewer.dims.set_point(0, markers["left_anterior"][2])  # world axis 0 is S
@@ -144,3 +150,13 @@ def test_plugin_as_default_reader_through_napari_settings(make_napari_viewer, tm
     (layer,) = viewer.open(str(path), plugin=None)  # None: use the preferences (the default is "napari")
     assert layer.metadata["vit3d"]["source_path"] == str(path.resolve())
     np.testing.assert_allclose(layer.extent.world, np.array(_corner_box(path)), atol=1e-6)
+
+
+def test_docking_a_plugin_widget_sets_the_radiological_view(make_napari_viewer):
+    from napari_vit3d.gui.export_widget import ExportWidget
+
+    viewer = make_napari_viewer()
+    ExportWidget(viewer)
+    viewer.open(str(sample_path("colin27_t1")), plugin=PLUGIN)
+    _assert_radiological(viewer)
+    assert viewer.dims.ndisplay == 2

@@ -46,6 +46,7 @@ from ._common import (
 from ._layers import file_voxel_to_world, inside, layer_kwargs, volume_from_layer, world_to_file_voxel
 from .session import load_model_cached, run_of
 from .styles import labels_colormap, labels_features
+from .viewer_setup import install_radiological_view
 
 #: the model entry that explains the promptable network's last prediction (Review → Click to segment)
 PROMPT_ENTRY = "segformer3d-prompt (last click)"
@@ -103,6 +104,7 @@ class ExplainWidget(QWidget):
     def __init__(self, napari_viewer, parent=None):
         super().__init__(parent)
         self.viewer = unwrap(napari_viewer)
+        install_radiological_view(self.viewer)  # the plugin's view, set by its widgets (not by the reader)
         self._worker = None
         self._pending = None
         self._sessions: dict = {}

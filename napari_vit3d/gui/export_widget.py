@@ -36,6 +36,7 @@ from ._common import SEP, LayerCombo, info, is_result_labels, label_table_of, re
 from ._layers import volume_from_layer
 from .jobs import JobRunner
 from .session import run_of
+from .viewer_setup import install_radiological_view
 
 
 def safe_stem(name: str) -> str:
@@ -71,6 +72,7 @@ class ExportWidget(QWidget):
     def __init__(self, napari_viewer, parent=None):
         super().__init__(parent)
         self.viewer = unwrap(napari_viewer)
+        install_radiological_view(self.viewer)  # the plugin's view, set by its widgets (not by the reader)
         self.last_written: list[Path] = []
         lay = QVBoxLayout(self)
         form = QFormLayout()

@@ -41,6 +41,7 @@ from .jobs import JobRunner
 from .prompt_panel import PromptPanel
 from .session import run_of
 from .styles import labels_colormap
+from .viewer_setup import install_radiological_view
 
 #: colours of the changes layer: added (green), removed (red), relabelled (yellow)
 DIFF_COLORS = {None: (0, 0, 0, 0), 0: (0, 0, 0, 0), 1: (0.1, 0.9, 0.2, 1.0), 2: (1.0, 0.15, 0.15, 1.0),
@@ -77,6 +78,7 @@ class ReviewWidget(QWidget):
     def __init__(self, napari_viewer, parent=None):
         super().__init__(parent)
         self.viewer = unwrap(napari_viewer)
+        install_radiological_view(self.viewer)  # the plugin's view, set by its widgets (not by the reader)
         self._watched = None
         self._last_crc = None
         self._hidden: set[int] = set()

@@ -56,6 +56,7 @@ from ._layers import layer_kwargs, volume_from_layer
 from .jobs import JobRunner, StepQueue
 from .session import RunRecord, load_model_cached, now_iso
 from .styles import labels_colormap, labels_features
+from .viewer_setup import install_radiological_view
 
 AUTO = "auto"
 
@@ -159,6 +160,7 @@ class SegmentWidget(QWidget):
     def __init__(self, napari_viewer, parent=None):
         super().__init__(parent)
         self.viewer = unwrap(napari_viewer)
+        install_radiological_view(self.viewer)  # the plugin's view, set by its widgets (not by the reader)
         start_engine_preload()
         self._checked_recovery: set[str] = set()
         self._build()

@@ -16,6 +16,7 @@ World coordinates stay true RAS mm; nothing is flipped in the data.
 from __future__ import annotations
 
 import logging
+import weakref
 
 RADIOLOGICAL_ORIENTATION = ("towards", "up", "left")
 _log = logging.getLogger(__name__)
@@ -83,15 +84,23 @@ def schedule_radiological_view(viewer) -> None:
         _log.warning("could not schedule the radiological view", exc_info=True)
 
 
-def current_viewer_or_none():
-    """``napari.current_viewer()``, or None when there is none (or napari cannot tell)."""
+_INSTALLED: weakref.WeakSet = weakref.WeakSet()
+
+
+def install_radiological_view(viewer) -> None:
+    """The plugin's view, set when one of its dock widgets is created (readers have no side effects):
+    the radiological camera now, and the axial 2D view when the first layer arrives in an empty
+    viewer (:func:`schedule_radiological_view`). Once per viewer; never raises."""
+    if viewer is None:
+        return
     try:
-        import napari
+        if viewer in _INSTALLED:
+            return
+        _INSTALLED.add(viewer)
+    except TypeError:  # not weak-referenceable: apply without remembering
+        pass
+    schedule_radiological_view(viewer)
 
-        return napari.current_viewer()
-    except (ImportError, RuntimeError, AttributeError):
-        return None
 
-
-__all__ = ["RADIOLOGICAL_ORIENTATION", "apply_radiological_view", "current_viewer_or_none",
+__all__ = ["RADIOLOGICAL_ORIENTATION", "apply_radiological_view", "install_radiological_view",
            "schedule_radiological_view", "viewer_camera"]
