@@ -82,7 +82,7 @@ def main(argv=None) -> int:
     ex.method_combo.setCurrentIndex(0)
     q = query_voxel_in_labels(labels)
     ex.click_world(scan.data_to_world(q))
-    wait_until(lambda: ex._worker is None)
+    wait_until(lambda: not ex.busy)
     labels.visible = False
     shot("02_explain.png", w["explain_dock"])
 
@@ -128,7 +128,7 @@ def main(argv=None) -> int:
     viewer.dims.set_point(0, float(click[0]))           # the axial slice through the click
     labels.visible = False
     panel.click(click, positive=True)
-    wait_until(lambda: panel._worker is None and panel.last_result is not None)
+    wait_until(lambda: not panel.busy and panel.last_result is not None)
     shot("06_prompt.png", w["review_dock"])
     labels.visible = True
     panel.reset()
@@ -138,7 +138,7 @@ def main(argv=None) -> int:
     export.folder.setText(str(work / "export"))
     (work / "export").mkdir()
     export.export()
-    wait_until(lambda: export._worker is None)
+    wait_until(lambda: not export.busy)
     shot("04_export.png", w["export_dock"])
     viewer.close()
     return 0

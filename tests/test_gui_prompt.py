@@ -127,7 +127,7 @@ def test_explain_the_last_click(make_napari_viewer, qtbot, gui_env):
     explain.method_combo.setCurrentIndex(explain.method_combo.findData("erf"))
     explain.set_query((101, 116, 93))
     explain.explain()
-    wait_for(qtbot, lambda: explain._worker is None)
+    wait_for(qtbot, lambda: not explain.busy)
     assert not gui_env.messages["error"], gui_env.messages
     lyr = viewer.layers["colin27_t1 · erf"]
     assert lyr.data.shape == scan.data.shape and lyr.metadata["vit3d_map"]["model"] == "segformer3d-prompt"

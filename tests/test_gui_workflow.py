@@ -75,7 +75,7 @@ def test_segment_explain_correct_export(make_napari_viewer, qtbot, gui_env, monk
     press.type = "mouse_release"
     with pytest.raises(StopIteration):
         next(gen)
-    wait_for(qtbot, lambda: ex._worker is None and ex.last_layer is not None)
+    wait_for(qtbot, lambda: not ex.busy and ex.last_layer is not None)
     att = viewer.layers["colin27_t1 · point attention"]
     assert att.blending == "additive"
     np.testing.assert_allclose(att.extent.world, scan.extent.world)
@@ -94,10 +94,10 @@ def test_segment_explain_correct_export(make_napari_viewer, qtbot, gui_env, monk
     drag.type, drag.pos = "mouse_move", (60, 60)
     with pytest.raises(StopIteration):
         next(gen)
-    assert ex._worker is None
+    assert not ex.busy
     # a second click elsewhere updates the same layer in place
     ex.click_world(scan.data_to_world((90, 60, 40)))
-    wait_for(qtbot, lambda: ex._worker is None)
+    wait_for(qtbot, lambda: not ex.busy)
     assert viewer.layers["colin27_t1 · point attention"] is att
     assert not np.array_equal(att.data, first_map)
 
@@ -223,14 +223,14 @@ def test_segment_explain_correct_export(make_napari_viewer, qtbot, gui_env, monk
     ex.method_combo.setCurrentIndex(2)
     ex.layer_spin.setValue(-1)
     ex.click_world(world)
-    wait_for(qtbot, lambda: ex._worker is None)
+    wait_for(qtbot, lambda: not ex.busy)
     assert not gui_env.messages["error"], gui_env.messages["error"]
     heads = viewer.layers["colin27_t1 · dino heads"]
     n_heads = heads.metadata["vit3d_map"]["n_heads"]
     assert heads.data.shape == (n_heads, *scan.data.shape)
     np.testing.assert_allclose(heads.extent.world[:, -3:], scan.extent.world)
     ex.masks_to_labels()
-    wait_for(qtbot, lambda: ex._worker is None)
+    wait_for(qtbot, lambda: not ex.busy)
     assert not gui_env.messages["error"], gui_env.messages["error"]
     masks = viewer.layers["colin27_t1 · dino head masks"]
     assert isinstance(masks, Labels) and masks.data.shape == scan.data.shape

@@ -11,11 +11,7 @@ segment) on its crop, with the clicks and previous mask as it ran.
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
-from napari.layers import Image, Points
-from qtpy.QtCore import QObject, Signal
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -32,18 +28,21 @@ from qtpy.QtWidgets import (
 
 from ..errors import GeometryError, ModelError, VolumeError
 from ..explain.methods import METHODS, get_method
+from ..io import keys
 from ._common import (
     SEP,
     LayerCombo,
-    create_engine_worker,
     find_layer,
+    model_names,
     report_error,
     robust_limits,
     scan_layers,
     set_mouse_callback,
     unwrap,
+    upsert_layer,
 )
 from ._layers import file_voxel_to_world, inside, layer_kwargs, volume_from_layer, world_to_file_voxel
+from .jobs import JobRunner
 from .session import load_model_cached, run_of
 from .styles import labels_colormap, labels_features
 from .viewer_setup import install_radiological_view
@@ -52,8 +51,21 @@ from .viewer_setup import install_radiological_view
 PROMPT_ENTRY = "segformer3d-prompt (last click)"
 
 
-class _Progress(QObject):
-    progress = Signal(int, int)
+def _prepare(vol, method: str):
+    """Worker thread: the layer data and keywords for a method's result (the GUI thread only inserts it)."""
+    from ..io.labels import LabelTable
+
+    m = get_method(method)
+    if m.output == "labels":
+        data, kw = layer_kwargs(vol, kind="labels", metadata={keys.MAP: dict(vol.metadata)})
+        n_heads = int(vol.metadata.get("n_heads") or int(data.max()))
+        table = LabelTable.default(range(n_heads + 1), {h + 1: f"head {h}" for h in range(n_heads)})
+        kw.update(colormap=labels_colormap(table), features=labels_features(table), opacity=0.6)
+        return vol, data, kw
+    data, kw = layer_kwargs(vol, metadata={keys.MAP: dict(vol.metadata)})
+    lo, hi = robust_limits(data, lo=60.0)  # the weakest 60 % of the map fade out: peaks stand out
+    kw.update(colormap=m.colormap, blending="additive", opacity=0.8, contrast_limits=(lo, hi))
+    return vol, data, kw
 
 
 def _explain_job(session_holder: dict, key: tuple, model_key: str, volume, device: str, method: str,
@@ -75,8 +87,9 @@ def _explain_job(session_holder: dict, key: tuple, model_key: str, volume, devic
         session = explain.ExplainSession(loaded, volume)
         session_holder.clear()  # one scan/model at a time: captured windows are large
         session_holder[key] = session
-    return explain.run_method(method, loaded, volume, voxel=tuple(int(v) for v in voxel), session=session,
-                              progress=progress, cancel=cancel, **{**get_method(method).gui_defaults, **options})
+    vol = explain.run_method(method, loaded, volume, voxel=tuple(int(v) for v in voxel), session=session,
+                             progress=progress, cancel=cancel, **{**get_method(method).gui_defaults, **options})
+    return _prepare(vol, method)
 
 
 def _explain_prompt(scan_name: str, method: str, voxel, options: dict, progress, cancel):
@@ -95,9 +108,10 @@ def _explain_prompt(scan_name: str, method: str, voxel, options: dict, progress,
     world = ps.volume.affine[:3, :3] @ np.asarray(voxel, float) + ps.volume.affine[:3, 3]
     if not ps.last.crop.contains(world):
         raise GeometryError("the query lies outside the promptable model's last crop; click inside the object's crop")
-    return explain.run_method(method, ps.model, ps.volume, voxel=tuple(int(v) for v in voxel),
-                              session=ps.explain_session(), progress=progress, cancel=cancel,
-                              **{**get_method(method).gui_defaults, **options})
+    vol = explain.run_method(method, ps.model, ps.volume, voxel=tuple(int(v) for v in voxel),
+                             session=ps.explain_session(), progress=progress, cancel=cancel,
+                             **{**get_method(method).gui_defaults, **options})
+    return _prepare(vol, method)
 
 
 class ExplainWidget(QWidget):
@@ -105,15 +119,14 @@ class ExplainWidget(QWidget):
         super().__init__(parent)
         self.viewer = unwrap(napari_viewer)
         install_radiological_view(self.viewer)  # the plugin's view, set by its widgets (not by the reader)
-        self._worker = None
         self._pending = None
         self._sessions: dict = {}
-        self._cancel = threading.Event()
-        self._bridge = _Progress()
-        self._bridge.progress.connect(self._on_progress)
         self.query_voxel = None
         self.last_layer = None
         self._build()
+        self._job = JobRunner("Explain", progress=self.progress, buttons=(self.explain_button,),
+                              cancel_button=self.cancel_button, status=self.status, cancelled_text="cancelled")
+        self._job.on_finished.append(self._after_job)
         self.set_active(True)
         self.destroyed.connect(lambda *_: self._remove_callback(self.viewer))
 
@@ -157,9 +170,7 @@ class ExplainWidget(QWidget):
         row = QHBoxLayout()
         self.explain_button = QPushButton("Explain at query")
         self.explain_button.clicked.connect(self.explain)
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setEnabled(False)
-        self.cancel_button.clicked.connect(self.cancel)
+        self.cancel_button = QPushButton("Cancel")  # wired by the job runner
         row.addWidget(self.explain_button, 1)
         row.addWidget(self.cancel_button)
         lay.addLayout(row)
@@ -178,14 +189,9 @@ class ExplainWidget(QWidget):
         self._on_method()
 
     def _refresh_models(self):
-        from ..models import registry
-
-        try:
-            names = [m.name for m in registry.list_models() if getattr(m, "error", None) is None]
-        except Exception as exc:  # noqa: BLE001 - a widget callback reports every failure, never crashes the viewer
-            report_error(exc, "listing models")
-            names = []
         from ..prompt import list_prompt_models
+
+        names = model_names()
 
         if list_prompt_models():
             names.append(PROMPT_ENTRY)
@@ -261,18 +267,9 @@ class ExplainWidget(QWidget):
         scan = self.scan_combo.layer()
         self.query_voxel = tuple(int(v) for v in voxel)
         centre = file_voxel_to_world(scan, self.query_voxel)
-        name = f"{scan.name}{SEP}query"
-        pts = find_layer(self.viewer, name)
-        if isinstance(pts, Points):
-            pts.data = centre[None, :]
-        else:
-            active = self.viewer.layers.selection.active
-            pts = self.viewer.add_points(centre[None, :], name=name, size=4, face_color="transparent",
-                                         border_color="cyan", border_width=0.25, symbol="cross",
-                                         metadata={"vit3d_query": True}, units=scan.units[-3:],
-                                         axis_labels=scan.axis_labels[-3:])
-            if active is not None:
-                self.viewer.layers.selection.active = active
+        upsert_layer(self.viewer, f"{scan.name}{SEP}query", centre[None, :], "points", size=4,
+                     face_color="transparent", border_color="cyan", border_width=0.25, symbol="cross",
+                     metadata={keys.QUERY: True}, units=scan.units[-3:], axis_labels=scan.axis_labels[-3:])
         ras = (np.asarray(centre)[::-1]).round(1).tolist()
         self.query_label.setText(f"query: voxel {list(self.query_voxel)} of {scan.name}, RAS {ras} mm")
 
@@ -299,7 +296,7 @@ class ExplainWidget(QWidget):
         if not model_key:
             report_error(VolumeError("no model: add one in the Segment widget"), "Explain")
             return None
-        if self._worker is not None:
+        if self.busy:
             self._pending = True  # explain the newest click when this one is done
             return None
         try:
@@ -311,40 +308,24 @@ class ExplainWidget(QWidget):
         options = self.options() if method != "dino-masks" else {**self.options(), "keep_mass": self.mass_spin.value()}
         # the session is kept per scan data (not re-hashed here: hashing a scan takes tens of ms on this thread)
         key = (scan.name, id(scan.data), model_key, "auto")
-        self._cancel.clear()
-        worker = create_engine_worker(_explain_job, self._sessions, key, model_key, volume, "auto", method,
-                                      self.query_voxel, options, bridge=self._bridge, cancel_event=self._cancel)
         scan_name = scan.name
-        worker.returned.connect(lambda vol: self._show(vol, scan_name, method))
-        worker.errored.connect(lambda exc: report_error(exc, "Explain"))
-        worker.finished.connect(self._finished)
-        self._worker = worker
         self._pending = None
-        self.explain_button.setEnabled(False)
-        self.cancel_button.setEnabled(True)
-        self.progress.setRange(0, 0)
-        self.status.setText(f"{self.method_combo.currentText()} at voxel {list(self.query_voxel)}…")
-        worker.start()
-        return worker
+        return self._job.start(_explain_job, self._sessions, key, model_key, volume, "auto", method,
+                               self.query_voxel, options, on_done=lambda out: self._show(out, scan_name, method),
+                               status=f"{self.method_combo.currentText()} at voxel {list(self.query_voxel)}…")
+
+    @property
+    def busy(self) -> bool:
+        """True while an explanation runs."""
+        return self._job.busy
 
     def cancel(self):
-        if self._worker is not None:
-            self._cancel.set()
-            self._worker.quit()
+        self._pending = None
+        self._job.cancel()
+
+    def _after_job(self):
+        if self._job.cancelled:
             self._pending = None
-
-    def _on_progress(self, done, total):
-        self.progress.setRange(0, max(total, 1))
-        self.progress.setValue(done)
-
-    def _finished(self):
-        self._worker = None
-        self.explain_button.setEnabled(True)
-        self.cancel_button.setEnabled(False)
-        self.progress.setRange(0, 1)
-        self.progress.setValue(0 if self._cancel.is_set() else 1)
-        if self._cancel.is_set():
-            self.status.setText("cancelled")
         elif self._pending:
             self.explain()
 
@@ -352,40 +333,25 @@ class ExplainWidget(QWidget):
     def layer_name(self, scan_name: str, method: str) -> str:
         return f"{scan_name}{SEP}{get_method(method).layer_name}"
 
-    def _show(self, vol, scan_name: str, method: str):
-        if self._cancel.is_set():
-            return
-        try:
-            self.last_layer = self._put_map(vol, scan_name, method)
-        except Exception as exc:  # noqa: BLE001 - a widget callback reports every failure, never crashes the viewer
-            report_error(exc, "Explain")
+    def _show(self, out, scan_name: str, method: str):
+        self.last_layer = self._put_map(out, scan_name, method)
 
-    def _put_map(self, vol, scan_name, method):
-        if get_method(method).output == "labels":
-            return self._put_masks(vol, scan_name, method)
-        meta = dict(vol.metadata)
-        data, kw = layer_kwargs(vol, metadata={"vit3d_map": meta})
-        lo, hi = robust_limits(data, lo=60.0)  # the weakest 60 % of the map fade out: peaks stand out
+    def _put_map(self, out, scan_name, method):
+        vol, data, kw = out
+        m = get_method(method)
         name = self.layer_name(scan_name, method)
-        existing = find_layer(self.viewer, name)
-        active = self.viewer.layers.selection.active
-        if isinstance(existing, Image) and existing.data.shape == data.shape:
-            existing.data = data
-            existing.metadata.update(kw["metadata"])
-            existing.contrast_limits_range = (min(lo, 0.0), hi)
-            existing.contrast_limits = (lo, hi)
-            lyr = existing
-        else:
-            if existing is not None:
-                self.viewer.layers.remove(existing)
-            kw.update(colormap=get_method(method).colormap, blending="additive", opacity=0.8,
-                      contrast_limits=(lo, hi))
-            lyr = self.viewer.add_image(data, name=name, **kw)
-        if active is not None and active in self.viewer.layers:
-            self.viewer.layers.selection.active = active
+        if m.output == "labels":
+            lyr = upsert_layer(self.viewer, name, data, "labels", update=("colormap", "features"), **kw)
+            self.status.setText(f"{name}: label h+1 = voxels head h attends to most")
+            return lyr
+        lyr = upsert_layer(self.viewer, name, data, "image", **kw)
+        lo, hi = kw["contrast_limits"]
+        lyr.contrast_limits_range = (min(lo, 0.0), hi)
+        lyr.contrast_limits = (lo, hi)
         pts = find_layer(self.viewer, f"{scan_name}{SEP}query")
         if pts is not None:  # keep the marker on top of the new map
             self.viewer.layers.move(self.viewer.layers.index(pts), len(self.viewer.layers))
+        meta = vol.metadata
         desc = ", ".join(f"{k} {meta[k]}" for k in ("layer", "head") if meta.get(k) is not None)
         lyr.help = str(meta.get("units", ""))
         self.status.setText(f"{name}" + (f" ({desc})" if desc else "") + " — click another voxel to update")
@@ -394,18 +360,3 @@ class ExplainWidget(QWidget):
     def masks_to_labels(self):
         """DINO head masks (top ``keep mass`` of each head's CLS attention) → one labels layer (head + 1)."""
         return self.explain(method="dino-masks")
-
-    def _put_masks(self, vol, scan_name, method):
-        from ..io.labels import LabelTable
-
-        data, kw = layer_kwargs(vol, kind="labels", metadata={"vit3d_map": dict(vol.metadata)})
-        n_heads = int(vol.metadata.get("n_heads") or int(data.max()))
-        table = LabelTable.default(range(n_heads + 1), {h + 1: f"head {h}" for h in range(n_heads)})
-        name = self.layer_name(scan_name, method)
-        existing = find_layer(self.viewer, name)
-        if existing is not None:
-            self.viewer.layers.remove(existing)
-        lyr = self.viewer.add_labels(data, name=name, colormap=labels_colormap(table), opacity=0.6,
-                                     features=labels_features(table), **kw)
-        self.status.setText(f"{name}: label h+1 = voxels head h attends to most")
-        return lyr
