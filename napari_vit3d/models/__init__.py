@@ -7,7 +7,8 @@ Public API::
         get_spec, list_models, add_model, default_model_name
 
 Heavier pieces are imported from their modules (``segformer3d``, ``vit_seg``, ``checkpoints``, ``bundle``,
-``cost``).
+``cost``); ``trust`` holds the trust of MONAI bundles (their configs are code: ``describe_bundle_code``,
+``is_trusted``, ``trust_bundle``, ``require_trust``; see docs/security.md).
 """
 
 from .._lazy import lazy_exports
