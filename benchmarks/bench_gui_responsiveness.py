@@ -195,10 +195,10 @@ def main(argv=None) -> int:
     scan = viewer.layers["colin27_t1"]
     world = scan.data_to_world(tuple(s // 2 for s in scan.data.shape))
     rows.append({"phase": "Explain: point attention at a click (first: forward pass) in the worker",
-                 **run_phase(app, beat, lambda: ex.click_world(world), lambda: ex._worker is None)})
+                 **run_phase(app, beat, lambda: ex.click_world(world), lambda: not ex.busy)})
     world2 = scan.data_to_world(tuple(s // 2 + 5 for s in scan.data.shape))
     rows.append({"phase": "Explain: second click (cached forward pass)",
-                 **run_phase(app, beat, lambda: ex.click_world(world2), lambda: ex._worker is None)})
+                 **run_phase(app, beat, lambda: ex.click_world(world2), lambda: not ex.busy)})
     viewer.close()
 
     meta = {"date": time.strftime("%Y-%m-%d"), "python": platform.python_version(), "torch": torch.__version__,
