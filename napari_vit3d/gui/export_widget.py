@@ -5,7 +5,9 @@ run record, the folder and file name) and calls the export use case (``usecases.
 ``review.export.export_review``) in a thread worker: the labels, the label table (JSON + ITK-SNAP) and
 the provenance record, which is built and checked before anything is written. With the maps ticked,
 each map layer of that scan is then written beside them (``io.write_image``). Everything is atomic and
-never over the scan or the file the labels came from.
+never over the scan or the file the labels came from, and never over an existing file without asking
+(:meth:`ExportWidget.ask_overwrite`). After an export the layer's own recovery file goes (other layers of
+the scan keep theirs); a failed export saves the layer's recovery file at once.
 """
 
 from __future__ import annotations
@@ -31,8 +33,18 @@ from qtpy.QtWidgets import (
 from ..errors import Vit3dError, VolumeError
 from ..io import keys, same_grid
 from ..io.layers import protected_paths
-from . import recovery
-from ._common import SEP, LayerCombo, info, is_result_labels, label_table_of, report_error, scan_layers, unwrap
+from . import autosave, recovery
+from ._common import (
+    SEP,
+    LayerCombo,
+    ask_yes_no_cancel,
+    info,
+    is_result_labels,
+    label_table_of,
+    report_error,
+    scan_layers,
+    unwrap,
+)
 from ._layers import volume_from_layer
 from .jobs import JobRunner
 from .session import run_of
@@ -182,8 +194,24 @@ class ExportWidget(QWidget):
         return {"path": folder / f"{stem}.nii.gz", "scan": scan_vol, "labels": labels_vol, "export_kwargs": kwargs,
                 "maps": maps, "protect": tuple(sorted(protect))}
 
+    def ask_overwrite(self, paths: list[Path]) -> bool:
+        """Ask before replacing existing files; tests patch this."""
+        shown = "\n".join(str(p) for p in paths[:10])
+        return ask_yes_no_cancel(self, "Replace existing files?",
+                                 f"These files exist already:\n{shown}\nReplace them?", "Replace", None) == "yes"
+
+    def existing_outputs(self, inputs: dict) -> list[Path]:
+        """The files this export would replace (the labels file and its sidecars, the maps)."""
+        path = inputs["path"]
+        stem = path.name[: -len(".nii.gz")] if path.name.endswith(".nii.gz") else path.stem
+        names = [path, path.with_name(f"{stem}.labels.json"), path.with_name(f"{stem}.itksnap.txt"),
+                 path.with_name(f"{stem}.provenance.json"),
+                 *(path.with_name(f"{safe_stem(name)}.nii.gz") for name, _ in inputs.get("maps", ()))]
+        return [p for p in names if p.exists()]
+
     def export(self):
-        """Start the export in a worker; returns the worker (or None when the input is not usable)."""
+        """Start the export in a worker; returns the worker (or None when the input is not usable, or the user
+        would not replace existing files)."""
         if self._job.busy:
             info("an export is already running")
             return None
@@ -193,6 +221,10 @@ class ExportWidget(QWidget):
         except (Vit3dError, OSError, ValueError) as exc:
             report_error(exc, "Export")
             return None
+        existing = self.existing_outputs(inputs)
+        if existing and not self.ask_overwrite(existing):
+            info(f"not exported: {existing[0].name} exists (choose another file name)")
+            return None
         rec = run_of(lyr)
         scan_hash = rec.scan_hash if rec is not None else (lyr.metadata.get(keys.RECOVERED) or {}).get("scan_hash")
         folder = inputs["path"].parent
@@ -201,7 +233,20 @@ class ExportWidget(QWidget):
             self.last_written = paths
             self.status.setText("written:\n" + "\n".join(str(p) for p in paths))
             info(f"exported {len(paths)} file(s) to {folder}")
-            if scan_hash:
-                recovery.discard_recovery(scan_hash)
+            saver = autosave.saver_of(lyr)
+            if saver is not None:
+                saver.exported()  # this layer's recovery file only: other layers of the scan keep theirs
+            elif scan_hash:
+                lid = recovery.layer_id(lyr, create=False)
+                if lid:
+                    recovery.discard_recovery(scan_hash, lid)
 
-        return self._job.start(export_job, engine=False, on_done=done, status="exporting…", **inputs)
+        def failed(_exc):
+            saver = autosave.saver_of(lyr)
+            if saver is not None:
+                saver.flush()  # the corrections are kept in the recovery file whatever went wrong
+
+        worker = self._job.start(export_job, engine=False, on_done=done, status="exporting…", **inputs)
+        if worker is not None:
+            worker.errored.connect(failed)
+        return worker

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import functools
 import threading
+import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -35,7 +37,15 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..errors import ModelError, Vit3dError, VolumeError
+from ..errors import (
+    ModelError,
+    ModelWarning,
+    ResourceLimitWarning,
+    UntrustedCodeError,
+    Vit3dError,
+    VolumeError,
+    VolumeWarning,
+)
 from ..io import Volume, keys, same_grid
 from . import autosave, recovery
 from ._common import (
@@ -51,6 +61,7 @@ from ._common import (
     unique_name,
     unwrap,
     upsert_layer,
+    warn,
 )
 from ._layers import layer_kwargs, volume_from_layer
 from .jobs import JobRunner, StepQueue
@@ -59,6 +70,43 @@ from .styles import labels_colormap, labels_features
 from .viewer_setup import install_radiological_view
 
 AUTO = "auto"
+#: seconds a first run waits for the engine preload thread before importing the engine itself
+PRELOAD_WAIT_S = 120.0
+#: the warnings a run shows as notifications (pre-flight, engine, model registry); others go to stderr
+SHOWN_WARNINGS = (VolumeWarning, ResourceLimitWarning, ModelWarning)
+#: the widget's options, as pre-flight messages name them
+OPTION_NAMES = {"probabilities": "Advanced › probability layer per label",
+                "uncertainty": "Advanced › uncertainty layer (entropy)", "overlap": "Advanced › Window overlap",
+                "batch": "Advanced › Windows per batch", "roi": "Advanced › ROI"}
+
+
+@dataclass
+class NeedsTrust:
+    """A worker's answer when a MONAI bundle is not trusted: nothing of it ran."""
+
+    folder: Path
+    error: UntrustedCodeError
+
+
+def _wait_for_preload(thread) -> None:
+    """Worker thread: let the engine preload finish before importing the engine here (two threads importing
+    ``monai.bundle`` / ``monai.apps`` at once can hit a circular-import ``ImportError``)."""
+    if thread is not None and thread is not threading.current_thread():
+        thread.join(PRELOAD_WAIT_S)
+
+
+def warning_lines(caught) -> list[str]:
+    """Distinct messages of the recorded warnings (``warnings.catch_warnings(record=True)``) of
+    :data:`SHOWN_WARNINGS`, in order; any other warning is printed to stderr as Python would."""
+    out = []
+    for w in caught or ():
+        if not issubclass(w.category, SHOWN_WARNINGS):
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+            continue
+        msg = str(w.message)
+        if msg not in out:
+            out.append(msg)
+    return out
 
 
 @dataclass
@@ -88,18 +136,43 @@ class SegmentOutput:
     record: RunRecord
     layers: dict = field(default_factory=dict)  # "labels" / "probabilities" / "uncertainty" -> PreparedLayer
     n_labels: int = 0
+    warnings: list = field(default_factory=list)  # messages of the warnings the run emitted
 
 
-def _segment_job(volume: Volume, scan_name: str, model_key: str, settings: dict, started: str, progress, cancel):
-    """Runs in the worker thread: load the model (cached), ``usecases.segment_scan``, then everything the
-    layers need, so the GUI thread only inserts them."""
+def _segment_job(volume: Volume, scan_name: str, model_key: str, settings: dict, started: str, progress, cancel,
+                 preload_thread=None):
+    """Runs in the worker thread: wait for the engine preload, load the model (cached; an untrusted bundle
+    gives :class:`NeedsTrust`), the pre-flight checks (``inference.preflight``: refuse or warn before
+    anything large is allocated), ``usecases.segment_scan``, then everything the layers need, so the GUI
+    thread only inserts them. Warnings are recorded and handed back (``SegmentOutput.warnings``)."""
+    _wait_for_preload(preload_thread)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = _segment_work(volume, scan_name, model_key, settings, started, progress, cancel)
+    if isinstance(out, SegmentOutput):
+        out.warnings = warning_lines(caught)
+    return out
+
+
+def _segment_work(volume: Volume, scan_name: str, model_key: str, settings: dict, started: str, progress, cancel):
+    from ..inference.preflight import check_scan_content, check_segmentation
     from ..io.labels import LabelTable
     from ..models.devices import resolve_device
     from ..usecases import segment_scan
 
     dev = str(resolve_device(settings["device"]))
-    loaded = load_model_cached(model_key, dev)
+    try:
+        loaded = load_model_cached(model_key, dev)
+    except UntrustedCodeError as exc:
+        from ..models import registry
+
+        return NeedsTrust(Path(registry.get_spec(model_key).root), exc)
     want_unc = bool(settings.get("uncertainty"))
+    check_scan_content(volume, loaded.spec)
+    check_segmentation(volume, loaded.spec, network=None if getattr(loaded, "bundle", None) is not None
+                       else loaded.network, roi_size=settings.get("roi_size"), overlap=settings["overlap"],
+                       sw_batch_size=settings["sw_batch_size"], probabilities=bool(settings.get("probabilities")),
+                       uncertainty=want_unc, options=OPTION_NAMES)
     seg = segment_scan(volume, loaded, device=dev, overlap=settings["overlap"], sw_batch_size=settings["sw_batch_size"],
                        roi_size=settings.get("roi_size"), probabilities=bool(settings.get("probabilities")),
                        uncertainty=want_unc, regions=want_unc,
@@ -161,10 +234,12 @@ class SegmentWidget(QWidget):
         super().__init__(parent)
         self.viewer = unwrap(napari_viewer)
         install_radiological_view(self.viewer)  # the plugin's view, set by its widgets (not by the reader)
-        start_engine_preload()
+        self._preload = start_engine_preload()
         self._checked_recovery: set[str] = set()
+        self._after_job = None  # GUI-thread work to do once the current job is over (a retry after trusting)
         self._build()
-        self._job = JobRunner("Segment", progress=self.progress, buttons=(self.segment_button,),
+        autosave.watch_viewer(self.viewer)  # save on window close, quit, layer removal
+        self._job = JobRunner("Segment", progress=self.progress, buttons=(self.segment_button, self.add_model_button),
                               cancel_button=self.cancel_button, status=self.status,
                               cancelled_text="cancelled; nothing was added")
         self._job.on_finished.append(self._on_finished)
@@ -278,9 +353,15 @@ class SegmentWidget(QWidget):
 
     # -- models ---------------------------------------------------------------------------------
     def _refresh_models(self, select: str | None = None):
-        self.model_combo.blockSignals(True)
-        self.model_combo.refresh(select)
-        self.model_combo.blockSignals(False)
+        """Re-list the models; a registry problem (a corrupt ``models.json`` set aside: a ``ModelWarning``)
+        is shown as a notification and the bundled models are still listed."""
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            self.model_combo.blockSignals(True)
+            self.model_combo.refresh(select)
+            self.model_combo.blockSignals(False)
+        for msg in warning_lines(caught):
+            warn(msg)
         self._on_model_changed()
 
     def model_spec(self):
@@ -332,21 +413,90 @@ class SegmentWidget(QWidget):
                 filter="Models (*.safetensors *.pt *.pth *.ckpt *.json);;All files (*)")
         return path or None
 
-    def add_model(self, path: str | None) -> bool:
-        """Register a checkpoint / bundle through the registry; its error is shown as it is."""
-        if not path:
-            return False
-        from ..models import registry
+    def ask_trust(self, folder, lines: list[str]) -> bool:
+        """Show what a MONAI bundle's config would run and ask whether to trust it; tests patch this."""
+        shown = "\n".join(lines[:30]) + (f"\n… and {len(lines) - 30} more" if len(lines) > 30 else "")
+        return ask_yes_no_cancel(
+            self, "Trust this MONAI bundle?",
+            f"{folder}\n\nA bundle's config is code: loading it runs the following "
+            f"({len(lines)} item(s)):\n\n{shown or '(no expressions)'}\n\n"
+            "Only trust a bundle from a source you trust. Trust is recorded for this exact content "
+            "(docs/security.md).", "Trust and load", None) == "yes"
+
+    def _confirm_trust(self, folder) -> bool:
+        """GUI thread: ask; on yes record the trust (``models.trust.trust_bundle``). False: nothing will run."""
+        from ..models.trust import describe_bundle_code, trust_bundle
 
         try:
-            spec = registry.add_model(path)
-        except Exception as exc:  # noqa: BLE001 - any file can be picked: every failure is shown, none crashes
-            report_error(exc, "Add model")
+            lines = describe_bundle_code(folder)
+        except (ModelError, OSError) as exc:
+            report_error(exc, "MONAI bundle")
+            return False
+        if not self.ask_trust(folder, lines):
+            info(f"{folder}: not trusted; nothing of the bundle was run")
+            return False
+        try:
+            trust_bundle(folder)
+        except (Vit3dError, OSError) as exc:
+            report_error(exc, "trusting the bundle")
+            return False
+        return True
+
+    def add_model(self, path: str | None) -> bool:
+        """Register a checkpoint / bundle through the registry, test-loading it (``registry.add_model``) in
+        the job runner's worker while the viewer keeps running; returns whether it was added. An untrusted
+        bundle shows what its config runs (:meth:`ask_trust`); on yes the trust is recorded and it is added,
+        on no nothing of it runs. Any error is shown as it is."""
+        if not path:
+            return False
+        if self._job.busy:
+            info("wait for the running job to finish before adding a model")
+            return False
+        spec = self._add_model_in_worker(path, trust=False)
+        if isinstance(spec, NeedsTrust):
+            if not self._confirm_trust(spec.folder):
+                return False
+            spec = self._add_model_in_worker(path, trust=True)
+        if spec is None or isinstance(spec, NeedsTrust):
             return False
         name = getattr(spec, "name", spec)
         self._refresh_models(select=str(name))
         info(f"model {name!r} added")
         return True
+
+    def _add_model_in_worker(self, path: str, trust: bool):
+        """Run ``registry.add_model`` in the job runner and wait (a local event loop: the viewer repaints);
+        returns the spec, a :class:`NeedsTrust`, or None after an error (already reported)."""
+        from qtpy.QtCore import QEventLoop
+
+        result: dict = {}
+        loop = QEventLoop()
+
+        def job(path, trust, preload_thread):
+            _wait_for_preload(preload_thread)
+            from ..models import registry
+
+            try:
+                return registry.add_model(path, trust_bundle=trust)
+            except UntrustedCodeError as exc:
+                return NeedsTrust(Path(path), exc)
+
+        def done(out):
+            result["out"] = out
+
+        def finished():
+            self._job.on_finished.remove(finished)
+            loop.quit()
+
+        self._job.on_finished.append(finished)
+        worker = self._job.start(job, path, trust, self._preload, engine=False, on_done=done, what="Add model",
+                                 status=f"checking that {Path(path).name} loads…")
+        if worker is None:
+            self._job.on_finished.remove(finished)
+            return None
+        loop.exec_()
+        self.status.setText("")
+        return result.get("out")
 
     # -- running ------------------------------------------------------------------------------
     def ask_replace(self, name: str) -> str:
@@ -413,19 +563,37 @@ class SegmentWidget(QWidget):
             report_error(exc, "Segment")
             return None
         return self._job.start(_segment_job, volume, layer.name, model_name, self.settings(), now_iso(),
-                               on_done=lambda out: self._on_done(out, replace),
+                               preload_thread=self._preload, on_done=lambda out: self._on_done(out, replace),
                                status=f"segmenting {layer.name} with {model_name}…")
 
     def cancel(self):
         self._job.cancel()
 
+    def _rerun_replacing(self, name: str):
+        saved, self.ask_replace = self.ask_replace, lambda _name: "yes"  # the user already said "Replace"
+        try:
+            self.run()
+        finally:
+            self.ask_replace = saved
+
     def _on_finished(self):
         if self._job.cancelled:
             info("Segment cancelled; nothing was added")
+        after, self._after_job = self._after_job, None
+        if after is not None:
+            after()
 
     # -- results ------------------------------------------------------------------------------
     def _on_done(self, out: SegmentOutput, replace):
-        """GUI thread: insert the prepared layers one per event-loop turn (see the module docstring)."""
+        """GUI thread: insert the prepared layers one per event-loop turn (see the module docstring). An
+        untrusted bundle: ask (:meth:`ask_trust`), and on yes run again once this job is over."""
+        if isinstance(out, NeedsTrust):
+            self.status.setText("the bundle is not trusted: nothing of it ran")
+            if self._confirm_trust(out.folder):
+                self._after_job = self.run if replace is None else functools.partial(self._rerun_replacing, replace)
+            return
+        for msg in out.warnings:
+            warn(f"Segment: {msg}")
         steps = [functools.partial(self._show_labels, out, replace)]
         for kind in ("probabilities", "uncertainty"):
             if kind in out.layers:
@@ -463,12 +631,14 @@ class SegmentWidget(QWidget):
                                  "Restore them as a labels layer?", "Restore", None) == "yes"
 
     def _on_layer_removed(self, event):
-        autosave.detach(event.value)
+        autosave.detach(event.value, save=True)  # unsaved changes go to its recovery file first
 
     def _on_layer_inserted(self, event):
         self._offer_recovery(event.value)
 
     def _offer_recovery(self, layer):
+        """A scan was opened: offer back every recovery file of it (one per labels layer not exported) whose
+        layer is not open now, each with :meth:`ask_restore`."""
         if layer not in scan_layers(self.viewer) or keys.PLUGIN not in layer.metadata:
             return
         try:
@@ -478,23 +648,34 @@ class SegmentWidget(QWidget):
         h = vol.content_hash()
         if h in self._checked_recovery:  # offered once per session
             return
-        saved = recovery.load_recovery(h)
-        if saved is None:
+        found = recovery.load_all(h)
+        if not found:
             return
         self._checked_recovery.add(h)
-        labels, saved_info = saved
-        if tuple(labels.shape) != tuple(np.shape(layer.data)):
-            return
-        if not self.ask_restore(layer.name, saved_info):
-            return
+        open_ids = {lyr.metadata.get(keys.LAYER_ID) for lyr in self.viewer.layers if isinstance(lyr, Labels)}
+        for path, labels, saved_info in reversed(found):  # oldest first
+            lid = saved_info.get("layer_id")
+            if lid is not None and lid in open_ids:
+                continue
+            if tuple(labels.shape) != tuple(np.shape(layer.data)):
+                continue
+            if not self.ask_restore(layer.name, saved_info):
+                continue
+            self._restore(layer, vol, h, labels, saved_info, path)
+
+    def _restore(self, layer, vol, scan_hash, labels, saved_info, path):
         from ..io.labels import LabelTable
 
         table = LabelTable.from_dict(saved_info["label_table"]) if "label_table" in saved_info else \
             LabelTable.from_array(labels)
+        lid = saved_info.get("layer_id") or recovery.new_layer_id()  # the same file keeps its autosaves
         data, kwargs = layer_kwargs(vol.with_data(np.zeros(vol.spatial_shape, labels.dtype)), kind="labels",
-                                    metadata={keys.RECOVERED: saved_info})
+                                    metadata={keys.RECOVERED: saved_info, keys.LAYER_ID: lid})
         restored = self.viewer.add_labels(
             labels, name=unique_name(self.viewer, f"{layer.name}{SEP}labels (recovered)"),
             colormap=labels_colormap(table), features=labels_features(table), opacity=0.5, **kwargs)
-        autosave.attach(restored, h, {**saved_info, "label_table": table.to_dict()})
+        saver = autosave.attach(restored, scan_hash, {**saved_info, "label_table": table.to_dict()}, layer_id=lid)
+        if "layer_id" not in saved_info:  # a file of the old one-per-scan layout: now kept per layer
+            saver.save_now(force=True)
+            recovery.discard_recovery(scan_hash)
         info(f"restored autosaved labels for '{layer.name}'")

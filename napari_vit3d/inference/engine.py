@@ -219,7 +219,11 @@ def preload() -> None:
     modules being initialised), which a thread cannot avoid. The GUI calls this in a background
     thread when the Segment widget is created, so that those stretches do not happen inside the first
     run (while the viewer should keep its 10 ms beat). Safe to call more than once and from any thread.
+    ``monai.bundle`` (and through it ``monai.apps``) is imported here too: a run that imports it in another
+    thread while this one imports MONAI can hit a circular-import ``ImportError``, so the GUI's first run
+    waits for this to finish (``gui.segment_widget``).
     """
+    import monai.bundle  # noqa: F401  (imports monai.apps)
     import monai.inferers  # noqa: F401  (also imports monai.networks)
     import monai.networks.nets  # noqa: F401
     import safetensors.torch  # noqa: F401

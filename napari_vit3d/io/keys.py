@@ -11,6 +11,7 @@ Layers made by the plugin (``layer.metadata``):
 * :data:`PROMPT` (``"vit3d_prompt"``): the click-to-segment preview layer (not a result).
 * :data:`QUERY` (``"vit3d_query"``): the Explain query marker (Points).
 * :data:`RECOVERED` (``"vit3d_recovered"``): a labels layer restored from an autosave (its saved info).
+* :data:`LAYER_ID` (``"vit3d_layer_id"``): a labels layer's recovery id (a uuid; one recovery file per layer).
 
 ``Volume.metadata``: ``"kind"`` (a :class:`~napari_vit3d.io.volume.VolumeKind`), :data:`PROTECT_PATH`
 (the scan file an output must never replace), ``"units"``, ``"method"``, and :data:`PLUGIN` (provenance).
@@ -24,11 +25,12 @@ COMPARE = "vit3d_compare"
 PROMPT = "vit3d_prompt"
 QUERY = "vit3d_query"
 RECOVERED = "vit3d_recovered"
+LAYER_ID = "vit3d_layer_id"
 PROTECT_PATH = "protect_path"
 KIND = "kind"
 
 #: layers that are views of a result rather than results: never offered for export or as corrections
 NOT_RESULTS = (DIFF, COMPARE, PROMPT)
 
-__all__ = ["COMPARE", "DIFF", "KIND", "MAP", "NOT_RESULTS", "PLUGIN", "PROMPT", "PROTECT_PATH", "QUERY", "RECOVERED",
-           "RUN"]
+__all__ = ["COMPARE", "DIFF", "KIND", "LAYER_ID", "MAP", "NOT_RESULTS", "PLUGIN", "PROMPT", "PROTECT_PATH", "QUERY",
+           "RECOVERED", "RUN"]
