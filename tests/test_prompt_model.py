@@ -1,9 +1,9 @@
 """The bundled promptable model (napari_vit3d/resources/prompt_models), through the real loading code and the CLI.
 
-Regression floors, not quality claims: the bundled model is under-trained (its card: it draws a
-blob of roughly fixed size around the click rather than following the object's border), so the
-floor on a bright 9 mm sphere planted in noise is 0.6 (it measures 0.74–0.85; issue 12 asks for
-0.9, not reached). Geometry of the CLI output against nibabel (shape, affine, dtype) on an LPS and
+Regression floors, not quality claims: the bundled model is under-trained (its card: its masks grow
+with the object only partly: 6 mm and 14 mm spheres get 0.40–0.57), so the floor on a bright 9 mm
+sphere planted in noise is 0.88 (stage 3 measures 0.905 on the LPS and 0.945 on the oblique scan;
+stage 2 measured 0.74–0.85). Geometry of the CLI output against nibabel (shape, affine, dtype) on an LPS and
 an oblique scan.
 """
 
@@ -38,7 +38,7 @@ def test_one_click_on_a_bright_sphere_in_noise(model, name):
     s.add_point(world=centre)
     res = s.predict()
     mask = res.mask.data > 0
-    assert dice(mask, inside) >= 0.6, dice(mask, inside)
+    assert dice(mask, inside) >= 0.88, dice(mask, inside)
     click = np.floor(np.linalg.solve(aff[:3, :3], centre - aff[:3, 3]) + 0.5).astype(int)
     assert mask[tuple(click)]
 
@@ -59,7 +59,7 @@ def test_cli_mask_lands_on_the_scan(tmp_path):
         assert m.shape == SHAPE and np.allclose(m.affine, aff, atol=1e-5)
         data = np.asarray(m.dataobj)
         assert data.dtype == np.uint8 and set(np.unique(data)) <= {0, 1}
-        assert dice(data > 0, inside) >= 0.6
+        assert dice(data > 0, inside) >= 0.85, dice(data > 0, inside)
         side = json.loads((tmp_path / f"{name}_mask.json").read_text())
         assert side["method"] == "prompt" and side["prompt"]["positive_world_mm"]
 
