@@ -20,6 +20,7 @@ from napari.layers import Image, Labels
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QCheckBox,
+    QComboBox,
     QFileDialog,
     QFormLayout,
     QHBoxLayout,
@@ -32,6 +33,7 @@ from qtpy.QtWidgets import (
 
 from ..errors import Vit3dError, VolumeError
 from ..io import keys, same_grid
+from ..io.formats import scan_stem
 from ..io.layers import protected_paths
 from . import autosave, recovery
 from ._common import (
@@ -80,6 +82,11 @@ def export_job(path: Path, scan, labels, export_kwargs: dict, maps=(), protect=(
     return [Path(p) for p in written]
 
 
+
+#: the label formats the Export widget offers (``io.formats.write_labels_as`` writes each)
+EXPORT_FORMATS = (("NIfTI (.nii.gz)", ".nii.gz"), ("3D Slicer segmentation (.seg.nrrd)", ".seg.nrrd"),
+                  ("NRRD (.nrrd)", ".nrrd"), ("MetaImage (.mha)", ".mha"), ("DICOM SEG (.dcm)", ".dcm"))
+
 class ExportWidget(QWidget):
     def __init__(self, napari_viewer, parent=None):
         super().__init__(parent)
@@ -102,6 +109,12 @@ class ExportWidget(QWidget):
         form.addRow("Folder", row)
         self.stem = QLineEdit()
         form.addRow("File name", self.stem)
+        self.format_combo = QComboBox()
+        for text, suffix in EXPORT_FORMATS:
+            self.format_combo.addItem(text, suffix)
+        self.format_combo.setToolTip("DICOM SEG references the DICOM series it segments: only for a scan read "
+                                     "from DICOM (docs/formats.md)")
+        form.addRow("Format", self.format_combo)
         lay.addLayout(form)
         written = QLabel("Writes the labels with their label table (JSON + ITK-SNAP) and provenance "
                          "(scan and model hashes, settings, edits).")
@@ -191,7 +204,8 @@ class ExportWidget(QWidget):
         maps = [(m.name, volume_from_layer(m)) for m in self._map_layers(scan_name)] if self.maps_check.isChecked() \
             else []
         protect = {str(p) for p in (labels_vol.source_path, scan_vol.source_path, *protected_paths(lyr.metadata)) if p}
-        return {"path": folder / f"{stem}.nii.gz", "scan": scan_vol, "labels": labels_vol, "export_kwargs": kwargs,
+        path = folder / f"{stem}{self.format_combo.currentData()}"
+        return {"path": path, "scan": scan_vol, "labels": labels_vol, "export_kwargs": kwargs,
                 "maps": maps, "protect": tuple(sorted(protect))}
 
     def ask_overwrite(self, paths: list[Path]) -> bool:
@@ -203,7 +217,7 @@ class ExportWidget(QWidget):
     def existing_outputs(self, inputs: dict) -> list[Path]:
         """The files this export would replace (the labels file and its sidecars, the maps)."""
         path = inputs["path"]
-        stem = path.name[: -len(".nii.gz")] if path.name.endswith(".nii.gz") else path.stem
+        stem = scan_stem(path)
         names = [path, path.with_name(f"{stem}.labels.json"), path.with_name(f"{stem}.itksnap.txt"),
                  path.with_name(f"{stem}.provenance.json"),
                  *(path.with_name(f"{safe_stem(name)}.nii.gz") for name, _ in inputs.get("maps", ()))]
