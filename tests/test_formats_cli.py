@@ -165,3 +165,37 @@ def test_batch_inputs_count_a_dicom_folder_as_one_scan(same_scan_twice, tmp_path
     (tmp_path / "empty").mkdir()
     with pytest.raises(VolumeError, match="no scans"):
         find_inputs([tmp_path / "empty"])
+
+
+def test_segment_writes_seg_nrrd_and_dicom_seg_chosen_by_the_extension(same_scan_twice, spec_path, tmp_path, capsys):
+    """``segment -o X.seg.nrrd`` / ``-o X.dcm``: the same labels as the NIfTI run, read back by pynrrd and
+    highdicom on the source grid with the model's label names; DICOM SEG of a NIfTI input is refused first."""
+    import nrrd
+
+    torch = pytest.importorskip("torch")
+    outs = {}
+    for name in ("labels.nii.gz", "labels.seg.nrrd", "labels.dcm"):
+        torch.manual_seed(0)
+        assert main(["segment", str(same_scan_twice["dicom"]), "-o", str(tmp_path / name), "--model", str(spec_path),
+                     "--device", "cpu", "--quiet"]) == 0
+        outs[name] = tmp_path / name
+    ref = np.asarray(nib.load(str(outs["labels.nii.gz"])).dataobj)
+    data, header = nrrd.read(str(outs["labels.seg.nrrd"]))
+    np.testing.assert_array_equal(data, ref)
+    lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ same_scan_twice["affine"]
+    np.testing.assert_allclose(np.asarray(header["space directions"], float).T, lps[:3, :3], atol=1e-4)
+    names = {header[k] for k in header if k.endswith("_Name")}
+    assert names and names <= {"brain", "csf"}
+    hd = pytest.importorskip("highdicom")
+    seg = hd.seg.segread(str(outs["labels.dcm"]))
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == same_scan_twice["info"]["series_uid"]
+    assert {d.SegmentLabel for d in seg.SegmentSequence} == names
+    capsys.readouterr()
+    assert main(["segment", str(same_scan_twice["nifti"]), "-o", str(tmp_path / "x.dcm"), "--model", str(spec_path),
+                 "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "DICOM SEG references the DICOM series" in err and len(err.splitlines()) == 1
+    assert main(["segment", str(same_scan_twice["nifti"]), "-o", str(tmp_path / "x.png"), "--model", str(spec_path),
+                 "--quiet"]) == 2
+    assert "cannot write a label map there" in capsys.readouterr().err
+    assert not (tmp_path / "x.dcm").exists()

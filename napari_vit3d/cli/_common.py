@@ -67,16 +67,21 @@ def _probe_folder(folder: Path, out: Path) -> None:
 
 def check_output_paths(input_path, outputs, *, inputs: Iterable = (), extra: Iterable = (),
                        sidecars: Iterable[tuple[object, Callable[[Path], bool] | None]] = (),
-                       overwrite: bool = False) -> list[Path]:
+                       overwrite: bool = False, label_outputs: Iterable = ()) -> list[Path]:
     """Refuse, before any slow work, outputs that cannot or must not be written (see the module docstring).
 
     ``outputs``: NIfTI files the user named (None entries are skipped; they may replace existing files);
+    ``label_outputs``: those of ``outputs`` that are label maps, which may also be any format
+    ``io.formats.write_labels_as`` writes (``.seg.nrrd``, ``.nrrd``, ``.mha``, ``.dcm``);
     ``extra``: other files the user named (JSON statistics, …); ``sidecars``: ``(path, owned)`` files the
     command writes without being asked by name: an existing one is only replaced when ``owned(path)`` says it
     is the command's own, or with ``overwrite``; ``inputs``: files besides ``input_path`` (masks, the model's
     spec and weights, …) that must never be written over. Returns ``outputs`` as Paths.
     """
+    from ..io.formats import output_format
     from ..io.nifti import is_nifti_path
+
+    label_names = {Path(os.fsdecode(p)) for p in label_outputs if p}
 
     protected = [p for p in (input_path, *inputs) if p]
     guarded = []
@@ -89,7 +94,9 @@ def check_output_paths(input_path, outputs, *, inputs: Iterable = (), extra: Ite
     seen: dict[Path, Path] = {}
     folders: dict[Path, Path] = {}
     for out, kind in [(o, "nifti") for o in named] + [(o, "extra") for o in others] + [(o, "sidecar") for o, _ in side]:
-        if kind == "nifti" and not is_nifti_path(out):
+        if kind == "nifti" and out in label_names:
+            output_format(out, labels=True)  # a one-line error naming the label formats
+        elif kind == "nifti" and not is_nifti_path(out):
             raise VolumeError(f"{out}: output must end in .nii or .nii.gz")
         r = safe_resolve(out, "an output")
         node = _inode(r)

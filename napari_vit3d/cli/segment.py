@@ -28,7 +28,9 @@ def register(subparsers) -> None:
         description="Segment INPUT with a model and write the labels to OUTPUT on INPUT's own grid "
                     "(same shape, affine and voxel order). Exit codes: 0 done, 2 user error, 130 cancelled.")
     p.add_argument("input", metavar="INPUT", help="scan to segment (NIfTI, NRRD, MHA, MGZ, DICOM; 3D or 4D)")
-    p.add_argument("-o", "--output", required=True, metavar="OUTPUT", help="label map to write (.nii or .nii.gz)")
+    p.add_argument("-o", "--output", required=True, metavar="OUTPUT",
+                   help="label map to write: .nii.gz, .nii, .seg.nrrd (3D Slicer), .nrrd, .mha or .dcm "
+                        "(DICOM SEG, for a DICOM INPUT)")
     p.add_argument("--series", metavar="UID", help="the DICOM series to segment when INPUT holds several")
     p.add_argument("--model", metavar="MODEL",
                    help="registered model name, spec .json, checkpoint (with its spec beside it) or MONAI bundle "
@@ -52,12 +54,13 @@ def register(subparsers) -> None:
 
 def _check_outputs(args, model_ref=None) -> list[Path]:
     return check_output_paths(args.input, (args.output, args.save_probabilities, args.save_uncertainty),
-                              inputs=model_files(model_ref) if model_ref else ())
+                              inputs=model_files(model_ref) if model_ref else (), label_outputs=(args.output,))
 
 
 def run(args) -> int:
+    from ..errors import VolumeError
     from ..inference.preflight import check_segmentation
-    from ..io.formats import read_scan
+    from ..io.formats import output_format, read_scan, write_labels_as
     from ..io.nifti import write_image, write_labels
     from ..models.devices import resolve_device
     from ..models.registry import default_model_name, load_model
@@ -66,6 +69,9 @@ def run(args) -> int:
     model_ref = args.model if args.model else default_model_name()
     _check_outputs(args, model_ref)  # before the (slow) model run: fail fast on a bad output path
     scan = read_scan(args.input, as_labels=False, series=args.series)
+    if output_format(args.output) == "dicom-seg" and not (scan.metadata or {}).get("dicom"):
+        raise VolumeError(f"{args.output}: a DICOM SEG references the DICOM series it segments; INPUT was not read "
+                          "from DICOM (write .nii.gz or .seg.nrrd)")
     device = resolve_device(args.device)
     model = load_model(model_ref, device, trust_bundle=args.trust_bundle)
     # the whole run, with the outputs asked for, against the memory available: refuse or warn before it starts
@@ -95,7 +101,10 @@ def run(args) -> int:
 
     protect = (scan.source_path,)
     with outputs_transaction():  # all outputs replace their targets together at the end, or none does
-        write_labels(args.output, out.labels.data, scan.affine, header=scan.header, source_path=scan.source_path)
+        if output_format(args.output) == "nifti":
+            write_labels(args.output, out.labels.data, scan.affine, header=scan.header, source_path=scan.source_path)
+        else:  # .seg.nrrd / .nrrd / .mha / DICOM SEG, with the model's label names where the format holds them
+            write_labels_as(args.output, out.labels, source=scan, label_table=out.label_names, protect=protect)
         written = [args.output]
         if args.save_probabilities:
             write_image(args.save_probabilities, out.probabilities.data, scan.affine, header=scan.header,
