@@ -98,3 +98,50 @@ def test_a_folder_with_two_series_is_refused_in_one_line_that_lists_them(make_na
     ours = [m for m in chain if a["series_uid"] in m and b["series_uid"] in m]
     assert ours and len(ours[0].splitlines()) == 1 and "--series" in ours[0], chain
     assert len(viewer.layers) == 0
+
+
+def _marker_volume(shape, at, value=1000):
+    data = np.full(shape, 10, np.int16)
+    data[at] = value
+    return data
+
+
+@pytest.mark.parametrize("fmt", ["nrrd", "mha", "mgz"])
+def test_nrrd_mha_mgz_open_in_napari_where_their_own_library_puts_them(make_napari_viewer, tmp_path, fmt):
+    """A single bright voxel written by the format's own library (pynrrd / SimpleITK / nibabel) at a known
+    index of an oblique, anisotropic grid: in napari its layer voxel lies at the physical point that library
+    gives for that index (LPS converted to RAS; napari's world axes are S, A, R)."""
+    shape, at = (12, 10, 8), (7, 3, 5)
+    data = _marker_volume(shape, at)
+    rot = np.array([[0.96, -0.28, 0.0], [0.28, 0.96, 0.0], [0.0, 0.0, 1.0]])
+    spacing = np.array([0.9, 1.3, 2.5])
+    origin_lps = np.array([12.0, -7.5, 30.0])
+    path = tmp_path / f"marker.{fmt}"
+    if fmt == "nrrd":
+        import nrrd
+
+        nrrd.write(str(path), data, {"space": "left-posterior-superior", "space directions": (rot * spacing).T,
+                                     "space origin": origin_lps})
+        world_lps = origin_lps + (rot * spacing) @ np.array(at, float)
+    elif fmt == "mha":
+        sitk = pytest.importorskip("SimpleITK")
+        img = sitk.GetImageFromArray(np.ascontiguousarray(data.transpose(2, 1, 0)))  # SimpleITK arrays are z, y, x
+        img.SetSpacing(tuple(spacing))
+        img.SetOrigin(tuple(origin_lps))
+        img.SetDirection(tuple(rot.ravel()))
+        sitk.WriteImage(img, str(path))
+        world_lps = np.array(img.TransformIndexToPhysicalPoint(tuple(int(v) for v in at)))
+    else:
+        import nibabel as nib
+
+        ras = np.eye(4)
+        ras[:3, :3] = np.diag([-1.0, -1.0, 1.0]) @ rot * spacing
+        ras[:3, 3] = np.diag([-1.0, -1.0, 1.0]) @ origin_lps
+        nib.save(nib.MGHImage(data.astype(np.float32), ras), str(path))
+        world_lps = np.diag([-1.0, -1.0, 1.0]) @ nib.affines.apply_affine(ras, at)
+    viewer = make_napari_viewer()
+    (layer,) = viewer.open(str(path), plugin="napari-vit3d")
+    peak = np.unravel_index(int(np.argmax(layer.data)), layer.data.shape)
+    world_sar = np.asarray(layer.data_to_world(peak), float)
+    world_ras = world_sar[::-1]
+    np.testing.assert_allclose(world_ras, np.diag([-1.0, -1.0, 1.0]) @ world_lps, atol=1e-3)
