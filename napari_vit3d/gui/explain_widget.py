@@ -32,6 +32,7 @@ from ..io import keys
 from ._common import (
     SEP,
     LayerCombo,
+    build_layer,
     find_layer,
     model_names,
     report_error,
@@ -61,11 +62,15 @@ def _prepare(vol, method: str):
         n_heads = int(vol.metadata.get("n_heads") or int(data.max()))
         table = LabelTable.default(range(n_heads + 1), {h + 1: f"head {h}" for h in range(n_heads)})
         kw.update(colormap=labels_colormap(table), features=labels_features(table), opacity=0.6)
-        return vol, data, kw
+        return vol, data, kw, None
     data, kw = layer_kwargs(vol, metadata={keys.MAP: dict(vol.metadata)})
     lo, hi = robust_limits(data, lo=60.0)  # the weakest 60 % of the map fade out: peaks stand out
     kw.update(colormap=m.colormap, blending="additive", opacity=0.8, contrast_limits=(lo, hi))
-    return vol, data, kw
+    # the layer object too (napari's layer models are plain Python): the GUI thread only inserts it
+    layer = build_layer(data, "image", name=vol.name, **kw)
+    layer.contrast_limits_range = (min(lo, 0.0), hi)
+    layer.contrast_limits = (lo, hi)
+    return vol, data, kw, layer
 
 
 def _explain_job(session_holder: dict, key: tuple, model_key: str, volume, device: str, method: str,
@@ -337,14 +342,16 @@ class ExplainWidget(QWidget):
         self.last_layer = self._put_map(out, scan_name, method)
 
     def _put_map(self, out, scan_name, method):
-        vol, data, kw = out
+        vol, data, kw, prebuilt = out
         m = get_method(method)
         name = self.layer_name(scan_name, method)
         if m.output == "labels":
             lyr = upsert_layer(self.viewer, name, data, "labels", update=("colormap", "features"), **kw)
             self.status.setText(f"{name}: label h+1 = voxels head h attends to most")
             return lyr
-        lyr = upsert_layer(self.viewer, name, data, "image", **kw)
+        if prebuilt is not None:
+            prebuilt.name = name
+        lyr = upsert_layer(self.viewer, name, data, "image", prebuilt=prebuilt, **kw)
         lo, hi = kw["contrast_limits"]
         lyr.contrast_limits_range = (min(lo, 0.0), hi)
         lyr.contrast_limits = (lo, hi)

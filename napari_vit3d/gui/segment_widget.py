@@ -68,6 +68,7 @@ from .jobs import JobRunner, StepQueue
 from .session import RunRecord, load_model_cached, now_iso
 from .styles import labels_colormap, labels_features
 from .viewer_setup import install_radiological_view
+from .warmup import warm_up
 
 AUTO = "auto"
 #: seconds a first run waits for the engine preload thread before importing the engine itself
@@ -235,6 +236,7 @@ class SegmentWidget(QWidget):
         self.viewer = unwrap(napari_viewer)
         install_radiological_view(self.viewer)  # the plugin's view, set by its widgets (not by the reader)
         self._preload = start_engine_preload()
+        warm_up(self.viewer, self._preload)  # GC freeze after the preload, napari's first-labels cost now
         self._checked_recovery: set[str] = set()
         self._after_job = None  # GUI-thread work to do once the current job is over (a retry after trusting)
         self._build()
