@@ -150,8 +150,9 @@ class ExportWidget(QWidget):
 
     def _suggest_name(self, *_):
         lyr = self.labels_combo.layer()
-        if lyr is None:
-            return
+        if lyr is None or lyr is getattr(self, "_named_for", None):
+            return  # the list was only refreshed (a layer added elsewhere): keep the name the user typed
+        self._named_for = lyr
         self.stem.setText(safe_stem(lyr.name))
         if not self.folder.text():
             src = (lyr.metadata.get(keys.PLUGIN) or {}).get("source_path")

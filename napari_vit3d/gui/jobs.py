@@ -151,15 +151,18 @@ class JobRunner:
 
     def _finished(self) -> None:
         self.worker = None
-        for b in self.buttons:
-            b.setEnabled(True)
-        if self.cancel_button is not None:
-            self.cancel_button.setEnabled(False)
-        if self.progress is not None:
-            self.progress.setRange(0, 1)
-            self.progress.setValue(0 if (self.cancelled or self._failed) else 1)
-        if self.cancelled and self.cancelled_text and self.status is not None:
-            self.status.setText(self.cancelled_text)
+        try:
+            for b in self.buttons:
+                b.setEnabled(True)
+            if self.cancel_button is not None:
+                self.cancel_button.setEnabled(False)
+            if self.progress is not None:
+                self.progress.setRange(0, 1)
+                self.progress.setValue(0 if (self.cancelled or self._failed) else 1)
+            if self.cancelled and self.cancelled_text and self.status is not None:
+                self.status.setText(self.cancelled_text)
+        except RuntimeError:  # the widget was closed while its job ran: its controls are gone, nothing to show
+            return
         for cb in list(self.on_finished):
             cb()
 

@@ -229,7 +229,17 @@ def preload() -> None:
     import safetensors.torch  # noqa: F401
 
     from ..models import checkpoints, registry, segformer3d, vit_seg  # noqa: F401
+
+    # the pre-flight parameter count builds a network on PyTorch's meta device, which imports torch._refs /
+    # torch._dynamo on first use (about 2 s under the GIL): do it here, on a tiny spec, nothing allocated
+    from ..models.spec import ModelSpec
     from . import bundle, predictor  # noqa: F401
+
+    registry.parameter_count(ModelSpec(
+        name="preload", architecture="segformer3d", roi_size=(32, 32, 32),
+        arch_kwargs={"embed_dims": [4, 4, 4, 4], "depths": [1, 1, 1, 1], "num_heads": [1, 1, 1, 1],
+                     "decoder_dim": 4},
+        labels=({"index": 0, "name": "background"}, {"index": 1, "name": "object"})))
 
 
 # ------------------------------------------------------------------------------------------
