@@ -12,9 +12,10 @@ Two costs used to fall inside the first run, both measured by ``benchmarks/bench
   at that moment (a few MB left by the imports) is never freed, the price of not running a full
   collection on the GUI thread. Set
   ``NAPARI_VIT3D_GC_FREEZE=0`` to switch this off.
-* **napari's first Labels layer**: building the first labels layer's visuals (shaders, the polygon
-  overlay and its dash atlas) costs 0.1–0.2 s once per process; a tiny hidden Labels layer is added
-  and removed right after docking, so that cost is paid while the user is not waiting for a result.
+* **napari's first Labels (and Points) layer**: building the first labels layer's visuals (shaders, the
+  polygon overlay and its dash atlas) costs 0.1–0.2 s once per process; a tiny hidden Labels layer and
+  a Points layer (the Explain query marker's type) are added and removed right after docking, so that
+  cost is paid while the user is not waiting for a result.
 """
 
 from __future__ import annotations
@@ -43,12 +44,16 @@ def _freeze_when_preloaded(thread) -> None:
         gc.freeze()
 
 
-def _prime_labels(viewer) -> None:
+def _prime_layers(viewer) -> None:
+    """Add and remove a tiny hidden layer of each type the plugin shows (labels; the Explain query marker,
+    a Points layer), so napari's first-layer-of-its-type cost is paid now."""
     try:
-        layer = viewer.add_labels(np.zeros((2, 2, 2), np.uint8), name="napari-vit3d warm-up", visible=False)
-        viewer.layers.remove(layer)
+        for add, data in ((viewer.add_labels, np.zeros((2, 2, 2), np.uint8)),
+                          (viewer.add_points, np.zeros((1, 3)))):
+            layer = add(data, name="napari-vit3d warm-up", visible=False)
+            viewer.layers.remove(layer)
     except (AttributeError, RuntimeError, ValueError, TypeError):  # a closing viewer: nothing to warm up
-        _log.debug("labels warm-up skipped", exc_info=True)
+        _log.debug("layer warm-up skipped", exc_info=True)
 
 
 def warm_up(viewer, preload_thread=None) -> None:
@@ -58,7 +63,7 @@ def warm_up(viewer, preload_thread=None) -> None:
 
     if "labels" not in _DONE and viewer is not None:
         _DONE.add("labels")
-        QTimer.singleShot(0, lambda: _prime_labels(viewer))
+        QTimer.singleShot(0, lambda: _prime_layers(viewer))
     if "gc" not in _DONE:
         _DONE.add("gc")
         QTimer.singleShot(_POLL_MS, lambda: _freeze_when_preloaded(preload_thread))
