@@ -104,7 +104,7 @@ def run_demo_pipeline(viewer, *, headless: bool = True, scan_name: str | None = 
         return widgets
     wait_until(lambda: not seg.running)
     explain_now()
-    wait_until(lambda: ex._worker is None)
+    wait_until(lambda: not ex.busy)
     widgets["labels"] = viewer.layers[f"{scan.name}{SEP}labels"] if f"{scan.name}{SEP}labels" in viewer.layers else None
     widgets["map"] = ex.last_layer
     return widgets
