@@ -236,3 +236,18 @@ def test_segment_explain_correct_export(make_napari_viewer, qtbot, gui_env, monk
     assert isinstance(masks, Labels) and masks.data.shape == scan.data.shape
     assert 0 < masks.data.max() <= n_heads
     wait_for(qtbot, lambda: not review.refreshing)  # no worker left running when the viewer closes
+
+
+def test_headless_demo_pipeline_segments_and_explains(make_napari_viewer, gui_env):
+    """What ``make demo`` runs without a display (``gui.demo_pipeline.run_demo_pipeline``), with the tiny model."""
+    from napari_vit3d.gui.demo_pipeline import dock_widgets, run_demo_pipeline
+
+    viewer = make_napari_viewer()
+    open_sample(viewer)
+    widgets = dock_widgets(viewer)
+    assert widgets["segment"].add_model(str(gui_env.spec("tiny-gui-test"))), gui_env.messages
+    torch.manual_seed(0)
+    out = run_demo_pipeline(viewer, model="tiny-gui-test", docked=None)
+    assert isinstance(out["labels"], Labels) and isinstance(out["map"], Image)
+    np.testing.assert_allclose(out["map"].extent.world, viewer.layers["colin27_t1"].extent.world, atol=1e-6)
+    assert not gui_env.messages["error"], gui_env.messages
