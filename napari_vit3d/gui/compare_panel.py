@@ -11,13 +11,13 @@ from __future__ import annotations
 from napari.utils.colormaps import DirectLabelColormap
 from qtpy.QtCore import Qt
 from qtpy.QtGui import QColor, QFontDatabase
-from qtpy.QtWidgets import QGroupBox, QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout
+from qtpy.QtWidgets import QGroupBox, QHBoxLayout, QLabel, QVBoxLayout
 
 from ..errors import VolumeError
 from ..io import keys
 from ._common import SEP, ModelCombo, build_layer, find_layer, info, report_error, upsert_layer
 from ._layers import layer_kwargs
-from .jobs import JobRunner
+from .jobs import JobRunner, run_controls
 from .session import load_model_cached, run_of
 
 #: colours of the disagreement layer (``review.compare`` codes): only A (orange), only B (blue),
@@ -62,18 +62,10 @@ class ComparePanel(QGroupBox):
         self.model_combo.setToolTip("A is the model that made the chosen labels (its untouched output)")
         row.addWidget(self.model_combo, 1)
         cl.addLayout(row)
-        row = QHBoxLayout()
-        self.compare_button = QPushButton("Compare")
+        row, self.compare_button, self.cancel_button, self.progress = run_controls(
+            "Compare", self.compare, fmt="%v / %m windows")
         self.compare_button.setToolTip("segment the scan with model B and map where A and B disagree")
-        self.compare_button.clicked.connect(self.compare)
-        self.cancel_button = QPushButton("Cancel")  # wired by the job runner
-        row.addWidget(self.compare_button, 1)
-        row.addWidget(self.cancel_button)
         cl.addLayout(row)
-        self.progress = QProgressBar()
-        self.progress.setRange(0, 1)
-        self.progress.setValue(0)
-        self.progress.setFormat("%v / %m windows")
         cl.addWidget(self.progress)
         swatch = "<span style='color:{}'>■</span> {}"
         key = QLabel(" &nbsp; ".join(swatch.format(QColor.fromRgbF(*COMPARE_COLORS[c][:3]).name(), t)

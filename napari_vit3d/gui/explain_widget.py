@@ -17,9 +17,7 @@ from qtpy.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
     QFormLayout,
-    QHBoxLayout,
     QLabel,
-    QProgressBar,
     QPushButton,
     QSpinBox,
     QVBoxLayout,
@@ -43,7 +41,7 @@ from ._common import (
     upsert_layer,
 )
 from ._layers import file_voxel_to_world, inside, layer_kwargs, volume_from_layer, world_to_file_voxel
-from .jobs import JobRunner
+from .jobs import JobRunner, run_controls
 from .session import load_model_cached, run_of
 from .styles import labels_colormap, labels_features
 from .viewer_setup import install_radiological_view
@@ -172,19 +170,11 @@ class ExplainWidget(QWidget):
         self.query_label = QLabel("query: click a voxel of the scan (pan/zoom mode)")
         self.query_label.setWordWrap(True)
         lay.addWidget(self.query_label)
-        row = QHBoxLayout()
-        self.explain_button = QPushButton("Explain at query")
-        self.explain_button.clicked.connect(self.explain)
-        self.cancel_button = QPushButton("Cancel")  # wired by the job runner
-        row.addWidget(self.explain_button, 1)
-        row.addWidget(self.cancel_button)
+        row, self.explain_button, self.cancel_button, self.progress = run_controls("Explain at query", self.explain)
         lay.addLayout(row)
         self.masks_button = QPushButton("DINO head masks → labels layer")
         self.masks_button.clicked.connect(self.masks_to_labels)
         lay.addWidget(self.masks_button)
-        self.progress = QProgressBar()
-        self.progress.setRange(0, 1)
-        self.progress.setValue(0)
         lay.addWidget(self.progress)
         self.status = QLabel("")
         self.status.setWordWrap(True)

@@ -21,8 +21,9 @@ from collections.abc import Callable
 
 from napari.qt.threading import create_worker
 from qtpy.QtCore import QObject, QTimer, Signal
+from qtpy.QtWidgets import QHBoxLayout, QProgressBar, QPushButton
 
-__all__ = ["JobRunner", "ProgressBridge", "StepQueue", "create_engine_worker"]
+__all__ = ["JobRunner", "ProgressBridge", "StepQueue", "create_engine_worker", "job_progress", "run_controls"]
 
 
 class ProgressBridge(QObject):
@@ -50,6 +51,29 @@ def create_engine_worker(job: Callable, *args, bridge: ProgressBridge, cancel_ev
     worker = create_worker(job, *args, progress, cancel, _start_thread=False, _ignore_errors=True)
     holder["worker"] = worker
     return worker
+
+
+def run_controls(text: str, slot: Callable, *, fmt: str | None = None):
+    """The controls a job runner drives: ``(row, run_button, cancel_button, progress)``, the run button
+    (calling ``slot``) and Cancel side by side in ``row``, and an empty progress bar (``fmt``: its text,
+    e.g. "%v / %m windows"). Add ``row`` and ``progress`` to the layout where they belong."""
+    row = QHBoxLayout()
+    button = QPushButton(text)
+    button.clicked.connect(slot)
+    cancel = QPushButton("Cancel")  # wired by the JobRunner given it
+    row.addWidget(button, 1)
+    row.addWidget(cancel)
+    return row, button, cancel, job_progress(fmt)
+
+
+def job_progress(fmt: str | None = None) -> QProgressBar:
+    """An empty progress bar for a :class:`JobRunner` (``fmt``: its text format)."""
+    bar = QProgressBar()
+    bar.setRange(0, 1)
+    bar.setValue(0)
+    if fmt:
+        bar.setFormat(fmt)
+    return bar
 
 
 class JobRunner:
@@ -109,16 +133,20 @@ class JobRunner:
         worker.errored.connect(self._errored)
         worker.finished.connect(self._finished)
         self.worker = worker
-        for b in self.buttons:
-            b.setEnabled(False)
-        if self.cancel_button is not None:
-            self.cancel_button.setEnabled(True)
+        self._controls_running(True)
         if self.progress is not None:
             self.progress.setRange(0, 0)
         if status is not None and self.status is not None:
             self.status.setText(status)
         worker.start()
         return worker
+
+    def _controls_running(self, running: bool) -> None:
+        """The run buttons off and Cancel on while a job runs; the other way round after."""
+        for b in self.buttons:
+            b.setEnabled(not running)
+        if self.cancel_button is not None:
+            self.cancel_button.setEnabled(running)
 
     def cancel(self) -> None:
         if self.worker is not None:
@@ -152,10 +180,7 @@ class JobRunner:
     def _finished(self) -> None:
         self.worker = None
         try:
-            for b in self.buttons:
-                b.setEnabled(True)
-            if self.cancel_button is not None:
-                self.cancel_button.setEnabled(False)
+            self._controls_running(False)
             if self.progress is not None:
                 self.progress.setRange(0, 1)
                 self.progress.setValue(0 if (self.cancelled or self._failed) else 1)

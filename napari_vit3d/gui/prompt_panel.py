@@ -19,14 +19,14 @@ from __future__ import annotations
 import numpy as np
 from napari.layers import Points
 from napari.utils.colormaps import DirectLabelColormap
-from qtpy.QtWidgets import QCheckBox, QGroupBox, QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout
+from qtpy.QtWidgets import QCheckBox, QGroupBox, QHBoxLayout, QLabel, QPushButton, QVBoxLayout
 
 from ..errors import Vit3dError, VolumeError
 from ..io import keys
 from ..io.geometry import napari_world_to_ras
 from ._common import SEP, apply_labels, find_layer, report_error, scan_layers, set_mouse_callback, upsert_layer
 from ._layers import inside, layer_kwargs, volume_from_layer
-from .jobs import JobRunner
+from .jobs import JobRunner, job_progress
 from .session import prompt_sessions, run_of
 
 PREVIEW_COLOR = {None: (0, 0, 0, 0), 0: (0, 0, 0, 0), 1: (1.0, 0.85, 0.1, 1.0)}
@@ -77,9 +77,7 @@ class PromptPanel(QGroupBox):
         row.addWidget(self.accept_button, 1)
         row.addWidget(self.reset_button)
         lay.addLayout(row)
-        self.progress = QProgressBar()
-        self.progress.setRange(0, 1)
-        self.progress.setValue(0)
+        self.progress = job_progress()
         lay.addWidget(self.progress)
         self.status = QLabel("turn Interactive on, then Ctrl+click the structure")
         self.status.setWordWrap(True)

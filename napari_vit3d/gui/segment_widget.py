@@ -29,8 +29,6 @@ from qtpy.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QMenu,
-    QProgressBar,
-    QPushButton,
     QSpinBox,
     QToolButton,
     QVBoxLayout,
@@ -64,7 +62,7 @@ from ._common import (
     warn,
 )
 from ._layers import layer_kwargs, volume_from_layer
-from .jobs import JobRunner, StepQueue
+from .jobs import JobRunner, StepQueue, run_controls
 from .session import RunRecord, load_model_cached, now_iso
 from .styles import labels_colormap, labels_features
 from .viewer_setup import install_radiological_view
@@ -324,18 +322,10 @@ class SegmentWidget(QWidget):
         self.advanced.toggled.connect(self._set_advanced_visible)
         lay.addWidget(self.advanced)
 
-        buttons = QHBoxLayout()
-        self.segment_button = QPushButton("Segment")
+        buttons, self.segment_button, self.cancel_button, self.progress = run_controls(
+            "Segment", self.run, fmt="%v / %m windows")
         self.segment_button.setDefault(True)
-        self.segment_button.clicked.connect(self.run)
-        self.cancel_button = QPushButton("Cancel")  # wired by the job runner
-        buttons.addWidget(self.segment_button, 1)
-        buttons.addWidget(self.cancel_button)
         lay.addLayout(buttons)
-        self.progress = QProgressBar()
-        self.progress.setRange(0, 1)
-        self.progress.setValue(0)
-        self.progress.setFormat("%v / %m windows")
         lay.addWidget(self.progress)
         self.status = QLabel("")
         self.status.setWordWrap(True)

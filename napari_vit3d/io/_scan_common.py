@@ -23,7 +23,7 @@ import nibabel as nib
 import numpy as np
 
 from ..errors import VolumeError, VolumeWarning
-from .nifti import MAX_CHANNELS, label_dtype, looks_like_labels_name
+from .nifti import MAX_CHANNELS, _fail, as_label_array, looks_like_labels_name
 from .volume import Volume
 
 FORMATS_EXTRA = 'pip install "napari-vit3d[formats]"'
@@ -32,10 +32,8 @@ LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 _DISTRIBUTIONS = {"pydicom": "pydicom", "highdicom": "highdicom", "nrrd": "pynrrd", "SimpleITK": "SimpleITK"}
 
 
-def fail(path, msg, *, limit: int = 400) -> VolumeError:
-    """``VolumeError("<path>: <msg>")`` on one line, at most ``limit`` characters."""
-    text = " ".join(f"{path}: {msg}".split())
-    return VolumeError(text if len(text) <= limit else text[: limit - 3] + "...")
+#: ``VolumeError("<path>: <msg>")`` on one line, at most 400 characters (the NIfTI reader's, shared)
+fail = _fail
 
 
 def require(module: str, purpose: str):
@@ -134,17 +132,7 @@ def finish_volume(path: Path, data: np.ndarray, affine: np.ndarray, *, as_labels
     if auto:
         as_labels = labels_by_name and looks_like_labels_name(path) and data.ndim == 3
     if as_labels:
-        if data.ndim != 3:
-            raise fail(path, f"a label map must be 3D, got shape {data.shape}")
-        if not integer:
-            whole = bool(np.array_equal(data, np.round(data))) and float(np.abs(data).max(initial=0)) < 2**31
-            if not whole and auto:
-                as_labels = False
-            elif not whole:
-                raise fail(path, "has non-integer values and cannot be opened as a label map")
-            else:
-                lo, hi = int(data.min(initial=0)), int(data.max(initial=0))
-                data = data.astype(label_dtype(max(hi, -lo), signed=lo < 0))
+        data, as_labels = as_label_array(path, data, auto=auto)
     meta = {"kind": "labels" if as_labels else "image", "format": fmt, **(metadata or {})}
     affine = np.asarray(affine, dtype=float)
     if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:

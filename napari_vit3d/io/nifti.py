@@ -59,9 +59,26 @@ def looks_like_labels_name(path) -> bool:
 
 
 def _fail(path, msg) -> VolumeError:
-    """A one-line VolumeError (library messages can hold newlines and run long)."""
+    """A one-line VolumeError (library messages can hold newlines and run long); every reader's error."""
     text = " ".join(f"{path}: {msg}".split())
     return VolumeError(text if len(text) <= 400 else text[:397] + "...")
+
+
+def as_label_array(path, data: np.ndarray, *, auto: bool) -> tuple[np.ndarray, bool]:
+    """``(data, as_labels)`` for a scan asked to open as a label map: 3D only; float data with whole values
+    gets the smallest integer dtype; float data with other values stays an image when the choice was
+    ``auto`` (named like labels, holds a continuous map) and is refused otherwise. Used by every reader."""
+    if data.ndim != 3:
+        raise _fail(path, f"a label map must be 3D, got shape {data.shape}")
+    if data.dtype.kind in "iu":
+        return data, True
+    whole = bool(np.array_equal(data, np.round(data))) and float(np.abs(data).max(initial=0)) < 2**31
+    if not whole and auto:
+        return data, False  # named like labels, but holds a continuous map: keep it an image
+    if not whole:
+        raise _fail(path, "has non-integer values and cannot be opened as a label map")
+    lo, hi = int(data.min(initial=0)), int(data.max(initial=0))
+    return data.astype(label_dtype(max(hi, -lo), signed=lo < 0)), True
 
 
 def _load_header(path: Path):
@@ -333,17 +350,7 @@ def read_nifti(path, *, as_labels: bool | None = None, max_bytes: int = DEFAULT_
             warnings.warn(f"{path.name}: {' and '.join(parts)}; they were set to 0", VolumeWarning, stacklevel=2)
             data = np.where(finite, data, np.float32(0)).astype(np.float32)
     if as_labels:
-        if data.ndim != 3:
-            raise _fail(path, f"a label map must be 3D, got shape {data.shape}")
-        if not integer:
-            whole = bool(np.array_equal(data, np.round(data))) and float(np.abs(data).max(initial=0)) < 2**31
-            if not whole and auto:
-                as_labels = False  # named like labels, but holds a continuous map: keep it an image
-            elif not whole:
-                raise _fail(path, "has non-integer values and cannot be opened as a label map")
-            else:
-                lo, hi = int(data.min(initial=0)), int(data.max(initial=0))
-                data = data.astype(label_dtype(max(hi, -lo), signed=lo < 0))
+        data, as_labels = as_label_array(path, data, auto=auto)
     return Volume(data=data, affine=np.asarray(affine, dtype=float), header=hdr.copy(), name=_stem(path),
                   source_path=str(path.resolve()), metadata={"kind": "labels" if as_labels else "image"})
 
