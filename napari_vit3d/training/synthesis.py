@@ -345,10 +345,17 @@ class SynthConfig:
     fov_cut_max: float = 0.35        #   at most this share of the volume along the cut's axis
     p_motion: float = 0.0            # motion-like blur: a few shifted copies of the image averaged
     p_enhance: float = 0.0           # post-contrast-like T1: vessel/dura-like bright specks outside WM
+    p_neck: float = 0.0              # a longer neck: the brain-free bottom of the head extended downwards
+    neck_vox: int = 40               #   by this many voxels (source grid; 80 mm at 2 mm)
+    neck_shift_vox: float = 24.0     #   and the window's centre moved down by up to this many voxels
 
 
-def random_transform(rng, cfg: SynthConfig, src_shape, out_shape) -> tuple[np.ndarray, np.ndarray]:
-    """Output voxel → source voxel linear map (3×3) and offset: rotation, scaling, permutation, flip."""
+def random_transform(rng, cfg: SynthConfig, src_shape, out_shape,
+                     centre=None) -> tuple[np.ndarray, np.ndarray]:
+    """Output voxel → source voxel linear map (3×3) and offset: rotation, scaling, permutation, flip.
+
+    The output's centre lands on ``centre`` (source voxels; default the source's centre) ± ``shift_vox``.
+    """
     rot = _rotation(np.deg2rad(rng.uniform(-cfg.rotation_deg, cfg.rotation_deg, 3)))
     scale = np.diag(rng.uniform(*cfg.scale_range, 3))
     perm = np.eye(3)
@@ -361,15 +368,16 @@ def random_transform(rng, cfg: SynthConfig, src_shape, out_shape) -> tuple[np.nd
         if rng.random() < cfg.p_flip / 4:
             flips[ax] = -1
     lin = rot @ scale @ perm @ np.diag(flips)
-    c_src = (np.array(src_shape) - 1) / 2 + rng.uniform(-cfg.shift_vox, cfg.shift_vox, 3)
+    base = (np.array(src_shape) - 1) / 2 if centre is None else np.asarray(centre, float)
+    c_src = base + rng.uniform(-cfg.shift_vox, cfg.shift_vox, 3)
     c_out = (np.array(out_shape) - 1) / 2
     off = c_src - lin @ c_out
     return lin, off
 
 
-def sample_coordinates(rng, cfg: SynthConfig, src_shape) -> np.ndarray:
+def sample_coordinates(rng, cfg: SynthConfig, src_shape, centre=None) -> np.ndarray:
     out_shape = tuple(cfg.out_shape)
-    lin, off = random_transform(rng, cfg, src_shape, out_shape)
+    lin, off = random_transform(rng, cfg, src_shape, out_shape, centre)
     grid = np.stack(np.meshgrid(*[np.arange(s, dtype=np.float32) for s in out_shape], indexing="ij"))
     coords = np.einsum("ij,j...->i...", lin.astype(np.float32), grid) + off.astype(np.float32)[:, None, None, None]
     if cfg.deform_vox > 0:
@@ -428,12 +436,18 @@ def synthesize(label_map: LabelMap, rng: np.random.Generator, cfg: SynthConfig |
     (``cfg`` None: the default :class:`SynthConfig`)."""
     if cfg is None:
         cfg = SynthConfig()
-    coords = sample_coordinates(rng, cfg, label_map.labels.shape)
-    sub = ndimage.map_coordinates(label_map.labels, coords, order=0, mode="constant", cval=0).astype(np.uint8)
+    src_labels, src_image, centre = label_map.labels, label_map.image, None
+    if rng.random() < cfg.p_neck:
+        src_labels, src_image, added = extend_neck(src_labels, src_image, cfg.neck_vox)
+        if added:
+            centre = (np.array(label_map.labels.shape, float) - 1) / 2
+            centre[2] += added - rng.uniform(0.0, cfg.neck_shift_vox)
+    coords = sample_coordinates(rng, cfg, src_labels.shape, centre)
+    sub = ndimage.map_coordinates(src_labels, coords, order=0, mode="constant", cval=0).astype(np.uint8)
     classes = SUB_TO_CLASS[sub]
-    use_real = label_map.image is not None and rng.random() < cfg.p_real
+    use_real = src_image is not None and rng.random() < cfg.p_real
     if use_real:
-        img = ndimage.map_coordinates(label_map.image, coords, order=1, mode="constant", cval=0.0)
+        img = ndimage.map_coordinates(src_image, coords, order=1, mode="constant", cval=0.0)
         img = augment_intensity(rng, img, cfg, strength=0.7)
     else:
         means, stds = _synth_intensities(rng, cfg)
@@ -454,6 +468,43 @@ def synthesize(label_map: LabelMap, rng: np.random.Generator, cfg: SynthConfig |
     if rng.random() < cfg.p_fov_cut:
         img, classes = cut_field_of_view(rng, img, classes, cfg.fov_cut_max)
     return percentile_normalise(img), classes
+
+
+def extend_neck(labels: np.ndarray, image: np.ndarray | None, n_vox: int, *, max_brain_share: float = 0.02):
+    """The head with a longer neck: ``n_vox`` slices added below the last axis's first slice.
+
+    Real head scans (sagittal MPRAGE with a 256 mm field of view) reach 50–100 mm below the
+    cerebellum; Colin27's field of view stops just below it, so a model trained on it alone has
+    never seen a neck and calls what lies below its window's brain "brain". The added slices mirror
+    the head's *bottom slab* back and forth, labels and image alike: the lowest non-empty slices
+    whose brain share is below ``max_brain_share`` (the label map's last axis runs inferior →
+    superior; a ragged first slice under 5 % of the largest head area is skipped; on Colin27 at 2 mm
+    these are 3 slices through the medulla and the neck). In the added
+    slices every voxel is background — the cord below the cut is not brain (the convention of the
+    brain-extraction tools, which end the brain near the foramen magnum): its brain voxels become
+    sub-label 4 (the dark tissue class) and keep their image intensities. Returns ``(labels, image,
+    added)``; ``added`` is 0 (nothing changed) when there is no such slab or no tissue outside the
+    brain in it (a skull-stripped map).
+    """
+    cls = SUB_TO_CLASS[labels]
+    head_area = (labels > 0).sum(axis=(0, 1))
+    brain_area = (cls > 0).sum(axis=(0, 1))
+    nonempty = np.nonzero(head_area >= 0.05 * head_area.max())[0]      # ignore a ragged first slice
+    if n_vox <= 0 or nonempty.size == 0:
+        return labels, image, 0
+    z0 = z1 = int(nonempty[0])
+    while z1 < labels.shape[2] and head_area[z1] and brain_area[z1] < max_brain_share * head_area[z1]:
+        z1 += 1
+    if z1 == z0 or not (labels[:, :, z0:z1] >= 4).any():
+        return labels, image, 0
+    n_slab = z1 - z0
+    m = np.mod(np.arange(-int(n_vox), 0), 2 * n_slab)
+    src = z0 + np.where(m < n_slab, m, 2 * n_slab - 1 - m)      # reflect the slab back and forth
+    neck = labels[:, :, src].copy()
+    neck[SUB_TO_CLASS[neck] > 0] = 4
+    ext_labels = np.concatenate([neck, labels[:, :, z0:]], axis=2)
+    ext_image = None if image is None else np.concatenate([image[:, :, src], image[:, :, z0:]], axis=2)
+    return ext_labels, ext_image, int(n_vox) - z0
 
 
 def cut_field_of_view(rng, img: np.ndarray, classes: np.ndarray, max_share: float):
@@ -535,6 +586,6 @@ def load_bank(path) -> tuple[np.ndarray, np.ndarray, dict]:
 
 
 __all__ = ["CLASS_NAMES", "N_CLASSES", "SUB_TO_CLASS", "LabelMap", "SynthConfig", "build_label_maps",
-           "synthesize", "build_bank", "intracranial_mask", "ICV_DEFAULTS", "label_map_from_arrays",
+           "synthesize", "build_bank", "extend_neck", "intracranial_mask", "ICV_DEFAULTS", "label_map_from_arrays",
            "head_label_map_1mm", "load_bank", "percentile_normalise", "kmeans_1d", "otsu_threshold",
            "clean_mask", "largest_component"]
