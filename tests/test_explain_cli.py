@@ -72,6 +72,13 @@ def test_attention_rollout_dino_erf_through_cli(crop, spec_path, tmp_path, capsy
     assert m.shape == d.shape[:3] and np.issubdtype(m.get_data_dtype(), np.integer)
     assert set(np.unique(np.asarray(m.dataobj)).tolist()) <= {0, 1, 2, 3, 4} and np.asarray(m.dataobj).max() > 0
 
+    out = tmp_path / "similar.nii.gz"
+    assert main(["explain", str(crop), "--method", "similar", "--point-voxel", "25,22,20", "--model", str(spec_path),
+                 "-o", str(out)]) == 0
+    d = _check_on_grid(out, crop)
+    meta = json.loads(sidecar_path(out).read_text())
+    assert meta["method"] == "similar" and meta["coverage"] == "scan" and d.max() <= 1.0 + 1e-5
+
     out, stats = tmp_path / "erf.nii.gz", tmp_path / "erf_stats.json"
     assert main(["explain", str(crop), "--method", "erf", "--point-voxel", "25,22,20", "--class", "1",
                  "--model", str(spec_path), "-o", str(out), "--stats", str(stats)]) == 0

@@ -235,6 +235,19 @@ def test_segment_explain_correct_export(make_napari_viewer, qtbot, gui_env, monk
     masks = viewer.layers["colin27_t1 · dino head masks"]
     assert isinstance(masks, Labels) and masks.data.shape == scan.data.shape
     assert 0 < masks.data.max() <= n_heads
+    assert heads.metadata["vit3d_map"]["coverage"] == "scan" and (heads.data > 0).all()   # over the whole head
+
+    # -- "similar tissue": cosine similarity of frozen DINO features to the clicked patch, whole scan
+    ex.method_combo.setCurrentIndex(ex.method_combo.findData("similar"))
+    ex.click_world(world)
+    wait_for(qtbot, lambda: not ex.busy)
+    assert not gui_env.messages["error"], gui_env.messages["error"]
+    sim = viewer.layers["colin27_t1 · similar tissue"]
+    assert sim.data.shape == scan.data.shape
+    np.testing.assert_allclose(sim.extent.world, scan.extent.world)
+    assert np.isfinite(sim.data).all() and -1.0 - 1e-5 <= sim.data.min() and sim.data.max() <= 1.0 + 1e-5
+    clicked = tuple(int(v) for v in ex.query_voxel)
+    assert sim.data[clicked] > np.median(sim.data)     # the clicked tissue is more alike than the typical patch
     wait_for(qtbot, lambda: not review.refreshing)  # no worker left running when the viewer closes
 
 

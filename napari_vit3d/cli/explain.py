@@ -2,15 +2,19 @@
 
 ::
 
-    napari-vit3d explain INPUT --method attention|rollout|dino-heads|erf
+    napari-vit3d explain INPUT --method attention|rollout|dino-heads|erf|similar
                          [--point-world X,Y,Z | --point-voxel I,J,K] [--layer L] [--head H|mean|all]
                          [--model MODEL] -o OUTPUT.nii.gz
                          [--head-fusion mean|max|min] [--discard-ratio F] [--start-layer L]   (rollout)
                          [--keep-mass F --masks-output LABELS.nii.gz]                           (dino-heads)
+                         [--coverage scan|window]                                   (dino-heads, similar)
                          [--class C] [--region MASK.nii.gz] [--log1p] [--stats STATS.json]      (erf)
 
 OUTPUT lies on INPUT's grid (same first three axes, affine, qform/sform codes), float32;
-``dino-heads`` and ``--head all`` write a 4D file with heads along the 4th axis. Beside OUTPUT a
+``dino-heads`` and ``--head all`` write a 4D file with heads along the 4th axis. ``dino-heads`` and
+``similar`` (cosine similarity of every patch's frozen feature to the queried patch's) cover the whole
+scan by default: the grid is tiled with windows and stitched (``explain.whole_scan``);
+``--coverage window`` keeps one window. Beside OUTPUT a
 JSON sidecar (``OUTPUT`` with ``.json`` instead of ``.nii[.gz]``) records the method, model, layer,
 head, query, window and parameters; an existing ``.json`` there that is not this command's sidecar for
 OUTPUT is never replaced without ``--overwrite``. All outputs are checked before the model runs and
@@ -64,6 +68,8 @@ def register(subparsers) -> None:
     p.add_argument("--masks-output", metavar="PATH",
                    help="dino-heads: also write a label map: h+1 where head h's top --keep-mass of attention lies "
                         "(where heads overlap, the head attending most)")
+    p.add_argument("--coverage", default="scan", choices=("scan", "window"),
+                   help="dino-heads, similar: the whole scan (windows stitched; default) or one window")
     p.add_argument("--class", dest="target_class", type=int, default=None, metavar="C",
                    help="erf: output class (default 1, or 0 for one-class models)")
     p.add_argument("--region", metavar="MASK", help="erf: sum the class over this mask (on INPUT's grid) "
@@ -181,12 +187,13 @@ def run(args) -> int:
     options = {"attention": dict(layer=args.layer, head=head),
                "rollout": dict(head_fusion=args.head_fusion, discard_ratio=args.discard_ratio,
                                start_layer=args.start_layer),
-               "dino-heads": dict(layer=args.layer),
+               "dino-heads": dict(layer=args.layer, coverage=args.coverage),
+               "similar": dict(layer=args.layer, coverage=args.coverage),
                "erf": dict(region=region, target_class=args.target_class, log1p=args.log1p)}[args.method]
     vol = ex.run_method(args.method, model, scan, session=sess, progress=progress, **options, **point)
     if args.masks_output:
         masks = ex.run_method("dino-masks", model, scan, keep_mass=args.keep_mass, layer=args.layer, session=sess,
-                              **point)
+                              coverage=args.coverage, **point)
     if args.method == "erf" and args.stats:
         stats = ex.erf_statistics(vol if not args.log1p else vol.with_data(np.expm1(vol.data)))
 

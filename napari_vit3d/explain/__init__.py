@@ -6,8 +6,9 @@ method, model, layer, head, query, window, parameters and units)::
 
     point_attention(model, volume, voxel=… | world=…, layer=None, head="mean" | "all" | h)
     attention_rollout(model, volume, [voxel/world], head_fusion="mean", discard_ratio=0, start_layer=0)
-    dino_heads(model, volume, layer=None)            # 4D, heads last
+    dino_heads(model, volume, layer=None, coverage="scan" | "window")   # 4D, heads last; whole scan stitched
     dino_head_masks(model, volume, keep_mass=0.6)    # 4D uint8, heads last; head_mask_labels → 3D labels
+    feature_similarity(model, volume, voxel=… | world=…, layer=None)  # "similar tissue": cosine to the click
     erf_map(model, volume, voxel=… | world=… | region=mask, target_class=None, log1p=False)
     model_erf(model, volume, n_samples=8)            # kernel in offset mm
     erf_statistics(erf_volume)
@@ -34,6 +35,8 @@ _HOME = {
     **dict.fromkeys(("check_memory", "estimate_bytes"), "memory"),
     **dict.fromkeys(("METHODS", "ExplainMethod", "get_method", "method_names", "supports"), "methods"),
     **dict.fromkeys(("ExplainSession", "query_world"), "session"),
+    **dict.fromkeys(("feature_similarity", "patch_features"), "similarity"),
+    **dict.fromkeys(("blend_weights", "stitch", "tile_starts"), "whole_scan"),
     "TokenGrid": "tokens",
 }
 

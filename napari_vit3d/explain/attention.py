@@ -250,11 +250,16 @@ def top_mass_mask(values: np.ndarray, keep_mass: float) -> np.ndarray:
     return mask
 
 
-def _dino_rows(model, volume, voxel, world, layer, session, reuse_window, progress, cancel):
+def _dino_session(model, volume, session):
     sess = _session(model, volume, session)
     if sess.family != "vit" or not has_cls_token(sess.network):
         raise ModelError(f"DINO head attention needs a ViT with a CLS token (vit_seg); {sess.model_name} is "
                          f"{sess.spec.architecture}")
+    return sess
+
+
+def _dino_rows(model, volume, voxel, world, layer, session, reuse_window, progress, cancel):
+    sess = _dino_session(model, volume, session)
     if voxel is None and world is None:
         centre = (np.asarray(volume.spatial_shape) - 1) / 2.0
         w = volume.affine[:3, :3] @ centre + volume.affine[:3, 3]
@@ -267,16 +272,60 @@ def _dino_rows(model, volume, voxel, world, layer, session, reuse_window, progre
     return sess, start, cap, L, row
 
 
+COVERAGES = ("scan", "window")
+
+
+def _dino_scan_maps(model, volume, layer, session, progress, cancel):
+    """Per-head CLS attention over the whole padded model grid, windows stitched (``explain.whole_scan``).
+
+    Each window's weights are multiplied by its number of patch tokens, so 1 = a uniform share and
+    windows compare on one scale. Returns ``(model-grid maps (heads, X, Y, Z), session, layer, windows,
+    CLS→CLS weight per window)``."""
+    from .whole_scan import stitch
+
+    sess = _dino_session(model, volume, session)
+    info = {}
+
+    def window_maps(start):
+        cap = sess.capture(start, cancel=cancel)
+        info.setdefault("layer", cap.resolve_layer(layer))
+        row = cap.row(info["layer"], "cls")
+        n = int(np.prod(row.key_grid.shape))
+        info.setdefault("cls", []).append(row.prefix[:, 0].tolist())
+        return np.moveaxis(row.spatial.numpy(), 0, -1) * n, row.key_grid
+
+    maps, starts = stitch(sess, window_maps, progress=progress, cancel=cancel)
+    return maps, sess, info["layer"], starts, info["cls"]
+
+
+def _check_coverage(coverage):
+    if coverage not in COVERAGES:
+        raise ModelError(f"coverage must be one of {', '.join(COVERAGES)}, got {coverage!r}")
+
+
 def dino_heads(model, volume: Volume, *, voxel=None, world=None, layer=None, session: ExplainSession | None = None,
-               reuse_window: bool = True, progress=None, cancel=None) -> Volume:
+               reuse_window: bool = True, coverage: str = "scan", progress=None, cancel=None) -> Volume:
     """Last block's (or ``layer``'s) CLS attention per head over patch tokens: a 4D map, heads last.
 
-    The query (optional) only chooses the window; without one the window is centred on the scan.
+    ``coverage="scan"`` (default): over the whole scan, the grid tiled with windows and stitched by the
+    rule of :mod:`napari_vit3d.explain.whole_scan` (values × tokens per window: 1 = uniform);
+    ``"window"``: one window's raw weights, the query (optional) choosing the window, without one
+    the window centred on the scan.
     """
+    _check_coverage(coverage)
+    if coverage == "scan":
+        maps, sess, L, starts, cls = _dino_scan_maps(model, volume, layer, session, progress, cancel)
+        scan = sess.to_scan(maps)
+        meta = {"method": "dino-heads", "layer": L, "head": "all (last axis)", "n_heads": int(maps.shape[0]),
+                "coverage": "scan", "windows": [list(s) for s in starts], "window_size": list(sess.roi),
+                "units": "CLS attention per patch token × the window's patch count (1 = uniform), per head (last "
+                         "axis); windows stitched with centre-weighted averaging",
+                "attention_cls_to_cls": cls, "parameters": {"layer": L, "coverage": "scan"}}
+        return sess.make_volume(scan, name=f"DINO heads L{L}", metadata=meta)
     sess, start, cap, L, row = _dino_rows(model, volume, voxel, world, layer, session, reuse_window, progress, cancel)
     maps = np.moveaxis(row.spatial.numpy(), 0, -1)
     scan = sess.to_scan(sess.place_tokens(maps, row.key_grid, start))
-    meta = {"method": "dino-heads", "layer": L, "head": "all (last axis)", "n_heads": row.heads,
+    meta = {"method": "dino-heads", "layer": L, "head": "all (last axis)", "n_heads": row.heads, "coverage": "window",
             "units": "CLS attention weight per patch token, per head (last axis), interpolated between token centres",
             "attention_cls_to_cls": row.prefix[:, 0].tolist(), "window": sess.window_info(start),
             "key_grid": _grid_meta(row.key_grid, sess.window_affine(start)), "parameters": {"layer": L}}
@@ -284,19 +333,37 @@ def dino_heads(model, volume: Volume, *, voxel=None, world=None, layer=None, ses
 
 
 def dino_head_masks(model, volume: Volume, *, keep_mass: float = 0.6, voxel=None, world=None, layer=None,
-                    session: ExplainSession | None = None, reuse_window: bool = True, progress=None,
-                    cancel=None) -> Volume:
-    """Per-head masks of the patch tokens holding the top ``keep_mass`` of the CLS attention (uint8, heads last).
+                    session: ExplainSession | None = None, reuse_window: bool = True, coverage: str = "scan",
+                    progress=None, cancel=None) -> Volume:
+    """Per-head masks holding the top ``keep_mass`` of the CLS attention (uint8, heads last).
 
-    Computed on the token grid and placed by nearest token, so each mask is a union of whole patches.
+    ``coverage="window"``: computed on one window's token grid and placed by nearest token, so each
+    mask is a union of whole patches; ``"scan"`` (default): the fewest model-grid voxels holding
+    ``keep_mass`` of each head's stitched whole-scan map (:func:`dino_heads`).
     :func:`head_mask_labels` turns it into one label map.
     """
+    _check_coverage(coverage)
+    if coverage == "scan":
+        maps, sess, L, starts, _ = _dino_scan_maps(model, volume, layer, session, progress, cancel)
+        heads = maps.shape[0]
+        inside = np.zeros(maps.shape[1:], bool)
+        inside[sess.model_input.valid] = True          # padding beyond the scan holds no attention mass
+        maps = maps * inside
+        mask = top_mass_mask(maps.reshape(heads, -1), keep_mass).reshape(maps.shape).astype(np.float32)
+        scan = sess.to_scan(mask, order=0)
+        meta = {"method": "dino-head-masks", "layer": L, "head": "all (last axis)", "n_heads": heads,
+                "coverage": "scan", "windows": [list(s) for s in starts],
+                "units": "1 = voxel among the fewest holding the kept share of the head's whole-scan attention",
+                "parameters": {"layer": L, "keep_mass": float(keep_mass), "coverage": "scan"}}
+        return sess.make_volume(np.rint(scan).astype(np.uint8), name=f"DINO masks L{L} {keep_mass:g}", metadata=meta,
+                                kind="labels")
     sess, start, cap, L, row = _dino_rows(model, volume, voxel, world, layer, session, reuse_window, progress, cancel)
     vals = row.spatial.reshape(row.heads, -1).numpy()
     mask = top_mass_mask(vals, keep_mass).reshape(row.heads, *row.key_grid.shape).astype(np.float32)
     scan = sess.to_scan(sess.place_tokens(np.moveaxis(mask, 0, -1), row.key_grid, start, order=0), order=0)
     meta = {"method": "dino-head-masks", "layer": L, "head": "all (last axis)", "n_heads": row.heads,
-            "units": "1 = patch among the fewest holding the kept share of the head's CLS attention",
+            "coverage": "window", "units": "1 = patch among the fewest holding the kept share of the head's CLS "
+                                          "attention",
             "window": sess.window_info(start),
             "parameters": {"layer": L, "keep_mass": float(keep_mass)}}
     return sess.make_volume(np.rint(scan).astype(np.uint8), name=f"DINO masks L{L} {keep_mass:g}", metadata=meta,
@@ -304,10 +371,12 @@ def dino_head_masks(model, volume: Volume, *, keep_mass: float = 0.6, voxel=None
 
 
 def dino_mask_labels(model, volume: Volume, *, keep_mass: float = 0.6, voxel=None, world=None, layer=None,
-                     session: ExplainSession | None = None, progress=None, cancel=None) -> Volume:
+                     session: ExplainSession | None = None, coverage: str = "scan", progress=None,
+                     cancel=None) -> Volume:
     """DINO per-head masks as one 3D label map: :func:`dino_head_masks` → :func:`head_mask_labels`, overlaps
     to the head attending most (:func:`dino_heads`). ``metadata["n_heads"]`` holds the head count."""
-    common = dict(voxel=voxel, world=world, layer=layer, session=session, progress=progress, cancel=cancel)
+    common = dict(voxel=voxel, world=world, layer=layer, session=session, coverage=coverage, progress=progress,
+                  cancel=cancel)
     heads = dino_heads(model, volume, **common)
     out = head_mask_labels(dino_head_masks(model, volume, keep_mass=keep_mass, **common), heads)
     out.metadata.setdefault("n_heads", int(heads.data.shape[-1]) if heads.data.ndim == 4 else 1)

@@ -72,12 +72,15 @@ METHODS: dict[str, ExplainMethod] = {m.name: m for m in (
     ExplainMethod("rollout", "Attention rollout (clicked voxel; ViT/UNETR)", "rollout", "attention:attention_rollout",
                   ("head_fusion", "discard_ratio", "start_layer", "reuse_window"), family="vit"),
     ExplainMethod("dino-heads", "DINO heads (CLS attention per head; ViT)", "dino heads", "attention:dino_heads",
-                  ("layer", "reuse_window"), family="vit", needs_cls=True, colormap="turbo"),
+                  ("layer", "reuse_window", "coverage"), family="vit", needs_cls=True, colormap="turbo"),
     ExplainMethod("erf", "Effective receptive field (clicked voxel)", "erf", "erf:erf_map",
                   ("region", "target_class", "absolute", "log1p"), query="point or region",
                   gui_defaults={"log1p": True}, colormap="magma"),
     ExplainMethod("dino-masks", "DINO head masks (labels)", "dino head masks", "attention:dino_mask_labels",
-                  ("keep_mass", "layer"), family="vit", needs_cls=True, output="labels", cli=False),
+                  ("keep_mass", "layer", "coverage"), family="vit", needs_cls=True, output="labels", cli=False),
+    ExplainMethod("similar", "Similar tissue (feature similarity to the clicked voxel; ViT)", "similar tissue",
+                  "similarity:feature_similarity", ("layer", "coverage"), query="required", family="vit",
+                  colormap="viridis"),
 )}
 
 

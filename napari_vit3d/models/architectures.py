@@ -34,7 +34,7 @@ __all__ = ["ALL_METHODS", "Architecture", "architecture_names", "architecture_of
            "register_architecture"]
 
 #: every explanation method name (the explain.methods registry holds how each runs)
-ALL_METHODS = ("attention", "rollout", "dino-heads", "erf")
+ALL_METHODS = ("attention", "rollout", "dino-heads", "erf", "similar")
 #: memory per window voxel for networks of no registered architecture (generous)
 UNKNOWN_BYTES_PER_VOXEL = (1500, 6000)
 
@@ -177,7 +177,7 @@ def _own_class(module: str, name: str):
 
 register_architecture(Architecture(
     "unetr", _unetr, _patch_multiple, fixed_window=True, attention="vit",
-    explain_methods=("attention", "rollout", "erf"), bytes_per_voxel=(560, 1500),
+    explain_methods=("attention", "rollout", "erf", "similar"), bytes_per_voxel=(560, 1500),
     network_class=_monai_class("UNETR")))
 register_architecture(Architecture(
     "swin_unetr", _swin_unetr, _fixed(32), attention="swin", explain_methods=("attention", "erf"),
@@ -188,7 +188,7 @@ register_architecture(Architecture(
     spec_defaults={"attn_scale": "head_dim"}))
 register_architecture(Architecture(
     "vit_seg", _vit_seg, _patch_multiple, fixed_window=True, attention="vit",
-    explain_methods=("attention", "rollout", "dino-heads", "erf"), bytes_per_voxel=(380, 2100),
+    explain_methods=("attention", "rollout", "dino-heads", "erf", "similar"), bytes_per_voxel=(380, 2100),
     network_class=_own_class("vit_seg", "ViTSeg")))
 register_architecture(Architecture("monai_bundle", None, external=True))
 register_architecture(Architecture("identity", _identity, network_class=_own_class("registry", "IdentityNet")))
