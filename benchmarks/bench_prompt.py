@@ -170,6 +170,8 @@ def main(argv=None) -> int:
     ap.add_argument("--n-lesions", type=int, default=8)
     ap.add_argument("--clicks", type=int, default=5)
     ap.add_argument("--no-baseline", action="store_true")
+    ap.add_argument("--global-edits", action="store_true",
+                    help="let every click redraw the object inside the crop (PromptSession(local_edits=False))")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     import torch
@@ -179,7 +181,7 @@ def main(argv=None) -> int:
     rows = []
     for name, vol, gt in cases(args.data_dir, args.n_lesions):
         spacing = vol.spacing
-        sess = PromptSession(model, vol)
+        sess = PromptSession(model, vol, local_edits=not args.global_edits)
         d, s, crops = run_model(sess, gt, spacing, args.clicks)
         row = {"object": name, "ml": round(float(gt.sum() * vol.voxel_volume_ml), 2),
                "model": {"dice": [round(v, 4) for v in d], "seconds": [round(v, 3) for v in s],

@@ -88,9 +88,9 @@ def run(args) -> int:
                  + [("voxel", _triple(t, "--point-voxel")) for t in args.point_voxel])
     negatives = ([("world", _triple(t, "--negative-world")) for t in args.negative_world]
                  + [("voxel", _triple(t, "--negative-voxel")) for t in args.negative_voxel])
-    if not positives:
+    if not positives and not (args.previous and negatives):
         raise GeometryError("give at least one positive point on the object (--point-world X,Y,Z or "
-                            "--point-voxel I,J,K)")
+                            "--point-voxel I,J,K), or --previous MASK with negative points to correct it")
     box = None
     if args.box_world:
         try:

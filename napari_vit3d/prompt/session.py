@@ -15,7 +15,15 @@ current mask. Each :meth:`PromptSession.predict`:
    object, until it fits or the coarsest level is reached;
 4. maps the object probability back onto the scan's own grid (linear, > 0.5) inside the crop's
    footprint, keeps the connected parts that hold a positive click, clips to the box if one was
-   given, and returns a ``Volume`` (uint8 0/1) on the scan grid.
+   given, and returns a ``Volume`` (uint8 0/1) on the scan grid;
+5. a **corrective click** (any click once there is a mask: the previous prediction, or a mask given
+   with :meth:`PromptSession.set_previous`) is a **local edit** (``local_edits=True``, the default):
+   only the connected region the click is about changes — for a positive click, the part the
+   network's new mask adds (new minus previous) that holds the click; for a negative click, the part
+   it removes (previous minus new) that holds it — and the rest of the previous mask stays as it
+   was, inside and outside the crop. Measured (``benchmarks/bench_prompt.py``): letting a click
+   redraw the whole object made the third click worse than the first on held-out lesions;
+   ``local_edits=False`` keeps that behaviour (each prediction replaces the mask inside the crop).
 
 Nothing here imports Qt or napari; the GUI and the CLI call this.
 """
@@ -33,7 +41,7 @@ from ..errors import Cancelled, GeometryError, ModelError
 from ..inference.preprocess import normalize
 from ..io.volume import Volume
 from .clicks import network_input
-from .crop import Crop, crop_to_scan, make_crop, sample_scan
+from .crop import Crop, crop_to_scan, make_crop, sample_scan, scan_box
 
 DEFAULT_PROMPT_MODEL = "segformer3d-prompt"
 
@@ -99,7 +107,8 @@ def _as_world(volume: Volume, world=None, voxel=None) -> np.ndarray:
 class PromptSession:
     """Click-prompted segmentation of ``volume`` with ``model`` (see the module docstring)."""
 
-    def __init__(self, model, volume: Volume, *, channel: int = 0, max_cached_crops: int = 4):
+    def __init__(self, model, volume: Volume, *, channel: int = 0, max_cached_crops: int = 4,
+                 local_edits: bool = True):
         if isinstance(model, (str, Path)) or model is None:
             model = load_prompt_model(model)
         check_prompt_spec(model.spec)
@@ -126,6 +135,7 @@ class PromptSession:
         self.last: PromptResult | None = None
         self._last_input: torch.Tensor | None = None
         self.crop_cache_hits = 0
+        self.local_edits = bool(local_edits)
         try:
             self.device = next(self.network.parameters()).device
         except StopIteration:
@@ -242,7 +252,8 @@ class PromptSession:
     # -- prediction -----------------------------------------------------------------------------
     def predict(self, *, progress=None, cancel=None) -> PromptResult:
         """The object mask for the clicks so far (see the module docstring)."""
-        if not self.positives:
+        if not self.positives and (self.current is None or not self.current.any()):
+            # with a mask to correct (set_previous), a negative click alone is an edit
             raise GeometryError("click-prompted segmentation needs at least one positive point on the object")
         level, crop = self.choose_crop()
         tried = []
@@ -262,7 +273,11 @@ class PromptSession:
             level, crop = self.choose_crop(level + 1, around=np.vstack([obj, self._extent_points()]))
         scan_prob = crop_to_scan(prob, crop, self.volume.affine, self.volume.spatial_shape)
         mask = scan_prob > 0.5
-        mask = self._keep_clicked(mask)
+        previous = self.current
+        if self.local_edits and previous is not None and previous.any():
+            mask = self._local_edit(previous, mask, self.clicks[-1], crop)
+        else:
+            mask = self._keep_clicked(mask)
         if self.box is not None:
             mask &= self._box_mask()
         self.current = mask
@@ -274,6 +289,37 @@ class PromptSession:
         self.last = PromptResult(vol, crop, prob, input=self._last_input, levels_tried=list(tried))
         return self.last
 
+    def _click_voxel(self, world) -> np.ndarray:
+        inv = np.linalg.inv(self.volume.affine)
+        return np.floor(inv[:3, :3] @ np.asarray(world, float) + inv[:3, 3] + 0.5).astype(int)
+
+    def _local_edit(self, previous: np.ndarray, new: np.ndarray, click: Click, crop: Crop) -> np.ndarray:
+        """``previous`` changed only in the connected region of (new − previous) or (previous − new),
+        inside the crop's footprint, that holds (or touches within 2 voxels) ``click``."""
+        box = scan_box(crop, self.volume.affine, self.volume.spatial_shape)
+        out = previous.copy()
+        if box is None:
+            return out
+        prev_b, new_b = previous[box], new[box]
+        diff = (new_b & ~prev_b) if click.positive else (prev_b & ~new_b)
+        if not diff.any():
+            return out
+        lab, _ = ndimage.label(diff)
+        ijk = self._click_voxel(click.world) - np.array([s.start for s in box])
+        lo, hi = np.maximum(ijk - 2, 0), np.minimum(ijk + 3, np.asarray(diff.shape))
+        if np.any(hi <= lo):
+            return out
+        near = lab[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+        ids = sorted(int(v) for v in np.unique(near) if v)
+        if not ids:
+            return out
+        region = np.isin(lab, ids)
+        if click.positive:
+            out[box] |= region
+        else:
+            out[box] &= ~region
+        return out
+
     def _keep_clicked(self, mask: np.ndarray) -> np.ndarray:
         """The connected parts of ``mask`` that hold (or touch within 2 voxels) a positive click."""
         if not mask.any():
@@ -282,10 +328,9 @@ class PromptSession:
         if n <= 1:
             return mask
         keep = set()
-        inv = np.linalg.inv(self.volume.affine)
         shape = np.asarray(mask.shape)
         for w in self.positives:
-            ijk = np.floor(inv[:3, :3] @ w + inv[:3, 3] + 0.5).astype(int)
+            ijk = self._click_voxel(w)
             lo, hi = np.maximum(ijk - 2, 0), np.minimum(ijk + 3, shape)
             sub = lab[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
             keep |= set(int(v) for v in np.unique(sub) if v)
