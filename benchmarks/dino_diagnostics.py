@@ -1,7 +1,7 @@
-"""DINO pre-training diagnostics for one or more `train-dino` run folders (is the teacher collapsed?).
+"""DINO diagnostics: train-dino run folders (teacher collapsed?) or a bundled DINO ViT (heads show anatomy?).
 
-For each run's final teacher (``RUN/ckpt.pt``) on fresh multi-crop batches (step seeds never used in
-training; global crops only):
+**Run mode** — one or more ``train-dino`` run folders. For each run's final teacher (``RUN/ckpt.pt``)
+on fresh multi-crop batches (step seeds never used in training; global crops only):
 
 * ``sinkhorn_entropy``: mean per-crop entropy of the Sinkhorn-Knopp targets at the run's τ_t;
 * ``centred_entropy`` / ``centred_batch_entropy``: the DINO paper's targets, softmax((t − c)/0.04)
@@ -13,6 +13,86 @@ training; global crops only):
   (near 1 when every scan maps to the same point).
 
     python benchmarks/dino_diagnostics.py runs/dino5 runs/dino7 --bank runs/bank/bank_s0_n200.npz
+
+**Model mode** — a registered/bundled ViT with a CLS token (``vit_seg``; default ``dino-vit-brain``),
+for the issue "a DINO-pretrained 3D ViT whose heads really show anatomy". About 4–5 minutes on one
+CPU thread:
+
+    python benchmarks/dino_diagnostics.py --model dino-vit-brain --data-dir ../shared/data \
+        --out benchmarks/results/dino_model.json --markdown benchmarks/results/dino_model.md \
+        --figures docs/models/dino-vit-brain-heads
+
+Scans: ``colin27`` (the real Colin27 head, in the model's training data); ``colin27-copy`` (a
+re-oriented, rotated, re-sampled copy, ``eval_bundled.random_real_copy`` with
+``default_rng(--seed)``); ``pydeface`` (the population-mean head of ``shared/data/pydeface``, never
+seen in training, no labels); ``mni152`` (the MNI152 2009a T1, **skull-stripped**, in MNI space; used
+in 3 and 4 only). ``random_real_copy`` draws a rotation (±20° per axis), a voxel-axis permutation
+and flips, a spacing (0.9–1.5 mm, half of the copies with one 2.5–4 mm axis) and a sub-voxel shift,
+builds a new voxel→world affine from them, and samples Colin27 (and its labels, nearest) at every
+new voxel centre *through the two affines*: the head stays where it was in world mm, only the voxel
+grid changes, so a world point names the same anatomy in Colin27 and in the copy. (The model grid
+of the copy follows the copy's axes re-oriented to the closest RAS, so it is tilted by up to 20°
+against Colin27's.)
+
+Structures (voxel masks on each scan's own grid): Colin-derived scans, from
+``synthesis.colin_label_map_1mm`` (k-means silver labels): ``air`` (sub-label 0, outside the head),
+``skull/scalp`` (head minus the intracranial brain mask: sub-labels 4–6, bone, scalp, muscle, fat,
+neck), ``CSF``, ``GM``, ``WM`` (``SUB_TO_CLASS`` 1, 2, 3 inside the intracranial mask; "CSF" includes
+the sulcal/peripheral CSF the intracranial mask adds). pydeface: ``air`` (outside an Otsu head mask,
+built as ``head_label_map_1mm`` builds its head) and ``head`` (inside) — nothing finer can be defined
+there without a model, so no brain/tissue structure is reported for it.
+
+What is reported (JSON ``--out``; markdown ``--markdown``; PNGs ``--figures PREFIX``):
+
+1. ``heads``: per head, the whole-scan DINO head map (``explain.dino_heads``, ``coverage="scan"``:
+   last block's CLS attention × tokens per window, windows tiled every half window and stitched)
+   normalised to a distribution over the scan's voxels; per structure its mass share, volume share
+   and enrichment = mass share / volume share. A head *concentrates on a structure* when one
+   structure holds ≥ 50 % of its mass and its enrichment is ≥ 1.5; the count per scan, beside the
+   same count for a randomly initialised network of the same spec (``build_network``, torch seed 0).
+   ``coverage="scan"`` gives every window the same total mass, so air-only windows bring air mass:
+   ``heads_centred_window`` repeats the shares inside the one window centred on the head centre
+   (``coverage="window"``, volume shares of that window).
+   **Figures** ``PREFIX-<scan>.png`` (one per scan: colin27, colin27-copy, pydeface): one panel per
+   head, an axial (left) and a coronal (right) slice through the scan's head centre (centroid of the
+   head mask), the scan's voxel axes re-ordered/flipped to the closest RAS (the copy's slices are
+   therefore tilted by its rotation), drawn in mm (anisotropic voxels shown to scale), patient
+   right on the image right (neurological), superior/anterior up. Gray = the T1, colour (inferno,
+   opacity ∝ value) = that head's stitched map from 0 to its 99.5th percentile over the scan
+   (1 = a uniform share of the window). The panel title gives the structure holding most of the
+   head's mass, its mass share and enrichment, and "✓" when the head concentrates on it.
+2. ``faces``: for every tiling window of a scan (``explain.tile_starts``), each head's CLS→patch
+   attention of the last block (``ExplainSession.capture(start).row(L, "cls").spatial``, (heads,
+   8, 8, 8)) renormalised over the 512 patches; the share on the outer shell of tokens (any index 0
+   or 7; uniform 1 − (6/8)³ = 0.578) and on each face alone (uniform 1/8; the model grid is RAS, so
+   the last axis' index 0 is the *inferior* face), averaged over the windows; same for the random
+   initialisation.
+3. ``cls_cosine``: cosine of the CLS embeddings (``forward_features(x)[0][:, 0]``, after the final
+   norm) of the window centred on each scan's head centre, between the four scans, beside the same
+   for the random initialisation.
+4. ``knn``: 64 landmark voxels drawn inside Colin27's intracranial brain mask (``--seed``); for each,
+   the final-norm patch token holding it in the window centred on it, on Colin27; its nearest patch
+   (cosine) among all patch tokens of all tiling windows of the other scan; the distance (mm) from
+   that patch's centre (window voxel 3.5 + 8·i, to world by ``window_affine``) to the landmark's
+   world point, median and 90th percentile. Pairs: Colin27 → Colin27 itself (same scan and grid,
+   only the window placement differs: the tiling windows, not the window centred on the landmark),
+   Colin27 → its copy (same world by construction)
+   and Colin27 → MNI152 (both in MNI space, only approximately aligned: Colin27 is one registered
+   brain, MNI152 an average, so a few mm of true mismatch remain; MNI152 has no skull). Beside the
+   DINO features: the random initialisation, *chance* (200 random gallery patches inside the other
+   scan's head mask per landmark) and the *floor* (the gallery patch centre nearest the landmark:
+   patch centres lie on a 16 mm lattice, so even a perfect retrieval is several mm off).
+5. ``probe``: a linear probe on frozen patch features (final norm, D = 144) → per-patch class
+   fractions (0 bg, 1 CSF, 2 GM, 3 WM of the patch's 8³ voxels; softmax + cross-entropy on the soft
+   targets, features standardised, full-batch L-BFGS), trained on every tiling window of 4 copies
+   (seeds 100–103) and evaluated on 3 others (seeds 200–202): patch logits placed trilinearly and
+   the windows stitched (``whole_scan.stitch``), argmax per voxel, Dice per class against the labels
+   resampled (nearest) onto the padded model grid, inside the scan's field of view (``valid``).
+   Feature sets: the DINO encoder, the random initialisation, and the raw 8³ patch intensities (512
+   numbers, a pixel baseline); and an *oracle* (the true patch fractions as logits, placed the same
+   way): the ceiling of any probe that predicts one fraction vector per 16 mm patch. An
+   end-to-end-trained encoder of this spec does not exist, so the comparison with end-to-end
+   training is **not measured** here.
 """
 
 from __future__ import annotations
@@ -21,18 +101,31 @@ import argparse
 import json
 import math
 import sys
+import time
+import types
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from napari_vit3d.inference.preprocess import normalize
-from napari_vit3d.models.registry import build_network
-from napari_vit3d.models.vit_seg import DINOHead
-from napari_vit3d.training.synthesis import load_bank
-from napari_vit3d.training.train_dino import DINOModel, _spec, encode_cls, full_config, make_views, sinkhorn_targets
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
+from napari_vit3d.inference.preprocess import normalize  # noqa: E402
+from napari_vit3d.models.registry import build_network  # noqa: E402
+from napari_vit3d.models.vit_seg import DINOHead  # noqa: E402
+from napari_vit3d.training.synthesis import load_bank  # noqa: E402
+from napari_vit3d.training.train_dino import (  # noqa: E402
+    DINOModel,
+    _spec,
+    encode_cls,
+    full_config,
+    make_views,
+    sinkhorn_targets,
+)
+
+# =========================================================================================== run mode
 
 def _entropy(p: torch.Tensor) -> torch.Tensor:
     return -(p * torch.log(p.clamp_min(1e-30))).sum(-1)
@@ -82,18 +175,563 @@ def diagnose(run: Path, images: np.ndarray, *, batches: int = 2, batch_size: int
     return out
 
 
+# =========================================================================================== model mode
+
+UNIFORM_SHELL = 1.0 - (6 / 8) ** 3
+FACES = ("left", "right", "posterior", "anterior", "inferior", "superior")  # (axis, index 0 / last) in RAS
+CONCENTRATE_SHARE, CONCENTRATE_ENRICHMENT = 0.5, 1.5
+COLIN_STRUCTURES = ("air", "skull/scalp", "CSF", "GM", "WM")
+#: sub-label (0 air, 1 CSF, 2 GM, 3 WM, 4..6 outside the brain) -> index into COLIN_STRUCTURES
+SUB_TO_STRUCTURE = np.array([0, 2, 3, 4, 1, 1, 1], dtype=np.int64)
+
+
+def _log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def otsu_head(t1: np.ndarray) -> np.ndarray:
+    """Head mask without a model: T1 > Otsu/2, closed, largest component, holes filled (also per slice),
+    as ``synthesis.head_label_map_1mm`` builds its head."""
+    from scipy import ndimage
+
+    from napari_vit3d.training import synthesis as S
+
+    head = t1 > 0.5 * S.otsu_threshold(t1)
+    head = S.clean_mask(ndimage.binary_closing(head, iterations=2))
+    for k in range(head.shape[2]):
+        head[:, :, k] = ndimage.binary_fill_holes(head[:, :, k])
+    return head
+
+
+def _centroid_world(mask: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    c = np.argwhere(mask).mean(0)
+    return affine[:3, :3] @ c + affine[:3, 3]
+
+
+def _random_like(spec):
+    """A randomly initialised network of ``spec`` (torch seed 0), shaped like a loaded model."""
+    from napari_vit3d.models.registry import build_network as _build
+
+    torch.manual_seed(0)
+    return types.SimpleNamespace(network=_build(spec).eval(), spec=spec, weights_sha256=None)
+
+
+def build_model_scans(data_dir: Path, seed: int) -> tuple[list[dict], dict]:
+    """The scans of model mode (see the module docstring) and Colin27's 1 mm arrays."""
+    import nibabel as nib
+
+    from benchmarks.eval_bundled import random_real_copy
+    from napari_vit3d.io.volume import Volume
+    from napari_vit3d.training import synthesis as S
+
+    sub, t1, icv, aff = S.colin_label_map_1mm(data_dir)
+    colin = {"sub": sub, "t1": t1, "icv": icv, "affine": aff}
+    scans = [{"name": "colin27", "volume": Volume(data=t1.astype(np.float32), affine=aff, name="colin27"),
+              "structure": SUB_TO_STRUCTURE[sub], "structures": COLIN_STRUCTURES, "head": sub > 0,
+              "note": "real Colin27 head (in the training data)"}]
+    vol, _, sub_c, desc = random_real_copy(t1, icv, sub, aff, np.random.default_rng(seed))
+    vol.name = "colin27-copy"
+    scans.append({"name": "colin27-copy", "volume": vol, "structure": SUB_TO_STRUCTURE[sub_c],
+                  "structures": COLIN_STRUCTURES, "head": sub_c > 0, "copy": desc,
+                  "note": f"re-oriented/rotated/re-sampled Colin27 copy (rng seed {seed}), "
+                          f"spacing {desc['spacing_mm']}"})
+    for name, rel, note in (("pydeface", "pydeface/mean_reg2mean.nii.gz", "population-mean head, unseen, no labels"),
+                            ("mni152", S.MNI_T1, "MNI152 2009a template T1, skull-stripped")):
+        img = nib.load(str(Path(data_dir) / rel))
+        data = np.asarray(img.dataobj, np.float32)
+        head = otsu_head(data)
+        scans.append({"name": name, "volume": Volume(data=data, affine=np.asarray(img.affine, float), name=name),
+                      "structure": head.astype(np.int64), "structures": ("air", "head"), "head": head, "note": note})
+    for s in scans:
+        s["centre_world"] = _centroid_world(s["head"], s["volume"].affine)
+    return scans, colin
+
+
+# ------------------------------------------------------------------------------------ 1. head mass
+
+def head_structure_mass(maps: np.ndarray, structure: np.ndarray, names) -> dict:
+    """Per head (last axis of ``maps``): mass share, volume share and enrichment of each structure."""
+    n_heads = maps.shape[-1]
+    lab = structure.reshape(-1)
+    vol_share = np.bincount(lab, minlength=len(names)).astype(np.float64) / lab.size
+    heads = []
+    for h in range(n_heads):
+        m = np.clip(maps[..., h].reshape(-1).astype(np.float64), 0, None)
+        mass = np.bincount(lab, weights=m, minlength=len(names))
+        share = mass / max(mass.sum(), 1e-30)
+        enr = np.where(vol_share > 0, share / np.where(vol_share > 0, vol_share, 1), 0.0)
+        top = int(np.argmax(share))
+        heads.append({"head": h, "mass_share": dict(zip(names, share.round(4).tolist())),
+                      "enrichment": dict(zip(names, enr.round(3).tolist())), "top": names[top],
+                      "concentrates_on": names[top] if share[top] >= CONCENTRATE_SHARE
+                      and enr[top] >= CONCENTRATE_ENRICHMENT else None})
+    return {"volume_share": dict(zip(names, vol_share.round(4).tolist())), "heads": heads,
+            "n_concentrating": sum(h["concentrates_on"] is not None for h in heads)}
+
+
+def centred_window_mass(model, scan: dict, sess) -> dict:
+    """Head mass on structures inside one window only (``coverage="window"``, centred on the head centre):
+    no stitching, and no air-only windows each bringing a full window's mass (``coverage="scan"`` gives
+    every window the same total mass, so a scan with many air windows puts much mass on air)."""
+    from napari_vit3d.explain import dino_heads
+
+    maps = dino_heads(model, scan["volume"], world=scan["centre_world"], coverage="window", session=sess,
+                      reuse_window=False)
+    start = tuple(maps.metadata["window"]["start_model_voxel"])
+    inside = sess.to_scan(sess.place_window(np.ones((1, *sess.roi), np.float32), start), order=0)[..., 0] > 0.5
+    out = head_structure_mass(maps.data[inside], scan["structure"][inside], scan["structures"])
+    out["window"] = maps.metadata["window"]
+    return out
+
+
+def _ras_view(arr: np.ndarray, affine: np.ndarray):
+    """``arr`` (x, y, z[, C]) re-ordered/flipped to the closest RAS, its affine and spacing."""
+    import nibabel as nib
+    from nibabel.orientations import apply_orientation, inv_ornt_aff, io_orientation
+
+    ornt = io_orientation(affine)
+    out = apply_orientation(arr, ornt)
+    aff = affine @ inv_ornt_aff(ornt, arr.shape[:3])
+    return out, aff, nib.affines.voxel_sizes(aff)
+
+
+def head_figure(scan: dict, maps: np.ndarray, mass: dict, png: Path, model_name: str) -> None:
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    t1, aff, sp = _ras_view(scan["volume"].data, scan["volume"].affine)
+    hm, _, _ = _ras_view(maps, scan["volume"].affine)
+    c = np.linalg.solve(aff[:3, :3], scan["centre_world"] - aff[:3, 3])
+    _, j, k = (int(np.clip(round(c[a]), 0, t1.shape[a] - 1)) for a in range(3))
+    lo, hi = np.percentile(t1[t1 > 0] if np.any(t1 > 0) else t1, [1, 99.5])
+    g = np.clip((t1 - lo) / max(hi - lo, 1e-6), 0, 1)
+    views = [("axial", g[:, :, k].T, hm[:, :, k].T, (sp[0], sp[1])),
+             ("coronal", g[:, j, :].T, hm[:, j, :].T, (sp[0], sp[2]))]
+    n_heads = maps.shape[-1]
+    cols = 3
+    rows = int(math.ceil(n_heads / cols))
+    fig = plt.figure(figsize=(5.0 * cols, 3.0 * rows + 0.5), layout="constrained")
+    subs = fig.subfigures(rows, cols, squeeze=False)
+    cmap = plt.get_cmap("inferno")
+    for h in range(n_heads):
+        vmax = float(np.percentile(maps[..., h], 99.5)) or 1.0
+        info = mass["heads"][h]
+        top = info["top"]
+        mark = " ✓" if info["concentrates_on"] else ""
+        sf = subs[h // cols, h % cols]
+        sf.suptitle(f"head {h}: most mass on {top} {100 * info['mass_share'][top]:.0f}% "
+                    f"(×{info['enrichment'][top]:.2f}){mark}", fontsize=11)
+        for ax, (vname, gray, m, (sx, sy)) in zip(sf.subplots(1, 2), views):
+            ext = [0, gray.shape[1] * sx, 0, gray.shape[0] * sy]
+            ax.imshow(gray, cmap="gray", origin="lower", extent=ext, interpolation="bilinear")
+            val = np.clip(m[..., h] / vmax, 0, 1)
+            rgba = cmap(val)
+            rgba[..., 3] = 0.85 * val
+            ax.imshow(rgba, origin="lower", extent=ext, interpolation="bilinear")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_xlabel(f"{vname} (0 … {vmax:.2f})", fontsize=9)
+    for h in range(n_heads, rows * cols):
+        subs[h // cols, h % cols].set_visible(False)
+    fig.suptitle(f"{model_name} DINO heads (last block CLS attention, whole scan) on {scan['name']}: "
+                 f"{mass['n_concentrating']} of {n_heads} heads concentrate (≥ 50 % mass, ≥ 1.5× enrichment)",
+                 fontsize=12)
+    png.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=60)
+    Image.open(buf).convert("RGB").quantize(256).save(png, optimize=True)  # palette PNG: a third of the bytes
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------------------------ 2. faces
+
+def face_shares(sess, starts) -> dict:
+    """Mean over windows of each head's share of CLS→patch attention on the token shell and on each face."""
+    shell = np.zeros((8, 8, 8), bool)
+    shell[[0, -1], :, :] = shell[:, [0, -1], :] = shell[:, :, [0, -1]] = True
+    rows = []
+    for start in starts:
+        row = sess.capture(start).row(None, "cls")
+        sp = row.spatial.numpy().astype(np.float64)
+        if row.key_grid.shape != (8, 8, 8):
+            raise SystemExit(f"face shares assume an 8³ patch grid, got {row.key_grid.shape}")
+        p = sp / sp.sum((1, 2, 3), keepdims=True)
+        faces = []
+        for ax in range(3):
+            for idx in (0, -1):
+                faces.append(np.take(p, idx, axis=ax + 1).sum((1, 2)))
+        rows.append(np.stack([p[:, shell].sum(1), *faces]))  # (7, heads)
+    r = np.mean(rows, 0)
+    out = {"windows": len(starts), "uniform_shell": round(UNIFORM_SHELL, 4), "uniform_face": 0.125,
+           "shell": r[0].round(4).tolist(), "shell_min_over_windows": np.min(rows, 0)[0].round(4).tolist(),
+           "shell_max_over_windows": np.max(rows, 0)[0].round(4).tolist()}
+    for f, name in enumerate(FACES):
+        out[name] = r[1 + f].round(4).tolist()
+    return out
+
+
+# ------------------------------------------------------------------------------------ 3. CLS
+
+@torch.no_grad()
+def cls_embedding(sess, world) -> np.ndarray:
+    tokens, _ = sess.network.forward_features(sess.window_tensor(sess.centred_window(world)))
+    return tokens[0, 0].float().numpy()
+
+
+def cosine_matrix(vecs: list[np.ndarray]) -> np.ndarray:
+    f = np.stack(vecs).astype(np.float64)
+    f /= np.linalg.norm(f, axis=1, keepdims=True)
+    return f @ f.T
+
+
+# ------------------------------------------------------------------------------------ 4. k-NN
+
+def gallery(sess) -> tuple[np.ndarray, np.ndarray]:
+    """All patch tokens of all tiling windows (unit-normalised, (M, D)) and their world-mm centres (M, 3)."""
+    from napari_vit3d.explain.similarity import patch_features
+    from napari_vit3d.explain.whole_scan import tile_starts
+
+    feats, centres = [], []
+    for start in tile_starts(sess.grid_shape, sess.roi):
+        f, grid = patch_features(sess, start)
+        idx = np.stack(np.unravel_index(np.arange(grid.n_tokens), grid.shape), 1)
+        vox = grid.centre(idx)  # window voxel = 3.5 + 8·i
+        a = sess.window_affine(start)
+        feats.append(f.reshape(-1, f.shape[-1]))
+        centres.append(vox @ a[:3, :3].T + a[:3, 3])
+    f = np.concatenate(feats).astype(np.float64)
+    return f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12), np.concatenate(centres)
+
+
+def query_features(sess, points: np.ndarray) -> np.ndarray:
+    """The patch token holding each world point, from the window centred on it (unit-normalised)."""
+    from napari_vit3d.explain.similarity import patch_features
+
+    cache, out = {}, []
+    for w in points:
+        start = sess.centred_window(w)
+        if start not in cache:
+            cache[start] = patch_features(sess, start)
+        f, grid = cache[start]
+        out.append(f[grid.nearest_token(sess.model_voxel(w) - np.asarray(start, float))])
+    f = np.stack(out).astype(np.float64)
+    return f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
+
+
+def _inside(scan: dict, world: np.ndarray) -> np.ndarray:
+    a = scan["volume"].affine
+    v = np.floor(np.linalg.solve(a[:3, :3], (world - a[:3, 3]).T).T + 0.5).astype(int)
+    shape = np.asarray(scan["head"].shape)
+    ok = np.all((v >= 0) & (v < shape), 1)
+    res = np.zeros(len(world), bool)
+    res[ok] = scan["head"][tuple(v[ok].T)]
+    return res
+
+
+def _dist_stats(d: np.ndarray) -> dict:
+    return {"median_mm": round(float(np.median(d)), 2), "p90_mm": round(float(np.percentile(d, 90)), 2),
+            "mean_mm": round(float(np.mean(d)), 2)}
+
+
+def knn_retrieval(points, q_by_net: dict, gal_by_net: dict, other: dict, rng) -> dict:
+    out = {}
+    centres = None
+    for net, q in q_by_net.items():
+        g, centres = gal_by_net[net]
+        hit = np.argmax(q @ g.T, axis=1)
+        out[net] = _dist_stats(np.linalg.norm(centres[hit] - points, axis=1))
+    inside = np.flatnonzero(_inside(other, centres))
+    draws = rng.choice(inside, size=(len(points), 200))
+    out["chance"] = _dist_stats(np.linalg.norm(centres[draws] - points[:, None], axis=2).ravel())
+    out["floor"] = _dist_stats(np.min(np.linalg.norm(centres[None] - points[:, None], axis=2), axis=1))
+    out["gallery_patches"] = int(len(centres))
+    out["gallery_patches_in_head"] = int(len(inside))
+    return out
+
+
+# ------------------------------------------------------------------------------------ 5. probe
+
+def _patches(a: np.ndarray) -> np.ndarray:
+    """(64, 64, 64) window → (512 patches, 512 voxels), patches in row-major token order."""
+    n = a.shape[0] // 8
+    return a.reshape(n, 8, n, 8, n, 8).transpose(0, 2, 4, 1, 3, 5).reshape(n ** 3, 512)
+
+
+def probe_scan(seed: int, colin: dict, model, rand) -> dict:
+    """One Colin27 copy prepared for the probe: per tiling window, features of each set + class fractions."""
+    from benchmarks.eval_bundled import random_real_copy
+    from napari_vit3d.explain import ExplainSession
+    from napari_vit3d.explain.similarity import patch_features
+    from napari_vit3d.explain.whole_scan import tile_starts
+    from napari_vit3d.io.resample import resample_array
+    from napari_vit3d.training.synthesis import SUB_TO_CLASS
+
+    vol, _, sub, _ = random_real_copy(colin["t1"], colin["icv"], colin["sub"], colin["affine"],
+                                      np.random.default_rng(seed))
+    sess = ExplainSession(model, vol)
+    rsess = ExplainSession(rand, vol, model_input=sess.model_input, roi_size=sess.roi)
+    labels = resample_array(SUB_TO_CLASS[sub], vol.affine, sess.model_input.affine, sess.grid_shape, order=0)
+    win = {}
+    for start in tile_starts(sess.grid_shape, sess.roi):
+        sl = tuple(slice(s, s + r) for s, r in zip(start, sess.roi))
+        onehot = np.eye(4, dtype=np.float32)[_patches(labels[sl])]  # (512, 512, 4)
+        f_d, grid = patch_features(sess, start)
+        f_r, _ = patch_features(rsess, start)
+        win[start] = {"dino": f_d.reshape(-1, f_d.shape[-1]), "random": f_r.reshape(-1, f_r.shape[-1]),
+                      "intensity": _patches(sess.window_tensor(start)[0, 0].numpy()),
+                      "target": onehot.mean(1), "grid": grid}
+    return {"seed": seed, "session": sess, "labels": labels, "windows": win}
+
+
+def fit_probe(x: np.ndarray, y: np.ndarray, *, steps: int = 300, l2: float = 1e-4):
+    """Linear softmax map from features to class fractions (soft-target cross-entropy, L-BFGS)."""
+    mu, sd = x.mean(0), x.std(0) + 1e-6
+    xt = torch.from_numpy(((x - mu) / sd).astype(np.float32))
+    yt = torch.from_numpy(y.astype(np.float32))
+    lin = torch.nn.Linear(x.shape[1], y.shape[1])
+    torch.nn.init.zeros_(lin.weight)
+    torch.nn.init.zeros_(lin.bias)
+    opt = torch.optim.LBFGS(lin.parameters(), lr=1.0, max_iter=steps, history_size=20, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = -(yt * F.log_softmax(lin(xt), dim=1)).sum(1).mean() + l2 * lin.weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        loss = float(-(yt * F.log_softmax(lin(xt), dim=1)).sum(1).mean())
+    w, b = lin.weight.detach().numpy().T, lin.bias.detach().numpy()
+    return (lambda f: ((f - mu) / sd) @ w + b), loss
+
+
+def probe_dice(scan: dict, predict, key: str) -> list[float]:
+    from napari_vit3d.explain.whole_scan import stitch
+
+    sess = scan["session"]
+
+    def window_maps(start):
+        w = scan["windows"][tuple(start)]
+        return predict(w[key]).reshape(*w["grid"].shape, -1).astype(np.float32), w["grid"]
+
+    logits, _ = stitch(sess, window_maps)
+    valid = sess.model_input.valid
+    pred = np.argmax(logits, axis=0)[valid]
+    ref = scan["labels"][valid]
+    out = []
+    for c in range(4):
+        a, b = pred == c, ref == c
+        s = int(a.sum()) + int(b.sum())
+        out.append(2.0 * int((a & b).sum()) / s if s else 1.0)
+    return out
+
+
+# ------------------------------------------------------------------------------------ orchestration
+
+FIGURE_SCANS = ("colin27", "colin27-copy", "pydeface")
+
+
+def model_diagnostics(model_name: str, data_dir: Path, *, seed: int = 0, n_landmarks: int = 64,
+                      figures: str | None = None) -> dict:
+    from napari_vit3d.explain import ExplainSession, dino_heads
+    from napari_vit3d.explain.whole_scan import tile_starts
+    from napari_vit3d.models import load_model
+
+    t0 = time.time()
+    model = load_model(model_name)
+    if not hasattr(model.network, "forward_features"):
+        raise SystemExit(f"{model_name} is {model.spec.architecture}: model mode needs a ViT with a CLS token "
+                         "(vit_seg)")
+    rand = _random_like(model.spec)
+    scans, colin = build_model_scans(data_dir, seed)
+    _log(f"scans ready ({time.time() - t0:.0f} s)")
+    res = {"model": model_name, "architecture": model.spec.architecture, "weights_sha256": model.weights_sha256,
+           "seed": seed, "random_init": "models.registry.build_network(spec) after torch.manual_seed(0)",
+           "scans": {s["name"]: {"note": s["note"], "shape": list(s["volume"].spatial_shape),
+                                 "centre_world_mm": np.round(s["centre_world"], 1).tolist(),
+                                 **({"copy": s["copy"]} if "copy" in s else {})} for s in scans},
+           "heads": {}, "heads_random_init": {}, "heads_centred_window": {}, "faces": {}, "faces_random_init": {}}
+    by_name = {s["name"]: s for s in scans}
+    for s in scans:
+        sess = ExplainSession(model, s["volume"], max_cached_windows=10_000)
+        rsess = ExplainSession(rand, s["volume"], model_input=sess.model_input, roi_size=sess.roi,
+                               max_cached_windows=10_000)
+        s["sess"], s["rsess"] = sess, rsess
+        starts = tile_starts(sess.grid_shape, sess.roi)
+        res["scans"][s["name"]]["windows"] = len(starts)
+        if s["name"] in FIGURE_SCANS:
+            for key, ss in (("heads", sess), ("heads_random_init", rsess)):
+                maps = dino_heads(model if ss is sess else rand, s["volume"], session=ss).data
+                res[key][s["name"]] = head_structure_mass(maps, s["structure"], s["structures"])
+                if key == "heads" and figures:
+                    png = Path(f"{figures}-{s['name']}.png")
+                    head_figure(s, maps, res[key][s["name"]], png, model_name)
+                    res[key][s["name"]]["figure"] = str(png)
+                del maps
+            res["heads_centred_window"][s["name"]] = centred_window_mass(model, s, sess)
+            res["faces"][s["name"]] = face_shares(sess, starts)
+            res["faces_random_init"][s["name"]] = face_shares(rsess, starts)
+        _log(f"{s['name']}: heads/faces done ({time.time() - t0:.0f} s)")
+
+    names = [s["name"] for s in scans]
+    res["cls_cosine"] = {"scans": names}
+    for key, attr in (("dino", "sess"), ("random_init", "rsess")):
+        m = cosine_matrix([cls_embedding(s[attr], s["centre_world"]) for s in scans])
+        res["cls_cosine"][key] = m.round(4).tolist()
+        res["cls_cosine"][f"{key}_mean_offdiag"] = round(float(m[~np.eye(len(m), dtype=bool)].mean()), 4)
+
+    rng = np.random.default_rng(seed)
+    vox = np.argwhere(colin["icv"])
+    pick = vox[rng.choice(len(vox), n_landmarks, replace=False)]
+    points = pick @ colin["affine"][:3, :3].T + colin["affine"][:3, 3]
+    src = by_name["colin27"]
+    q = {"dino": query_features(src["sess"], points), "random_init": query_features(src["rsess"], points)}
+    res["knn"] = {"landmarks": n_landmarks, "landmarks_world_mm": np.round(points, 1).tolist()}
+    for other in ("colin27", "colin27-copy", "mni152"):
+        o = by_name[other]
+        gal = {"dino": gallery(o["sess"]), "random_init": gallery(o["rsess"])}
+        res["knn"][f"colin27->{other}"] = knn_retrieval(points, q, gal, o, rng)
+    _log(f"CLS + k-NN done ({time.time() - t0:.0f} s)")
+    for s in scans:
+        s.pop("sess"), s.pop("rsess")
+
+    train = [probe_scan(sd, colin, model, rand) for sd in (100, 101, 102, 103)]
+    test = [probe_scan(sd, colin, model, rand) for sd in (200, 201, 202)]
+    _log(f"probe features done ({time.time() - t0:.0f} s)")
+    res["probe"] = {"train_seeds": [t["seed"] for t in train], "test_seeds": [t["seed"] for t in test],
+                    "train_patches": int(sum(len(w["target"]) for t in train for w in t["windows"].values())),
+                    "end_to_end": "not measured (no end-to-end-trained encoder of this spec exists)"}
+    for t in train + test:
+        for w in t["windows"].values():
+            w["oracle"] = np.log(w["target"] + 1e-4)
+    res["probe"]["oracle"] = {"features": "the patch's true class fractions (log), placed and stitched like the "
+                                          "probes' logits: the ceiling of any patch-level probe",
+                              "dice_per_scan": np.array([probe_dice(t, lambda f: f, "oracle")
+                                                         for t in test]).round(4).tolist()}
+    d = np.array(res["probe"]["oracle"]["dice_per_scan"])
+    res["probe"]["oracle"].update(dice_mean=dict(zip(("background", "CSF", "GM", "WM"), d.mean(0).round(4).tolist())),
+                                  dice_brain_classes_mean=round(float(d[:, 1:].mean()), 4))
+    for key in ("dino", "random", "intensity"):
+        x = np.concatenate([w[key] for t in train for w in t["windows"].values()]).astype(np.float64)
+        y = np.concatenate([w["target"] for t in train for w in t["windows"].values()]).astype(np.float64)
+        predict, loss = fit_probe(x, y)
+        dice = np.array([probe_dice(t, predict, key) for t in test])
+        res["probe"][key] = {"features": x.shape[1], "train_loss": round(loss, 4),
+                             "dice_mean": dict(zip(("background", "CSF", "GM", "WM"), dice.mean(0).round(4).tolist())),
+                             "dice_per_scan": dice.round(4).tolist(),
+                             "dice_brain_classes_mean": round(float(dice[:, 1:].mean()), 4)}
+    res["seconds"] = round(time.time() - t0, 1)
+    _log(f"probe done ({res['seconds']} s)")
+    return res
+
+
+def model_markdown(res: dict) -> str:
+    L = [f"# DINO model diagnostics: `{res['model']}`", ""]
+    for key, title in (("heads", "DINO"), ("heads_random_init", "random init")):
+        for scan, m in res[key].items():
+            names = list(m["volume_share"])
+            if key == "heads":
+                L += [f"## Head mass on structures — {scan} ({title})", "",
+                      "volume share: " + ", ".join(f"{n} {100 * v:.1f}%" for n, v in m["volume_share"].items()), "",
+                      "| head | " + " | ".join(f"{n} mass % (enrich.)" for n in names) + " | concentrates on |",
+                      "|---|" + "---|" * len(names) + "---|"]
+                for h in m["heads"]:
+                    L.append(f"| {h['head']} | " + " | ".join(
+                        f"{100 * h['mass_share'][n]:.1f} (×{h['enrichment'][n]:.2f})" for n in names)
+                        + f" | {h['concentrates_on'] or '—'} |")
+                L.append("")
+    L += ["## Heads concentrating (≥ 50 % of mass on one structure, enrichment ≥ 1.5)", "",
+          "| scan | DINO | random init |", "|---|---|---|"]
+    for scan in res["heads"]:
+        d, r = res["heads"][scan], res["heads_random_init"][scan]
+        which = ", ".join(f"{h['head']}:{h['concentrates_on']}" for h in d["heads"] if h["concentrates_on"])
+        L.append(f"| {scan} | {d['n_concentrating']} of {len(d['heads'])} ({which or '—'}) | "
+                 f"{r['n_concentrating']} of {len(r['heads'])} |")
+    L += ["", "## Head mass inside the centred window only (coverage='window', no stitching)", "",
+          "| scan | window volume shares | per head: top structure mass % (×enrichment) | concentrating |",
+          "|---|---|---|---|"]
+    for scan, m in res["heads_centred_window"].items():
+        vs = ", ".join(f"{n} {100 * v:.0f}%" for n, v in m["volume_share"].items())
+        hs = "; ".join(f"{h['head']}: {h['top']} {100 * h['mass_share'][h['top']]:.0f}% "
+                       f"(×{h['enrichment'][h['top']]:.2f})" for h in m["heads"])
+        L.append(f"| {scan} | {vs} | {hs} | {m['n_concentrating']} |")
+    L += ["", "## CLS attention on window faces (mean over tiling windows)", "",
+          f"uniform: shell {UNIFORM_SHELL:.3f}, one face 0.125", "",
+          "| scan | net | windows | shell share per head | inferior face per head | superior face per head |",
+          "|---|---|---|---|---|---|"]
+    for scan in res["faces"]:
+        for key, net in (("faces", "DINO"), ("faces_random_init", "random")):
+            f = res[key][scan]
+            L.append(f"| {scan} | {net} | {f['windows']} | " + " ".join(f"{v:.2f}" for v in f["shell"]) + " | "
+                     + " ".join(f"{v:.2f}" for v in f["inferior"]) + " | "
+                     + " ".join(f"{v:.2f}" for v in f["superior"]) + " |")
+    c = res["cls_cosine"]
+    L += ["", "## CLS cosine similarity (window centred on the head centre)", "",
+          "| | " + " | ".join(c["scans"]) + " |", "|---|" + "---|" * len(c["scans"])]
+    for i, a in enumerate(c["scans"]):
+        L.append(f"| {a} | " + " | ".join(f"{c['dino'][i][j]:.3f} / {c['random_init'][i][j]:.3f}"
+                                          for j in range(len(c["scans"]))) + " |")
+    L += ["", f"(DINO / random init; mean off-diagonal: DINO {c['dino_mean_offdiag']:.3f}, random init "
+              f"{c['random_init_mean_offdiag']:.3f})", "",
+          f"## k-NN retrieval of {res['knn']['landmarks']} Colin27 brain landmarks (distance to the landmark, mm)", "",
+          "| pair | DINO median / p90 | random init median / p90 | chance median / p90 | floor median / p90 |",
+          "|---|---|---|---|---|"]
+    for pair, k in res["knn"].items():
+        if not pair.startswith("colin27->"):
+            continue
+        L.append(f"| {pair} | " + " | ".join(f"{k[n]['median_mm']:.1f} / {k[n]['p90_mm']:.1f}"
+                                             for n in ("dino", "random_init", "chance", "floor")) + " |")
+    p = res["probe"]
+    L += ["", "## Linear probe on frozen patch features → tissue (Dice, mean of 3 held-out copies)", "",
+          "| features | dim | bg | CSF | GM | WM | mean CSF/GM/WM |", "|---|---|---|---|---|---|---|"]
+    for key, label in (("dino", "DINO encoder"), ("random", "random init"), ("intensity", "raw 8³ intensities"),
+                       ("oracle", "oracle: true patch fractions")):
+        d = p[key]["dice_mean"]
+        dim = p[key]["features"] if isinstance(p[key]["features"], int) else "—"
+        L.append(f"| {label} | {dim} | {d['background']:.3f} | {d['CSF']:.3f} | {d['GM']:.3f} | "
+                 f"{d['WM']:.3f} | {p[key]['dice_brain_classes_mean']:.3f} |")
+    L += ["", f"End-to-end-trained encoder: {p['end_to_end']}.", "", f"Run time: {res['seconds']} s.", ""]
+    return "\n".join(L)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("runs", nargs="+", help="train-dino run folders (with config.json and ckpt.pt)")
-    p.add_argument("--bank", required=True, help="a synthetic bank (.npz) to draw scans from")
+    p.add_argument("runs", nargs="*", help="run mode: train-dino run folders (with config.json and ckpt.pt)")
+    p.add_argument("--bank", default=None, help="run mode: a synthetic bank (.npz) to draw scans from")
+    p.add_argument("--model", nargs="?", const="dino-vit-brain", default=None,
+                   help="model mode: a registered/bundled vit_seg model (bare --model: dino-vit-brain)")
+    p.add_argument("--data-dir", default="../shared/data", help="model mode: the shared real scans")
+    p.add_argument("--figures", default=None, help="model mode: PNG prefix (PREFIX-<scan>.png)")
+    p.add_argument("--markdown", default=None, help="model mode: markdown summary file")
+    p.add_argument("--seed", type=int, default=0, help="model mode: seed of the copy and the landmarks")
+    p.add_argument("--landmarks", type=int, default=64)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=None, help="JSON results file")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    images, _, _ = load_bank(args.bank)
-    res = [diagnose(Path(r), images) for r in args.runs]
-    for r in res:
-        print(json.dumps(r))
+    if args.model:
+        if args.runs:
+            p.error("give either run folders or --model, not both")
+        res = model_diagnostics(args.model, Path(args.data_dir), seed=args.seed, n_landmarks=args.landmarks,
+                                figures=args.figures)
+        md = model_markdown(res)
+        print(md)
+        if args.markdown:
+            Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.markdown).write_text(md)
+    else:
+        if not args.runs or not args.bank:
+            p.error("run mode needs run folders and --bank (or use --model)")
+        images, _, _ = load_bank(args.bank)
+        res = [diagnose(Path(r), images) for r in args.runs]
+        for r in res:
+            print(json.dumps(r))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(res, indent=1))
