@@ -86,16 +86,18 @@ def test_stitch_is_the_centre_weighted_mean_of_the_windows():
 def test_dino_heads_cover_the_whole_scan_and_agree_with_one_window_when_it_fits():
     scan = _odd_scan()
     small = _vit(16)                     # a 32 mm window on a scan of about 40 × 50 × 44 mm
-    whole = dino_heads(small, scan)
+    tiles = dino_heads(small, scan, coverage="tiles")
     one = dino_heads(small, scan, coverage="window")
-    assert whole.data.shape == one.data.shape == scan.spatial_shape + (2,)
-    assert (whole.data > 0).all()            # every voxel of the scan gets a value
+    whole = dino_heads(small, scan)
+    assert whole.data.shape == tiles.data.shape == one.data.shape == scan.spatial_shape + (2,)
+    assert (tiles.data > 0).all() and (whole.data > 0).all()      # every voxel of the scan gets a value
     assert (one.data == 0).any()             # one window does not cover the scan
-    assert len(whole.metadata["windows"]) > 1 and whole.metadata["coverage"] == "scan"
+    assert len(tiles.metadata["windows"]) > 1 and tiles.metadata["coverage"] == "tiles"
+    assert whole.metadata["coverage"] == "scan" and whole.metadata["token_grid"] == [3, 3, 3]
 
     big = _vit(32)                          # the whole model grid fits in one window
     sess = ExplainSession(big, scan)
-    a = dino_heads(big, scan, session=sess)
+    a = dino_heads(big, scan, session=sess, coverage="tiles")
     b = dino_heads(big, scan, session=sess, coverage="window")
     assert len(a.metadata["windows"]) == 1
     np.testing.assert_allclose(a.data, b.data * 64, rtol=1e-5, atol=1e-6)   # 4³ patch tokens: 1 = uniform
@@ -132,9 +134,47 @@ def test_similarity_equals_numpy_on_hooked_features():
 def test_similarity_over_the_whole_scan_through_the_registry():
     scan = _odd_scan()
     model = _vit(16, seed=2)
-    vol = run_method("similar", model, scan, voxel=(20, 18, 22))
-    assert vol.data.shape == scan.spatial_shape
-    assert np.isfinite(vol.data).all() and vol.data.min() >= -1.0 - 1e-5 and vol.data.max() <= 1.0 + 1e-5
+    for coverage in ("scan", "tiles"):
+        vol = run_method("similar", model, scan, voxel=(20, 18, 22), coverage=coverage)
+        assert vol.data.shape == scan.spatial_shape and vol.metadata["coverage"] == coverage
+        assert np.isfinite(vol.data).all() and vol.data.min() >= -1.0 - 1e-5 and vol.data.max() <= 1.0 + 1e-5
     assert len(vol.metadata["windows"]) > 1
+
+
+def test_one_pass_over_the_whole_scan_equals_a_hand_made_resized_embedding():
+    """The whole-scan pass is MONAI's ViT with its positional embedding swapped for a trilinearly resized
+    copy: build that ViT by hand (torch's interpolate, a fresh MONAI ViT at the larger size, weights copied)
+    and compare the CLS attention of the last block (MONAI's own save_attn) with ours."""
+    from monai.networks.nets import ViT
+
+    model = _vit(16, seed=4)
+    net = model.network
+    scan = _odd_scan()
+    sess = ExplainSession(model, scan)
+    grid = [-(-int(s) // 8) * 8 for s in sess.model_input.tensor.shape[2:]]
+    heads = dino_heads(model, scan, session=sess)
+    ref = ViT(in_channels=1, img_size=grid, patch_size=8, hidden_size=32, mlp_dim=64, num_layers=2, num_heads=2,
+              proj_type="conv", pos_embed_type="learnable", classification=True, spatial_dims=3,
+              save_attn=True).eval()
+    state = {k: v for k, v in net.encoder.state_dict().items() if not k.startswith("classification_head")}
+    pos = state["patch_embedding.position_embeddings"]
+    g = [s // 8 for s in grid]
+    state["patch_embedding.position_embeddings"] = torch.nn.functional.interpolate(
+        pos.transpose(1, 2).reshape(1, 32, 2, 2, 2), size=g, mode="trilinear", align_corners=False
+    ).flatten(2).transpose(1, 2)
+    ref.load_state_dict(state, strict=False)
+    x = torch.nn.functional.pad(sess.model_input.tensor, [0, grid[2] - sess.model_input.tensor.shape[4],
+                                                           0, grid[1] - sess.model_input.tensor.shape[3],
+                                                           0, grid[0] - sess.model_input.tensor.shape[2]])
+    with torch.no_grad():
+        ref(x)
+    att = ref.blocks[-1].attn.att_mat[0, :, 0, 1:].reshape(2, *g).numpy() * int(np.prod(g))   # (heads, grid)
+    # our map on the scan at the token centres equals MONAI's: compare via the model grid of a RAS copy
+    from napari_vit3d.explain.whole_scan import whole_scan_session
+    whole = whole_scan_session(sess)
+    cap = whole.capture((0, 0, 0))
+    ours = cap.row(cap.resolve_layer(None), "cls").spatial.numpy() * int(np.prod(g))
+    np.testing.assert_allclose(ours, att, rtol=1e-4, atol=1e-6)
+    assert heads.metadata["token_grid"] == g
     with pytest.raises(Exception, match="query point"):
         run_method("similar", model, scan)

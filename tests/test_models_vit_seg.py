@@ -65,8 +65,18 @@ def test_bad_configurations_and_inputs_are_user_errors():
         tiny(patch_size=6, img_size=(36, 36, 36))
     with pytest.raises(ModelError, match="divisible"):
         tiny(patch_size=8, img_size=(32, 32, 36))
-    with pytest.raises(ModelError, match="img_size"):
-        tiny(patch_size=8)(torch.randn(1, 1, 32, 32, 64))
+    net = tiny(patch_size=8).eval()
+    with pytest.raises(ModelError, match="divisible by the patch 8"):
+        net(torch.randn(1, 1, 32, 32, 36))
+    with pytest.raises(ModelError, match="trained on"):
+        net(torch.randn(1, 2, 32, 32, 32))
+    # a larger input runs (positional embedding resized: whole-scan explanations), with logits on its grid
+    with torch.no_grad():
+        assert net(torch.randn(1, 1, 32, 32, 64)).shape[2:] == (32, 32, 64)
+        x = torch.randn(1, 1, *net.img_size)
+        ours, _ = net.forward_features(x)
+        ref, _ = net.encoder(x)          # MONAI's own forward on the native window: the same tokens
+        torch.testing.assert_close(ours, ref)
 
 
 def test_dino_head_matches_the_paper_formula():

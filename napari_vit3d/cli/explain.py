@@ -7,14 +7,14 @@
                          [--model MODEL] -o OUTPUT.nii.gz
                          [--head-fusion mean|max|min] [--discard-ratio F] [--start-layer L]   (rollout)
                          [--keep-mass F --masks-output LABELS.nii.gz]                           (dino-heads)
-                         [--coverage scan|window]                                   (dino-heads, similar)
+                         [--coverage scan|tiles|window]                             (dino-heads, similar)
                          [--class C] [--region MASK.nii.gz] [--log1p] [--stats STATS.json]      (erf)
 
 OUTPUT lies on INPUT's grid (same first three axes, affine, qform/sform codes), float32;
 ``dino-heads`` and ``--head all`` write a 4D file with heads along the 4th axis. ``dino-heads`` and
 ``similar`` (cosine similarity of every patch's frozen feature to the queried patch's) cover the whole
-scan by default: the grid is tiled with windows and stitched (``explain.whole_scan``);
-``--coverage window`` keeps one window. Beside OUTPUT a
+scan by default, in one pass with the positional embedding resized (``explain.whole_scan``);
+``--coverage tiles`` stitches native windows, ``--coverage window`` keeps one window. Beside OUTPUT a
 JSON sidecar (``OUTPUT`` with ``.json`` instead of ``.nii[.gz]``) records the method, model, layer,
 head, query, window and parameters; an existing ``.json`` there that is not this command's sidecar for
 OUTPUT is never replaced without ``--overwrite``. All outputs are checked before the model runs and
@@ -68,8 +68,9 @@ def register(subparsers) -> None:
     p.add_argument("--masks-output", metavar="PATH",
                    help="dino-heads: also write a label map: h+1 where head h's top --keep-mass of attention lies "
                         "(where heads overlap, the head attending most)")
-    p.add_argument("--coverage", default="scan", choices=("scan", "window"),
-                   help="dino-heads, similar: the whole scan (windows stitched; default) or one window")
+    p.add_argument("--coverage", default="scan", choices=("scan", "tiles", "window"),
+                   help="dino-heads, similar: the whole scan in one pass (positional embedding resized; default), "
+                        "native windows tiled and stitched, or one window")
     p.add_argument("--class", dest="target_class", type=int, default=None, metavar="C",
                    help="erf: output class (default 1, or 0 for one-class models)")
     p.add_argument("--region", metavar="MASK", help="erf: sum the class over this mask (on INPUT's grid) "

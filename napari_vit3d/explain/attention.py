@@ -272,7 +272,25 @@ def _dino_rows(model, volume, voxel, world, layer, session, reuse_window, progre
     return sess, start, cap, L, row
 
 
-COVERAGES = ("scan", "window")
+COVERAGES = ("scan", "tiles", "window")
+
+
+def _dino_whole_maps(model, volume, layer, session, progress, cancel):
+    """Per-head CLS attention of one pass over the whole padded grid (``explain.whole_scan``), × tokens
+    (1 = uniform); None when the scan is too large for one pass."""
+    from .whole_scan import whole_scan_session
+
+    sess = _dino_session(model, volume, session)
+    whole = whole_scan_session(sess)
+    if whole is None:
+        return None
+    start = (0, 0, 0)
+    cap = whole.capture(start, progress=progress, cancel=cancel)
+    L = cap.resolve_layer(layer)
+    row = cap.row(L, "cls")
+    n = int(np.prod(row.key_grid.shape))
+    maps = whole.place_tokens(np.moveaxis(row.spatial.numpy(), 0, -1) * n, row.key_grid, start)
+    return maps[(slice(None),) + tuple(slice(0, g) for g in sess.grid_shape)], sess, L, row
 
 
 def _dino_scan_maps(model, volume, layer, session, progress, cancel):
@@ -307,20 +325,30 @@ def dino_heads(model, volume: Volume, *, voxel=None, world=None, layer=None, ses
                reuse_window: bool = True, coverage: str = "scan", progress=None, cancel=None) -> Volume:
     """Last block's (or ``layer``'s) CLS attention per head over patch tokens: a 4D map, heads last.
 
-    ``coverage="scan"`` (default): over the whole scan, the grid tiled with windows and stitched by the
-    rule of :mod:`napari_vit3d.explain.whole_scan` (values × tokens per window: 1 = uniform);
-    ``"window"``: one window's raw weights, the query (optional) choosing the window, without one
-    the window centred on the scan.
+    ``coverage="scan"`` (default): one pass over the whole scan, the positional embedding resized
+    (:mod:`napari_vit3d.explain.whole_scan`; a scan too large for one pass falls back to tiles);
+    ``"tiles"``: the grid tiled with native windows, stitched by that module's rule; both × tokens
+    (1 = uniform). ``"window"``: one native window's raw weights, the query (optional) choosing the
+    window, without one the window centred on the scan.
     """
     _check_coverage(coverage)
-    if coverage == "scan":
+    whole = _dino_whole_maps(model, volume, layer, session, progress, cancel) if coverage == "scan" else None
+    if whole is not None:
+        maps, sess, L, row = whole
+        meta = {"method": "dino-heads", "layer": L, "head": "all (last axis)", "n_heads": row.heads,
+                "coverage": "scan", "window_size": list(sess.grid_shape), "token_grid": list(row.key_grid.shape),
+                "units": "CLS attention per patch token × the number of patch tokens (1 = uniform), per head (last "
+                         "axis); one pass over the whole scan, positional embedding resized",
+                "attention_cls_to_cls": row.prefix[:, 0].tolist(), "parameters": {"layer": L, "coverage": "scan"}}
+        return sess.make_volume(sess.to_scan(maps), name=f"DINO heads L{L}", metadata=meta)
+    if coverage in ("scan", "tiles"):
         maps, sess, L, starts, cls = _dino_scan_maps(model, volume, layer, session, progress, cancel)
         scan = sess.to_scan(maps)
         meta = {"method": "dino-heads", "layer": L, "head": "all (last axis)", "n_heads": int(maps.shape[0]),
-                "coverage": "scan", "windows": [list(s) for s in starts], "window_size": list(sess.roi),
+                "coverage": "tiles", "windows": [list(s) for s in starts], "window_size": list(sess.roi),
                 "units": "CLS attention per patch token × the window's patch count (1 = uniform), per head (last "
                          "axis); windows stitched with centre-weighted averaging",
-                "attention_cls_to_cls": cls, "parameters": {"layer": L, "coverage": "scan"}}
+                "attention_cls_to_cls": cls, "parameters": {"layer": L, "coverage": "tiles"}}
         return sess.make_volume(scan, name=f"DINO heads L{L}", metadata=meta)
     sess, start, cap, L, row = _dino_rows(model, volume, voxel, world, layer, session, reuse_window, progress, cancel)
     maps = np.moveaxis(row.spatial.numpy(), 0, -1)
@@ -338,13 +366,19 @@ def dino_head_masks(model, volume: Volume, *, keep_mass: float = 0.6, voxel=None
     """Per-head masks holding the top ``keep_mass`` of the CLS attention (uint8, heads last).
 
     ``coverage="window"``: computed on one window's token grid and placed by nearest token, so each
-    mask is a union of whole patches; ``"scan"`` (default): the fewest model-grid voxels holding
-    ``keep_mass`` of each head's stitched whole-scan map (:func:`dino_heads`).
+    mask is a union of whole patches; ``"scan"`` (default) / ``"tiles"``: the fewest model-grid voxels
+    holding ``keep_mass`` of each head's whole-scan map (:func:`dino_heads`).
     :func:`head_mask_labels` turns it into one label map.
     """
     _check_coverage(coverage)
-    if coverage == "scan":
-        maps, sess, L, starts, _ = _dino_scan_maps(model, volume, layer, session, progress, cancel)
+    if coverage in ("scan", "tiles"):
+        whole = _dino_whole_maps(model, volume, layer, session, progress, cancel) if coverage == "scan" else None
+        if whole is not None:
+            maps, sess, L, _ = whole
+            starts, used = [[0, 0, 0]], "scan"
+        else:
+            maps, sess, L, starts, _ = _dino_scan_maps(model, volume, layer, session, progress, cancel)
+            used = "tiles"
         heads = maps.shape[0]
         inside = np.zeros(maps.shape[1:], bool)
         inside[sess.model_input.valid] = True          # padding beyond the scan holds no attention mass
@@ -352,9 +386,9 @@ def dino_head_masks(model, volume: Volume, *, keep_mass: float = 0.6, voxel=None
         mask = top_mass_mask(maps.reshape(heads, -1), keep_mass).reshape(maps.shape).astype(np.float32)
         scan = sess.to_scan(mask, order=0)
         meta = {"method": "dino-head-masks", "layer": L, "head": "all (last axis)", "n_heads": heads,
-                "coverage": "scan", "windows": [list(s) for s in starts],
+                "coverage": used, "windows": [list(s) for s in starts],
                 "units": "1 = voxel among the fewest holding the kept share of the head's whole-scan attention",
-                "parameters": {"layer": L, "keep_mass": float(keep_mass), "coverage": "scan"}}
+                "parameters": {"layer": L, "keep_mass": float(keep_mass), "coverage": used}}
         return sess.make_volume(np.rint(scan).astype(np.uint8), name=f"DINO masks L{L} {keep_mass:g}", metadata=meta,
                                 kind="labels")
     sess, start, cap, L, row = _dino_rows(model, volume, voxel, world, layer, session, reuse_window, progress, cancel)

@@ -5,11 +5,13 @@ the scan is coloured by the cosine similarity of its feature to the clicked patc
 features are the encoder's patch tokens — after the final layer norm by default (the features a
 linear probe or the decoder reads), or the output of block ``layer`` — with the CLS token left out.
 
-* The query's feature comes from the window centred on the query (as every clicked method here),
-  from the token whose patch holds the query voxel.
-* The map covers the whole scan (``coverage="scan"``, the default): the grid is tiled with windows
-  and the per-window maps stitched by the rule of :mod:`napari_vit3d.explain.whole_scan`; or only
-  the query's window (``coverage="window"``).
+* ``coverage="scan"`` (the default): one pass over the whole scan with the positional embedding
+  resized (:mod:`napari_vit3d.explain.whole_scan`; ViTSeg), the query's feature taken from the same
+  pass — one feature per patch of the scan, compared with one another. Networks whose positional
+  embedding cannot be resized (MONAI's UNETR) and scans too large for one pass use tiles.
+* ``coverage="tiles"``: the query's feature from the window centred on the query; the grid tiled
+  with native windows and the per-window maps stitched by that module's rule.
+* ``coverage="window"``: only the window centred on the query.
 
 Values are cosines in [−1, 1] (1 = the clicked patch's own direction), interpolated between patch
 centres.
@@ -24,7 +26,7 @@ from ..errors import ModelError
 from .capture import family
 from .session import ExplainSession, query_world
 from .tokens import TokenGrid
-from .whole_scan import stitch
+from .whole_scan import stitch, whole_scan_session
 
 __all__ = ["feature_similarity", "patch_features"]
 
@@ -46,6 +48,8 @@ def patch_features(session: ExplainSession, start, *, layer: int | None = None) 
     net = session.network
     encode, feat = _encoder(net)
     x = session.start_window(start, "attention")
+    if hasattr(net, "token_grid"):
+        feat = net.token_grid(x)
     was_training = net.training
     net.eval()
     try:
@@ -83,13 +87,29 @@ def _query_token(session: ExplainSession, world, start, grid: TokenGrid) -> tupl
 def feature_similarity(model, volume, *, voxel=None, world=None, layer: int | None = None, coverage: str = "scan",
                        session: ExplainSession | None = None, progress=None, cancel=None):
     """Cosine similarity of every patch's feature to the clicked patch's (a map on the scan's grid)."""
-    if coverage not in ("scan", "window"):
-        raise ModelError(f"coverage must be 'scan' or 'window', got {coverage!r}")
+    if coverage not in ("scan", "tiles", "window"):
+        raise ModelError(f"coverage must be 'scan', 'tiles' or 'window', got {coverage!r}")
     sess = session if session is not None else ExplainSession(model, volume)
     if sess.family != "vit":
         raise ModelError(f"feature similarity needs a ViT encoder (vit_seg, UNETR); {sess.model_name} is "
                          f"{sess.spec.architecture} ({family(sess.network)} attention)")
     w = query_world(volume, voxel=voxel, world=world)
+    whole = whole_scan_session(sess) if coverage == "scan" else None
+    if whole is not None:
+        start = (0, 0, 0)
+        feats, grid = patch_features(whole, start, layer=layer)
+        q_token = _query_token(whole, w, start, grid)
+        maps = whole.place_tokens(_cosine(feats, feats[q_token]), grid, start)
+        maps = maps[(slice(None),) + tuple(slice(0, g) for g in sess.grid_shape)]
+        if progress is not None:
+            progress(1, 1)
+        meta = {"method": "similar", "units": "cosine similarity of the patch feature to the clicked patch's",
+                "layer": "final norm" if layer is None else int(layer), "coverage": "scan",
+                "query_world_mm": np.round(w, 3).tolist(), "query_token": list(q_token),
+                "token_grid": list(grid.shape), "window_size": list(whole.roi),
+                "parameters": {"layer": layer, "coverage": "scan"}}
+        return sess.make_volume(sess.to_scan(maps), name="similar tissue", metadata=meta)
+    used = "window" if coverage == "window" else "tiles"
     q_start = sess.centred_window(w)
     q_feat, grid = patch_features(sess, q_start, layer=layer)
     q_token = _query_token(sess, w, q_start, grid)
@@ -108,8 +128,8 @@ def feature_similarity(model, volume, *, voxel=None, world=None, layer: int | No
         model_maps, starts = stitch(sess, window_maps, progress=progress, cancel=cancel)
     scan = sess.to_scan(model_maps)
     meta = {"method": "similar", "units": "cosine similarity of the patch feature to the clicked patch's",
-            "layer": "final norm" if layer is None else int(layer), "coverage": coverage,
+            "layer": "final norm" if layer is None else int(layer), "coverage": used,
             "query_world_mm": np.round(w, 3).tolist(), "query_window": sess.window_info(q_start),
             "query_token": list(q_token), "windows": [list(s) for s in starts],
-            "parameters": {"layer": layer, "coverage": coverage}}
+            "parameters": {"layer": layer, "coverage": used}}
     return sess.make_volume(scan, name="similar tissue", metadata=meta)

@@ -1,8 +1,19 @@
 """Token maps over the whole scan for fixed-window ViTs: DINO head attention and feature similarity.
 
 A ViT with a learned positional embedding sees one fixed window (``dino-vit-brain``: 64³ voxels
-at 2 mm, a 128 mm box), smaller than a head. To show a map over the whole scan, the padded model
-grid is **tiled with windows** and each window's token map is stitched in by a documented rule:
+at 2 mm, a 128 mm box), smaller than a head. Two ways to show a map over the whole scan:
+
+**One pass over the whole scan** (``coverage="scan"``, the default; :func:`whole_scan_session`): the
+padded model grid (its far faces padded with zeros up to a multiple of the patch) is one window, and
+the positional embedding is resized trilinearly to its token grid (``models.vit_seg.vit_tokens``:
+DINO's way of showing attention on images larger than the training crops). Every token attends to
+every other over the whole head in one softmax, so the map has no window seams. The network never
+saw such a window in training; that is the price. Above :data:`MAX_WHOLE_SCAN_TOKENS` tokens
+(attention memory grows with their square) the tiles below are used instead, and the map's metadata
+says so.
+
+**Tiles** (``coverage="tiles"``): the padded model grid is **tiled with windows** of the native size
+and each window's token map is stitched in by a documented rule:
 
 * windows start every half window along each axis (``overlap`` 0.5), the last one flush with the
   grid's far edge, so every voxel lies in at least one window and most in several;
@@ -24,7 +35,45 @@ import numpy as np
 
 from ..errors import Cancelled
 
-__all__ = ["blend_weights", "stitch", "tile_starts"]
+__all__ = ["MAX_WHOLE_SCAN_TOKENS", "blend_weights", "patch_size_of", "stitch", "tile_starts",
+           "whole_scan_session"]
+
+#: the most tokens one whole-scan pass may have (a 2 mm adult head: 2,300–2,900); beyond it, tiles
+MAX_WHOLE_SCAN_TOKENS = 4096
+
+
+def patch_size_of(network) -> int:
+    """The (cubic) patch size of a ViT-family network (ViTSeg: an int; MONAI UNETR: a tuple)."""
+    p = network.patch_size
+    return int(p[0] if isinstance(p, (tuple, list)) else p)
+
+
+def whole_scan_session(session):
+    """An ``ExplainSession`` on ``session``'s prepared scan whose one window is the whole padded model grid
+    (far faces zero-padded to a multiple of the patch), or None when that window would hold more than
+    :data:`MAX_WHOLE_SCAN_TOKENS` patch tokens or the network takes only its native window."""
+    import dataclasses
+
+    import torch.nn.functional as F
+
+    from .session import ExplainSession
+
+    if not hasattr(session.network, "token_grid"):   # MONAI's UNETR / ViT: fixed positional embedding
+        return None
+    patch = patch_size_of(session.network)
+    mi = session.model_input
+    shape = [int(s) for s in mi.tensor.shape[2:]]
+    target = [-(-s // patch) * patch for s in shape]
+    if int(np.prod([t // patch for t in target])) > MAX_WHOLE_SCAN_TOKENS:
+        return None
+    pad = []
+    for s, t in zip(reversed(shape), reversed(target)):
+        pad += [0, t - s]
+    tensor = F.pad(mi.tensor, pad) if any(pad) else mi.tensor
+    whole = dataclasses.replace(mi, tensor=tensor)
+    model = type("_Model", (), {"network": session.network, "spec": session.spec,
+                                "weights_sha256": session.weights_sha256})()
+    return ExplainSession(model, session.volume, model_input=whole, roi_size=tuple(target))
 
 
 def tile_starts(grid_shape, roi, overlap: float = 0.5) -> list[tuple[int, int, int]]:

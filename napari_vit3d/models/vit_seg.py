@@ -36,12 +36,44 @@ def _triple(v, what: str) -> tuple[int, int, int]:
     return v
 
 
+def vit_tokens(vit, x: torch.Tensor, grid) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """A MONAI ``ViT`` (conv patches, learned positional embedding, CLS token) on an input of any size
+    divisible by the patch: ``(tokens after the final norm, each block's output)``.
+
+    The computation of ``vit(x)`` — patch embedding + positional embedding, CLS, blocks, final norm —
+    except that when the input's token grid differs from ``grid`` (the one the embedding was learned
+    for) the positional embedding is resized trilinearly to it (DINO's way of showing attention on
+    larger images). On ``grid`` itself it is ``vit(x)`` exactly.
+    """
+    pe = vit.patch_embedding
+    t = pe.patch_embeddings(x)                      # (B, C, d, h, w)
+    tokens_grid = tuple(int(s) for s in t.shape[2:])
+    if tokens_grid == tuple(grid):
+        return vit(x)
+    t = t.flatten(2).transpose(1, 2)
+    pos = pe.position_embeddings                    # (1, N, C)
+    c = pos.shape[2]
+    pos = F.interpolate(pos.transpose(1, 2).reshape(1, c, *grid), size=tokens_grid, mode="trilinear",
+                        align_corners=False).flatten(2).transpose(1, 2)
+    t = pe.dropout(t + pos)
+    t = torch.cat([vit.cls_token.expand(t.shape[0], -1, -1), t], dim=1)
+    hidden = []
+    for blk in vit.blocks:
+        t = blk(t)
+        hidden.append(t)
+    return vit.norm(t), hidden
+
+
 class ViTSeg(nn.Module):
     """3D ViT (CLS token) + UNETR-style decoder.
 
     ``forward(x)``: ``(B, in_channels, *img_size)`` → logits ``(B, out_channels, *img_size)``.
     ``forward_features(x)`` → ``(tokens, hidden_states)``: tokens ``(B, 1 + N, hidden_size)`` after
     the final LayerNorm (CLS first) and the list of each block's output (also with CLS).
+    Both also take inputs of other sizes divisible by the patch (the positional embedding resized
+    trilinearly: :func:`vit_tokens`); the network was trained on ``img_size`` and segmentation always
+    uses that window (the architecture record's ``fixed_window``); explanations over a whole scan use
+    the larger input.
     """
 
     def __init__(self, *, in_channels: int, out_channels: int, img_size, patch_size: int = 8,
@@ -97,25 +129,31 @@ class ViTSeg(nn.Module):
         return self.encoder.blocks
 
     def _check_input(self, x: torch.Tensor) -> None:
-        if x.ndim != 5 or x.shape[1] != self.in_channels or tuple(x.shape[2:]) != self.img_size:
-            raise ModelError(f"ViTSeg expects input (B, {self.in_channels}, {', '.join(map(str, self.img_size))}), "
-                             f"got {tuple(x.shape)}: its positional embedding is fixed to img_size")
+        if x.ndim != 5 or x.shape[1] != self.in_channels or any(int(s) % self.patch_size for s in x.shape[2:]):
+            raise ModelError(f"ViTSeg expects input (B, {self.in_channels}, D, H, W) with sizes divisible by the "
+                             f"patch {self.patch_size} (trained on {', '.join(map(str, self.img_size))}), "
+                             f"got {tuple(x.shape)}")
 
-    def proj_feat(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Patch tokens ``(B, N, C)`` (CLS removed) → ``(B, C, *feat_size)``."""
+    def token_grid(self, x: torch.Tensor) -> tuple[int, int, int]:
+        """The patch-token grid of input ``x``."""
+        return tuple(int(s) // self.patch_size for s in x.shape[2:])
+
+    def proj_feat(self, tokens: torch.Tensor, grid=None) -> torch.Tensor:
+        """Patch tokens ``(B, N, C)`` (CLS removed) → ``(B, C, *grid)`` (default grid: ``feat_size``)."""
         b = tokens.shape[0]
-        return tokens.transpose(1, 2).reshape(b, self.hidden_size, *self.feat_size)
+        return tokens.transpose(1, 2).reshape(b, self.hidden_size, *(grid or self.feat_size))
 
     def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         self._check_input(x)
-        return self.encoder(x)
+        return vit_tokens(self.encoder, x, self.feat_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tokens, hidden = self.forward_features(x)
+        grid = self.token_grid(x)
         skips = [self.encoders[0](x)]
         for j in range(1, self.n_up):
-            skips.append(self.encoders[j](self.proj_feat(hidden[self.skip_layers[j - 1]][:, 1:])))
-        y = self.proj_feat(tokens[:, 1:])
+            skips.append(self.encoders[j](self.proj_feat(hidden[self.skip_layers[j - 1]][:, 1:], grid)))
+        y = self.proj_feat(tokens[:, 1:], grid)
         for j in range(self.n_up - 1, -1, -1):
             y = self.decoders[j](y, skips[j])
         return self.out(y)

@@ -47,7 +47,7 @@ from ..inference.preprocess import normalize
 from ..models.checkpoints import save_safetensors
 from ..models.registry import build_network
 from ..models.spec import ModelSpec
-from ..models.vit_seg import DINOHead
+from ..models.vit_seg import DINOHead, vit_tokens
 from .common import (
     Logger,
     TrainingError,
@@ -109,28 +109,13 @@ def full_config(cfg: dict) -> dict:
 # the backbone forward for any crop size
 
 def encode_cls(vit, x: torch.Tensor) -> torch.Tensor:
-    """CLS embedding ``(B, hidden)`` of a MONAI ``ViT`` (CLS token) for an input of any size divisible by the patch.
-
-    Same computation as ``vit(x)`` (patch embedding + positional embedding, CLS, blocks, final norm)
-    except that the learned positional embedding is trilinearly resized when the token grid differs
-    from the one it was made for.
-    """
-    pe = vit.patch_embedding
-    t = pe.patch_embeddings(x)  # (B, C, d, h, w)
-    grid = tuple(t.shape[2:])
-    t = t.flatten(2).transpose(1, 2)
-    pos = pe.position_embeddings  # (1, N, C)
-    n, c = pos.shape[1], pos.shape[2]
+    """CLS embedding ``(B, hidden)`` of a MONAI ``ViT`` (CLS token) for an input of any size divisible by the patch
+    (``models.vit_seg.vit_tokens``: the learned positional embedding trilinearly resized when the token grid
+    differs from the one it was made for)."""
+    n = vit.patch_embedding.position_embeddings.shape[1]
     side = round(n ** (1 / 3))
     full = getattr(vit, "_vit3d_grid", None) or (side, side, side)
-    if grid != tuple(full):
-        p = pos.transpose(1, 2).reshape(1, c, *full)
-        pos = F.interpolate(p, size=grid, mode="trilinear", align_corners=False).flatten(2).transpose(1, 2)
-    t = pe.dropout(t + pos)
-    t = torch.cat([vit.cls_token.expand(t.shape[0], -1, -1), t], dim=1)
-    for blk in vit.blocks:
-        t = blk(t)
-    return vit.norm(t)[:, 0]
+    return vit_tokens(vit, x, tuple(full))[0][:, 0]
 
 
 class DINOModel(nn.Module):
