@@ -15,7 +15,7 @@ on fresh multi-crop batches (step seeds never used in training; global crops onl
     python benchmarks/dino_diagnostics.py runs/dino5 runs/dino7 --bank runs/bank/bank_s0_n200.npz
 
 **Model mode** — a registered/bundled ViT with a CLS token (``vit_seg``; default ``dino-vit-brain``),
-for the issue "a DINO-pretrained 3D ViT whose heads really show anatomy". About 4–5 minutes on one
+for the issue "a DINO-pretrained 3D ViT whose heads really show anatomy". About 5 minutes on one
 CPU thread:
 
     python benchmarks/dino_diagnostics.py --model dino-vit-brain --data-dir ../shared/data \
@@ -34,6 +34,25 @@ grid changes, so a world point names the same anatomy in Colin27 and in the copy
 of the copy follows the copy's axes re-oriented to the closest RAS, so it is tilted by up to 20°
 against Colin27's.)
 
+Three ways of running the fixed-window ViT (64³ voxels at 2 mm, an 8³ patch grid) on a scan larger
+than its window; every section says which it uses:
+
+* **one pass** (``coverage="scan"``, the default of ``explain.dino_heads`` / ``feature_similarity``;
+  ``explain.whole_scan.whole_scan_session``): the whole padded model grid, its far faces zero-padded
+  to a multiple of the patch, is *one* window; the positional embedding is resized trilinearly to
+  its token grid (``models.vit_seg.vit_tokens``), so every token attends to every other over the
+  whole head in one softmax. A window size the network never saw in training. Above
+  ``whole_scan.MAX_WHOLE_SCAN_TOKENS`` (4,096) tokens the library falls back to tiles; the rotated
+  Colin27 copies have a larger model grid (the bounding box of a tilted head: 3,700–5,200 tokens),
+  so for this benchmark the cap is raised to ``--max-tokens`` (default 6,000) while it runs, and
+  each scan records its token count and ``library_default_coverage`` (what ``coverage="scan"``
+  gives a user with the library's cap: "tiles" above 4,096 tokens). The coverage actually used is
+  recorded (``coverage_used``) and the run stops if it is not "scan".
+* **tiles** (``coverage="tiles"``, the earlier default): native windows every half window
+  (``explain.tile_starts``), each window's token map stitched in with centre-weighted averaging
+  (``whole_scan.stitch``): side by side, not the output of one pass.
+* **window** (``coverage="window"``): one native window only (here: centred on the head centre).
+
 Structures (voxel masks on each scan's own grid): Colin-derived scans, from
 ``synthesis.colin_label_map_1mm`` (k-means silver labels): ``air`` (sub-label 0, outside the head),
 ``skull/scalp`` (head minus the intracranial brain mask: sub-labels 4–6, bone, scalp, muscle, fat,
@@ -42,57 +61,74 @@ the sulcal/peripheral CSF the intracranial mask adds). pydeface: ``air`` (outsid
 built as ``head_label_map_1mm`` builds its head) and ``head`` (inside) — nothing finer can be defined
 there without a model, so no brain/tissue structure is reported for it.
 
-What is reported (JSON ``--out``; markdown ``--markdown``; PNGs ``--figures PREFIX``):
+What is reported (JSON ``--out``; markdown ``--markdown``; PNGs ``--figures PREFIX``); every DINO
+number beside the same for a randomly initialised network of the same spec (``build_network``,
+torch seed 0):
 
-1. ``heads``: per head, the whole-scan DINO head map (``explain.dino_heads``, ``coverage="scan"``:
-   last block's CLS attention × tokens per window, windows tiled every half window and stitched)
-   normalised to a distribution over the scan's voxels; per structure its mass share, volume share
-   and enrichment = mass share / volume share. A head *concentrates on a structure* when one
-   structure holds ≥ 50 % of its mass and its enrichment is ≥ 1.5; the count per scan, beside the
-   same count for a randomly initialised network of the same spec (``build_network``, torch seed 0).
-   ``coverage="scan"`` gives every window the same total mass, so air-only windows bring air mass:
-   ``heads_centred_window`` repeats the shares inside the one window centred on the head centre
-   (``coverage="window"``, volume shares of that window).
-   **Figures** ``PREFIX-<scan>.png`` (one per scan: colin27, colin27-copy, pydeface): one panel per
-   head, an axial (left) and a coronal (right) slice through the scan's head centre (centroid of the
-   head mask), the scan's voxel axes re-ordered/flipped to the closest RAS (the copy's slices are
-   therefore tilted by its rotation), drawn in mm (anisotropic voxels shown to scale), patient
-   right on the image right (neurological), superior/anterior up. Gray = the T1, colour (inferno,
-   opacity ∝ value) = that head's stitched map from 0 to its 99.5th percentile over the scan
-   (1 = a uniform share of the window). The panel title gives the structure holding most of the
-   head's mass, its mass share and enrichment, and "✓" when the head concentrates on it.
-2. ``faces``: for every tiling window of a scan (``explain.tile_starts``), each head's CLS→patch
-   attention of the last block (``ExplainSession.capture(start).row(L, "cls").spatial``, (heads,
-   8, 8, 8)) renormalised over the 512 patches; the share on the outer shell of tokens (any index 0
-   or 7; uniform 1 − (6/8)³ = 0.578) and on each face alone (uniform 1/8; the model grid is RAS, so
-   the last axis' index 0 is the *inferior* face), averaged over the windows; same for the random
-   initialisation.
+1. ``heads``: ``heads[coverage][net][scan]`` for coverage ``scan`` (one pass), ``tiles`` and
+   ``window``, net ``dino`` / ``random_init``, on colin27, colin27-copy and pydeface. Per head, the
+   DINO head map (``explain.dino_heads``: last block's CLS attention over the patch tokens; one pass
+   and tiles × the tokens of the pass / window, so 1 = uniform) on the scan's own grid, normalised
+   to a distribution over the scan's voxels; per structure its mass share, volume share and
+   enrichment = mass share / volume share. A head *concentrates on a structure* when one structure
+   holds ≥ 50 % of its mass and its enrichment is ≥ 1.5; counted per scan and coverage.
+   ``tiles`` gives every window the same total mass, so air-only windows bring air mass; one pass
+   spreads one softmax over the whole grid, so a head may also put mass on the zero padding around
+   the resampled scan (``padding_share``: the share of each head's one-pass mass on padded-model-grid
+   voxels outside ``model_input.valid``, which the scan-grid shares leave out).
+   ``window``: the shares inside the one window centred on the head centre (volume shares of that
+   window), no stitching and no resizing.
+   **Figures** ``PREFIX-<scan>.png`` (one per scan: colin27, colin27-copy, pydeface) show the
+   **one-pass** maps (the default a user sees): one panel per head, an axial (left) and a coronal
+   (right) slice through the scan's head centre (centroid of the head mask), the scan's voxel axes
+   re-ordered/flipped to the closest RAS (the copy's slices are therefore tilted by its rotation),
+   drawn in mm (anisotropic voxels shown to scale), patient right on the image right
+   (neurological), superior/anterior up. Gray = the T1, colour (inferno, opacity ∝ value) = that
+   head's map from 0 to its 99.5th percentile over the scan (1 = a uniform share of the pass's
+   tokens). The panel title gives the structure holding most of the head's one-pass mass, its mass
+   share and enrichment, and "✓" when the head concentrates on it.
+2. ``faces`` (tiles only: a property of the native window): for every tiling window of a scan, each
+   head's CLS→patch attention of the last block (``ExplainSession.capture(start).row(L,
+   "cls").spatial``, (heads, 8, 8, 8)) renormalised over the 512 patches; the share on the outer
+   shell of tokens (any index 0 or 7; uniform 1 − (6/8)³ = 0.578) and on each face alone (uniform
+   1/8; the model grid is RAS, so the last axis' index 0 is the *inferior* face), averaged over the
+   windows.
 3. ``cls_cosine``: cosine of the CLS embeddings (``forward_features(x)[0][:, 0]``, after the final
-   norm) of the window centred on each scan's head centre, between the four scans, beside the same
-   for the random initialisation.
-4. ``knn``: 64 landmark voxels drawn inside Colin27's intracranial brain mask (``--seed``); for each,
-   the final-norm patch token holding it in the window centred on it, on Colin27; its nearest patch
-   (cosine) among all patch tokens of all tiling windows of the other scan; the distance (mm) from
-   that patch's centre (window voxel 3.5 + 8·i, to world by ``window_affine``) to the landmark's
-   world point, median and 90th percentile. Pairs: Colin27 → Colin27 itself (same scan and grid,
-   only the window placement differs: the tiling windows, not the window centred on the landmark),
-   Colin27 → its copy (same world by construction)
-   and Colin27 → MNI152 (both in MNI space, only approximately aligned: Colin27 is one registered
-   brain, MNI152 an average, so a few mm of true mismatch remain; MNI152 has no skull). Beside the
-   DINO features: the random initialisation, *chance* (200 random gallery patches inside the other
-   scan's head mask per landmark) and the *floor* (the gallery patch centre nearest the landmark:
-   patch centres lie on a 16 mm lattice, so even a perfect retrieval is several mm off).
+   norm) between the four scans, ``window``: of the native window centred on each scan's head
+   centre; ``one_pass``: of the one pass over the whole scan.
+4. ``knn``: 64 landmark voxels drawn inside Colin27's intracranial brain mask (``--seed``); the
+   landmark's query feature on Colin27, its nearest patch (cosine) in a gallery of patch features
+   of the other scan, and the distance (mm) from that patch's centre to the landmark's world point,
+   median and 90th percentile. Two feature kinds:
+   ``tiles``: query = the final-norm patch token holding the landmark in the native window centred
+   on it; gallery = all patch tokens of all tiling windows of the other scan (centres: window voxel
+   3.5 + 8·i, to world by ``window_affine(start)``).
+   ``one_pass``: query = the token holding the landmark in the one pass over Colin27; gallery = all
+   tokens of the one pass over the other scan (``similarity.patch_features(whole, (0, 0, 0))``;
+   centres: padded-model-grid voxel 3.5 + 8·i, to world by ``whole.window_affine((0, 0, 0))``).
+   For colin27 → colin27 the one-pass query token *is* a gallery token (same pass), so that pair
+   is not reported for one pass.
+   Pairs: Colin27 → Colin27 itself (tiles: same scan and grid, only the window placement differs),
+   Colin27 → its copy (same world by construction) and Colin27 → MNI152 (both in MNI space, only
+   approximately aligned: Colin27 is one registered brain, MNI152 an average, so a few mm of true
+   mismatch remain; MNI152 has no skull). Beside each: the random initialisation, *chance* (200
+   random gallery patches inside the other scan's head mask per landmark) and the *floor* (the
+   gallery patch centre nearest the landmark: patch centres lie on a 16 mm lattice, so even a
+   perfect retrieval is several mm off); chance and floor per gallery, since the two galleries have
+   different patch centres.
 5. ``probe``: a linear probe on frozen patch features (final norm, D = 144) → per-patch class
    fractions (0 bg, 1 CSF, 2 GM, 3 WM of the patch's 8³ voxels; softmax + cross-entropy on the soft
-   targets, features standardised, full-batch L-BFGS), trained on every tiling window of 4 copies
-   (seeds 100–103) and evaluated on 3 others (seeds 200–202): patch logits placed trilinearly and
-   the windows stitched (``whole_scan.stitch``), argmax per voxel, Dice per class against the labels
+   targets, features standardised, full-batch L-BFGS), trained on 4 copies (seeds 100–103) and
+   evaluated on 3 others (seeds 200–202); argmax per voxel, Dice per class against the labels
    resampled (nearest) onto the padded model grid, inside the scan's field of view (``valid``).
-   Feature sets: the DINO encoder, the random initialisation, and the raw 8³ patch intensities (512
-   numbers, a pixel baseline); and an *oracle* (the true patch fractions as logits, placed the same
-   way): the ceiling of any probe that predicts one fraction vector per 16 mm patch. An
-   end-to-end-trained encoder of this spec does not exist, so the comparison with end-to-end
-   training is **not measured** here.
+   ``probe.tiles``: features of every tiling window, patch logits placed trilinearly and the
+   windows stitched (``whole_scan.stitch``). ``probe.one_pass``: the tokens of one pass over each
+   copy (labels zero-padded as background like the input), logits placed trilinearly on the padded
+   grid. Feature sets, for each: the DINO encoder, the random initialisation, the raw 8³ patch
+   intensities (512 numbers, a pixel baseline) and an *oracle* (the true patch fractions as
+   logits, placed the same way): the ceiling of any probe that predicts one fraction vector per
+   16 mm patch on that lattice. An end-to-end-trained encoder of this spec does not exist, so the
+   comparison with end-to-end training is **not measured** here.
 """
 
 from __future__ import annotations
@@ -270,9 +306,9 @@ def head_structure_mass(maps: np.ndarray, structure: np.ndarray, names) -> dict:
 
 
 def centred_window_mass(model, scan: dict, sess) -> dict:
-    """Head mass on structures inside one window only (``coverage="window"``, centred on the head centre):
-    no stitching, and no air-only windows each bringing a full window's mass (``coverage="scan"`` gives
-    every window the same total mass, so a scan with many air windows puts much mass on air)."""
+    """Head mass on structures inside one native window only (``coverage="window"``, centred on the head
+    centre): no stitching, no resized positional embedding, and no air-only windows each bringing a full
+    window's mass (``coverage="tiles"`` gives every window the same total mass)."""
     from napari_vit3d.explain import dino_heads
 
     maps = dino_heads(model, scan["volume"], world=scan["centre_world"], coverage="window", session=sess,
@@ -282,6 +318,31 @@ def centred_window_mass(model, scan: dict, sess) -> dict:
     out = head_structure_mass(maps.data[inside], scan["structure"][inside], scan["structures"])
     out["window"] = maps.metadata["window"]
     return out
+
+
+def one_pass_heads(model, scan: dict, sess) -> tuple[np.ndarray, dict]:
+    """``dino_heads(coverage="scan")`` on the scan grid, checked to be one pass, and per head the share of
+    the pass's CLS→patch mass on the padded model grid's padding (voxels outside ``model_input.valid``:
+    the zeros around the resampled scan), which the scan-grid maps leave out."""
+    from napari_vit3d.explain import dino_heads
+    from napari_vit3d.explain.whole_scan import whole_scan_session
+
+    v = dino_heads(model, scan["volume"], session=sess, coverage="scan")
+    if v.metadata["coverage"] != "scan":
+        raise SystemExit(f"{scan['name']}: dino_heads fell back to {v.metadata['coverage']!r} (scan too large "
+                         "for one pass)")
+    whole = whole_scan_session(sess)
+    row = whole.capture((0, 0, 0)).row(None, "cls")
+    placed = whole.place_tokens(np.moveaxis(row.spatial.numpy(), 0, -1), row.key_grid, (0, 0, 0))
+    inside = np.zeros(placed.shape[1:], bool)
+    inside[sess.model_input.valid] = True
+    tot = placed.reshape(len(placed), -1).sum(1)
+    outside = placed[:, ~inside].sum(1) / np.maximum(tot, 1e-30)
+    info = {"coverage_used": v.metadata["coverage"], "token_grid": v.metadata["token_grid"],
+            "window_size_voxels": v.metadata["window_size"], "tokens": int(np.prod(v.metadata["token_grid"])),
+            "padding_share": outside.round(4).tolist(),
+            "attention_cls_to_cls": np.round(v.metadata["attention_cls_to_cls"], 4).tolist()}
+    return v.data, info
 
 
 def _ras_view(arr: np.ndarray, affine: np.ndarray):
@@ -310,8 +371,9 @@ def head_figure(scan: dict, maps: np.ndarray, mass: dict, png: Path, model_name:
     _, j, k = (int(np.clip(round(c[a]), 0, t1.shape[a] - 1)) for a in range(3))
     lo, hi = np.percentile(t1[t1 > 0] if np.any(t1 > 0) else t1, [1, 99.5])
     g = np.clip((t1 - lo) / max(hi - lo, 1e-6), 0, 1)
-    views = [("axial", g[:, :, k].T, hm[:, :, k].T, (sp[0], sp[1])),
-             ("coronal", g[:, j, :].T, hm[:, j, :].T, (sp[0], sp[2]))]
+    # (x, y[, heads]) slices → image rows = second axis, columns = first; the heads axis stays last
+    views = [("axial", g[:, :, k].T, hm[:, :, k].transpose(1, 0, 2), (sp[0], sp[1])),
+             ("coronal", g[:, j, :].T, hm[:, j, :].transpose(1, 0, 2), (sp[0], sp[2]))]
     n_heads = maps.shape[-1]
     cols = 3
     rows = int(math.ceil(n_heads / cols))
@@ -338,9 +400,11 @@ def head_figure(scan: dict, maps: np.ndarray, mass: dict, png: Path, model_name:
             ax.set_xlabel(f"{vname} (0 … {vmax:.2f})", fontsize=9)
     for h in range(n_heads, rows * cols):
         subs[h // cols, h % cols].set_visible(False)
-    fig.suptitle(f"{model_name} DINO heads (last block CLS attention, whole scan) on {scan['name']}: "
-                 f"{mass['n_concentrating']} of {n_heads} heads concentrate (≥ 50 % mass, ≥ 1.5× enrichment)",
-                 fontsize=12)
+    note = (f"\n({mass['tokens']} tokens, above the library's one-pass cap: there coverage='scan' falls back to the "
+            "stitched tiles; one pass forced here)" if scan.get("library_default") == "tiles" else "")
+    fig.suptitle(f"{model_name} DINO heads on {scan['name']}: last block CLS attention, one pass over the whole scan "
+                 f"(positional embedding resized)\n{mass['n_concentrating']} of {n_heads} heads concentrate "
+                 f"(≥ 50 % of the mass on one structure, ≥ 1.5× enrichment){note}", fontsize=11)
     png.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=60)
@@ -408,6 +472,29 @@ def gallery(sess) -> tuple[np.ndarray, np.ndarray]:
     return f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12), np.concatenate(centres)
 
 
+def one_pass_features(sess) -> dict:
+    """The tokens of one pass over the whole padded scan (``similarity.patch_features(whole, (0, 0, 0))``):
+    unit-normalised features (M, D), their world-mm centres (M, 3), the token grid and the whole session."""
+    from napari_vit3d.explain.similarity import patch_features
+    from napari_vit3d.explain.whole_scan import whole_scan_session
+
+    whole = whole_scan_session(sess)
+    if whole is None:
+        raise SystemExit(f"{sess.volume.name}: too large for one pass")
+    f, grid = patch_features(whole, (0, 0, 0))
+    idx = np.stack(np.unravel_index(np.arange(grid.n_tokens), grid.shape), 1)
+    a = whole.window_affine((0, 0, 0))
+    f = f.reshape(-1, f.shape[-1]).astype(np.float64)
+    return {"features": f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12),
+            "centres": grid.centre(idx) @ a[:3, :3].T + a[:3, 3], "grid": grid, "whole": whole}
+
+
+def one_pass_query(op: dict, points: np.ndarray) -> np.ndarray:
+    """The one-pass token holding each world point (rows of ``op["features"]``, unit-normalised)."""
+    whole, grid = op["whole"], op["grid"]
+    return np.stack([op["features"][grid.flat(grid.nearest_token(whole.model_voxel(w)))] for w in points])
+
+
 def query_features(sess, points: np.ndarray) -> np.ndarray:
     """The patch token holding each world point, from the window centred on it (unit-normalised)."""
     from napari_vit3d.explain.similarity import patch_features
@@ -457,17 +544,18 @@ def knn_retrieval(points, q_by_net: dict, gal_by_net: dict, other: dict, rng) ->
 # ------------------------------------------------------------------------------------ 5. probe
 
 def _patches(a: np.ndarray) -> np.ndarray:
-    """(64, 64, 64) window → (512 patches, 512 voxels), patches in row-major token order."""
-    n = a.shape[0] // 8
-    return a.reshape(n, 8, n, 8, n, 8).transpose(0, 2, 4, 1, 3, 5).reshape(n ** 3, 512)
+    """(8a, 8b, 8c) array → (a·b·c patches, 512 voxels), patches in row-major token order."""
+    x, y, z = (s // 8 for s in a.shape[:3])
+    return a.reshape(x, 8, y, 8, z, 8).transpose(0, 2, 4, 1, 3, 5).reshape(x * y * z, 512)
 
 
 def probe_scan(seed: int, colin: dict, model, rand) -> dict:
-    """One Colin27 copy prepared for the probe: per tiling window, features of each set + class fractions."""
+    """One Colin27 copy prepared for the probe: per tiling window (``windows``) and for the one pass over the
+    whole padded grid (``one_pass``), the features of each set and the patches' class fractions."""
     from benchmarks.eval_bundled import random_real_copy
     from napari_vit3d.explain import ExplainSession
     from napari_vit3d.explain.similarity import patch_features
-    from napari_vit3d.explain.whole_scan import tile_starts
+    from napari_vit3d.explain.whole_scan import tile_starts, whole_scan_session
     from napari_vit3d.io.resample import resample_array
     from napari_vit3d.training.synthesis import SUB_TO_CLASS
 
@@ -485,7 +573,16 @@ def probe_scan(seed: int, colin: dict, model, rand) -> dict:
         win[start] = {"dino": f_d.reshape(-1, f_d.shape[-1]), "random": f_r.reshape(-1, f_r.shape[-1]),
                       "intensity": _patches(sess.window_tensor(start)[0, 0].numpy()),
                       "target": onehot.mean(1), "grid": grid}
-    return {"seed": seed, "session": sess, "labels": labels, "windows": win}
+    one = {}
+    for key, ss in (("dino", sess), ("random", rsess)):
+        whole = whole_scan_session(ss)
+        f, grid = patch_features(whole, (0, 0, 0))
+        one[key] = f.reshape(-1, f.shape[-1])
+    pad = np.zeros(whole.grid_shape, labels.dtype)                  # the padding is background, like the input's
+    pad[tuple(slice(0, g) for g in labels.shape)] = labels
+    one.update(intensity=_patches(whole.window_tensor((0, 0, 0))[0, 0].numpy()),
+               target=np.eye(4, dtype=np.float32)[_patches(pad)].mean(1), grid=grid, whole=whole)
+    return {"seed": seed, "session": sess, "labels": labels, "windows": win, "one_pass": one}
 
 
 def fit_probe(x: np.ndarray, y: np.ndarray, *, steps: int = 300, l2: float = 1e-4):
@@ -511,16 +608,22 @@ def fit_probe(x: np.ndarray, y: np.ndarray, *, steps: int = 300, l2: float = 1e-
     return (lambda f: ((f - mu) / sd) @ w + b), loss
 
 
-def probe_dice(scan: dict, predict, key: str) -> list[float]:
+def probe_dice(scan: dict, predict, key: str, kind: str = "tiles") -> list[float]:
+    """Dice per class of the probe's argmax on one copy; ``kind`` "tiles" (windows stitched) or "one_pass"."""
     from napari_vit3d.explain.whole_scan import stitch
 
     sess = scan["session"]
+    if kind == "one_pass":
+        o = scan["one_pass"]
+        tok = predict(o[key]).reshape(*o["grid"].shape, -1).astype(np.float32)
+        logits = o["whole"].place_tokens(tok, o["grid"], (0, 0, 0))
+        logits = logits[(slice(None),) + tuple(slice(0, g) for g in sess.grid_shape)]
+    else:
+        def window_maps(start):
+            w = scan["windows"][tuple(start)]
+            return predict(w[key]).reshape(*w["grid"].shape, -1).astype(np.float32), w["grid"]
 
-    def window_maps(start):
-        w = scan["windows"][tuple(start)]
-        return predict(w[key]).reshape(*w["grid"].shape, -1).astype(np.float32), w["grid"]
-
-    logits, _ = stitch(sess, window_maps)
+        logits, _ = stitch(sess, window_maps)
     valid = sess.model_input.valid
     pred = np.argmax(logits, axis=0)[valid]
     ref = scan["labels"][valid]
@@ -535,10 +638,42 @@ def probe_dice(scan: dict, predict, key: str) -> list[float]:
 # ------------------------------------------------------------------------------------ orchestration
 
 FIGURE_SCANS = ("colin27", "colin27-copy", "pydeface")
+COVERAGE_LABEL = {"scan": "one pass (coverage='scan', default)", "tiles": "tiles (coverage='tiles', stitched)",
+                  "window": "centred window (coverage='window')"}
+CLASSES = ("background", "CSF", "GM", "WM")
+
+
+def _probe_result(predict, loss, dim, test, key, kind) -> dict:
+    dice = np.array([probe_dice(t, predict, key, kind) for t in test])
+    out = {"dice_mean": dict(zip(CLASSES, dice.mean(0).round(4).tolist())), "dice_per_scan": dice.round(4).tolist(),
+           "dice_brain_classes_mean": round(float(dice[:, 1:].mean()), 4)}
+    if dim is not None:
+        out = {"features": dim, "train_loss": round(loss, 4), **out}
+    return out
 
 
 def model_diagnostics(model_name: str, data_dir: Path, *, seed: int = 0, n_landmarks: int = 64,
-                      figures: str | None = None) -> dict:
+                      figures: str | None = None, max_tokens: int = 6000) -> dict:
+    """Model mode (module docstring); one pass is allowed up to ``max_tokens`` tokens while it runs."""
+    from napari_vit3d.explain import whole_scan
+
+    library_cap = whole_scan.MAX_WHOLE_SCAN_TOKENS
+    whole_scan.MAX_WHOLE_SCAN_TOKENS = int(max_tokens)
+    try:
+        res = _model_diagnostics(model_name, data_dir, seed=seed, n_landmarks=n_landmarks, figures=figures,
+                                 library_cap=library_cap)
+    finally:
+        whole_scan.MAX_WHOLE_SCAN_TOKENS = library_cap
+    res["one_pass_max_tokens"] = {"library": library_cap, "this_run": int(max_tokens)}
+    return res
+
+
+def _one_pass_tokens(sess) -> int:
+    return int(np.prod([-(-g // 8) for g in sess.grid_shape]))
+
+
+def _model_diagnostics(model_name: str, data_dir: Path, *, seed: int, n_landmarks: int, figures: str | None,
+                       library_cap: int) -> dict:
     from napari_vit3d.explain import ExplainSession, dino_heads
     from napari_vit3d.explain.whole_scan import tile_starts
     from napari_vit3d.models import load_model
@@ -556,35 +691,57 @@ def model_diagnostics(model_name: str, data_dir: Path, *, seed: int = 0, n_landm
            "scans": {s["name"]: {"note": s["note"], "shape": list(s["volume"].spatial_shape),
                                  "centre_world_mm": np.round(s["centre_world"], 1).tolist(),
                                  **({"copy": s["copy"]} if "copy" in s else {})} for s in scans},
-           "heads": {}, "heads_random_init": {}, "heads_centred_window": {}, "faces": {}, "faces_random_init": {}}
+           "heads": {c: {"dino": {}, "random_init": {}} for c in ("scan", "tiles", "window")},
+           "faces": {}, "faces_random_init": {}}
     by_name = {s["name"]: s for s in scans}
+    nets = (("dino", model, "sess"), ("random_init", rand, "rsess"))
     for s in scans:
         sess = ExplainSession(model, s["volume"], max_cached_windows=10_000)
         rsess = ExplainSession(rand, s["volume"], model_input=sess.model_input, roi_size=sess.roi,
                                max_cached_windows=10_000)
         s["sess"], s["rsess"] = sess, rsess
         starts = tile_starts(sess.grid_shape, sess.roi)
-        res["scans"][s["name"]]["windows"] = len(starts)
+        tok = _one_pass_tokens(sess)
+        res["scans"][s["name"]].update(windows=len(starts), model_grid=list(sess.grid_shape), one_pass_tokens=tok,
+                                       library_default_coverage="scan" if tok <= library_cap else "tiles")
+        s["library_default"] = res["scans"][s["name"]]["library_default_coverage"]
         if s["name"] in FIGURE_SCANS:
-            for key, ss in (("heads", sess), ("heads_random_init", rsess)):
-                maps = dino_heads(model if ss is sess else rand, s["volume"], session=ss).data
-                res[key][s["name"]] = head_structure_mass(maps, s["structure"], s["structures"])
-                if key == "heads" and figures:
+            for key, m, attr in nets:
+                ss = s[attr]
+                maps, info = one_pass_heads(m, s, ss)
+                r = res["heads"]["scan"][key][s["name"]] = {**head_structure_mass(maps, s["structure"],
+                                                                                  s["structures"]), **info}
+                if key == "dino" and figures:
                     png = Path(f"{figures}-{s['name']}.png")
-                    head_figure(s, maps, res[key][s["name"]], png, model_name)
-                    res[key][s["name"]]["figure"] = str(png)
+                    head_figure(s, maps, r, png, model_name)
+                    r["figure"] = str(png)
                 del maps
-            res["heads_centred_window"][s["name"]] = centred_window_mass(model, s, sess)
+                v = dino_heads(m, s["volume"], session=ss, coverage="tiles")
+                res["heads"]["tiles"][key][s["name"]] = {**head_structure_mass(v.data, s["structure"],
+                                                                               s["structures"]),
+                                                         "coverage_used": v.metadata["coverage"],
+                                                         "windows": len(v.metadata["windows"])}
+                del v
+                res["heads"]["window"][key][s["name"]] = centred_window_mass(m, s, ss)
             res["faces"][s["name"]] = face_shares(sess, starts)
             res["faces_random_init"][s["name"]] = face_shares(rsess, starts)
         _log(f"{s['name']}: heads/faces done ({time.time() - t0:.0f} s)")
 
     names = [s["name"] for s in scans]
+    for s in scans:                                   # one pass over each scan: features for CLS and k-NN
+        for key, _, attr in nets:
+            s[f"one_pass_{key}"] = one_pass_features(s[attr])
     res["cls_cosine"] = {"scans": names}
-    for key, attr in (("dino", "sess"), ("random_init", "rsess")):
-        m = cosine_matrix([cls_embedding(s[attr], s["centre_world"]) for s in scans])
-        res["cls_cosine"][key] = m.round(4).tolist()
-        res["cls_cosine"][f"{key}_mean_offdiag"] = round(float(m[~np.eye(len(m), dtype=bool)].mean()), 4)
+    for kind in ("window", "one_pass"):
+        res["cls_cosine"][kind] = {}
+        for key, _, attr in nets:
+            if kind == "window":
+                vecs = [cls_embedding(s[attr], s["centre_world"]) for s in scans]
+            else:
+                vecs = [cls_embedding(s[f"one_pass_{key}"]["whole"], s["centre_world"]) for s in scans]
+            m = cosine_matrix(vecs)
+            res["cls_cosine"][kind][key] = m.round(4).tolist()
+            res["cls_cosine"][kind][f"{key}_mean_offdiag"] = round(float(m[~np.eye(len(m), dtype=bool)].mean()), 4)
 
     rng = np.random.default_rng(seed)
     vox = np.argwhere(colin["icv"])
@@ -592,76 +749,108 @@ def model_diagnostics(model_name: str, data_dir: Path, *, seed: int = 0, n_landm
     points = pick @ colin["affine"][:3, :3].T + colin["affine"][:3, 3]
     src = by_name["colin27"]
     q = {"dino": query_features(src["sess"], points), "random_init": query_features(src["rsess"], points)}
-    res["knn"] = {"landmarks": n_landmarks, "landmarks_world_mm": np.round(points, 1).tolist()}
+    q1 = {key: one_pass_query(src[f"one_pass_{key}"], points) for key, _, _ in nets}
+    res["knn"] = {"landmarks": n_landmarks, "landmarks_world_mm": np.round(points, 1).tolist(), "pairs": {}}
     for other in ("colin27", "colin27-copy", "mni152"):
         o = by_name[other]
         gal = {"dino": gallery(o["sess"]), "random_init": gallery(o["rsess"])}
-        res["knn"][f"colin27->{other}"] = knn_retrieval(points, q, gal, o, rng)
+        pair = res["knn"]["pairs"][f"colin27->{other}"] = {"tiles": knn_retrieval(points, q, gal, o, rng)}
+        if other == "colin27":
+            pair["one_pass"] = None                   # the query token is itself in the gallery (same pass)
+            continue
+        gal1 = {key: (o[f"one_pass_{key}"]["features"], o[f"one_pass_{key}"]["centres"]) for key, _, _ in nets}
+        pair["one_pass"] = knn_retrieval(points, q1, gal1, o, rng)
     _log(f"CLS + k-NN done ({time.time() - t0:.0f} s)")
     for s in scans:
-        s.pop("sess"), s.pop("rsess")
+        for k in ("sess", "rsess", "one_pass_dino", "one_pass_random_init"):
+            s.pop(k)
 
     train = [probe_scan(sd, colin, model, rand) for sd in (100, 101, 102, 103)]
     test = [probe_scan(sd, colin, model, rand) for sd in (200, 201, 202)]
     _log(f"probe features done ({time.time() - t0:.0f} s)")
     res["probe"] = {"train_seeds": [t["seed"] for t in train], "test_seeds": [t["seed"] for t in test],
-                    "train_patches": int(sum(len(w["target"]) for t in train for w in t["windows"].values())),
+                    "train_patches": {"tiles": int(sum(len(w["target"]) for t in train
+                                                       for w in t["windows"].values())),
+                                      "one_pass": int(sum(len(t["one_pass"]["target"]) for t in train))},
+                    "one_pass_tokens": {t["seed"]: _one_pass_tokens(t["session"]) for t in train + test},
+                    "library_default_coverage": {t["seed"]: "scan" if _one_pass_tokens(t["session"]) <= library_cap
+                                                 else "tiles" for t in train + test},
                     "end_to_end": "not measured (no end-to-end-trained encoder of this spec exists)"}
     for t in train + test:
-        for w in t["windows"].values():
+        for w in (*t["windows"].values(), t["one_pass"]):
             w["oracle"] = np.log(w["target"] + 1e-4)
-    res["probe"]["oracle"] = {"features": "the patch's true class fractions (log), placed and stitched like the "
-                                          "probes' logits: the ceiling of any patch-level probe",
-                              "dice_per_scan": np.array([probe_dice(t, lambda f: f, "oracle")
-                                                         for t in test]).round(4).tolist()}
-    d = np.array(res["probe"]["oracle"]["dice_per_scan"])
-    res["probe"]["oracle"].update(dice_mean=dict(zip(("background", "CSF", "GM", "WM"), d.mean(0).round(4).tolist())),
-                                  dice_brain_classes_mean=round(float(d[:, 1:].mean()), 4))
-    for key in ("dino", "random", "intensity"):
-        x = np.concatenate([w[key] for t in train for w in t["windows"].values()]).astype(np.float64)
-        y = np.concatenate([w["target"] for t in train for w in t["windows"].values()]).astype(np.float64)
-        predict, loss = fit_probe(x, y)
-        dice = np.array([probe_dice(t, predict, key) for t in test])
-        res["probe"][key] = {"features": x.shape[1], "train_loss": round(loss, 4),
-                             "dice_mean": dict(zip(("background", "CSF", "GM", "WM"), dice.mean(0).round(4).tolist())),
-                             "dice_per_scan": dice.round(4).tolist(),
-                             "dice_brain_classes_mean": round(float(dice[:, 1:].mean()), 4)}
+    for kind in ("tiles", "one_pass"):
+        def rows(t, key):
+            return [t["one_pass"][key]] if kind == "one_pass" else [w[key] for w in t["windows"].values()]
+
+        out = res["probe"][kind] = {"oracle": {
+            "features": "the patch's true class fractions (log), placed like the probes' logits: the ceiling "
+                        "of any patch-level probe on this lattice",
+            **_probe_result(lambda f: f, None, None, test, "oracle", kind)}}
+        for key in ("dino", "random", "intensity"):
+            x = np.concatenate([r for t in train for r in rows(t, key)]).astype(np.float64)
+            y = np.concatenate([r for t in train for r in rows(t, "target")]).astype(np.float64)
+            predict, loss = fit_probe(x, y)
+            out[key] = _probe_result(predict, loss, int(x.shape[1]), test, key, kind)
+        _log(f"probe {kind} done ({time.time() - t0:.0f} s)")
     res["seconds"] = round(time.time() - t0, 1)
-    _log(f"probe done ({res['seconds']} s)")
+    _log(f"done ({res['seconds']} s)")
     return res
 
 
+def _head_rows(m: dict, names) -> list[str]:
+    L = ["| head | " + " | ".join(f"{n} mass % (enrich.)" for n in names) + " | concentrates on |",
+         "|---|" + "---|" * len(names) + "---|"]
+    for h in m["heads"]:
+        L.append(f"| {h['head']} | " + " | ".join(f"{100 * h['mass_share'][n]:.1f} (×{h['enrichment'][n]:.2f})"
+                                                 for n in names) + f" | {h['concentrates_on'] or '—'} |")
+    return L
+
+
 def model_markdown(res: dict) -> str:
-    L = [f"# DINO model diagnostics: `{res['model']}`", ""]
-    for key, title in (("heads", "DINO"), ("heads_random_init", "random init")):
-        for scan, m in res[key].items():
-            names = list(m["volume_share"])
-            if key == "heads":
-                L += [f"## Head mass on structures — {scan} ({title})", "",
-                      "volume share: " + ", ".join(f"{n} {100 * v:.1f}%" for n, v in m["volume_share"].items()), "",
-                      "| head | " + " | ".join(f"{n} mass % (enrich.)" for n in names) + " | concentrates on |",
-                      "|---|" + "---|" * len(names) + "---|"]
-                for h in m["heads"]:
-                    L.append(f"| {h['head']} | " + " | ".join(
-                        f"{100 * h['mass_share'][n]:.1f} (×{h['enrichment'][n]:.2f})" for n in names)
-                        + f" | {h['concentrates_on'] or '—'} |")
-                L.append("")
+    L = [f"# DINO model diagnostics: `{res['model']}`", "",
+         "Coverage: *one pass* = `coverage='scan'` (the default: the whole padded scan as one window, positional "
+         "embedding resized trilinearly); *tiles* = `coverage='tiles'` (native 64³ windows every half window, "
+         "stitched with centre-weighted averaging); *window* = `coverage='window'` (the one native window centred "
+         "on the head centre). Random init: same spec, torch seed 0.", ""]
+    H = res["heads"]
+    for scan in H["scan"]["dino"]:
+        one = H["scan"]["dino"][scan]
+        names = list(one["volume_share"])
+        L += [f"## Head mass on structures — {scan} (DINO)", "",
+              "volume share: " + ", ".join(f"{n} {100 * v:.1f}%" for n, v in one["volume_share"].items()), ""]
+        sc = res["scans"][scan]
+        cap = res["one_pass_max_tokens"]["library"]
+        over = (f"; **above the library's {cap}-token cap: a user's coverage='scan' gets tiles on this scan**"
+                if sc["library_default_coverage"] == "tiles" else "")
+        L += [f"**One pass** (token grid {'×'.join(map(str, one['token_grid']))} = {one['tokens']} tokens{over}; share "
+              "of each head's mass on the model grid's zero padding, not in the table: "
+              + " ".join(f"{v:.2f}" for v in one["padding_share"]) + ")", ""]
+        L += _head_rows(one, names) + [""]
+        tl = H["tiles"]["dino"][scan]
+        L += [f"**Tiles** ({tl['windows']} windows, stitched)", ""] + _head_rows(tl, names) + [""]
     L += ["## Heads concentrating (≥ 50 % of mass on one structure, enrichment ≥ 1.5)", "",
-          "| scan | DINO | random init |", "|---|---|---|"]
-    for scan in res["heads"]:
-        d, r = res["heads"][scan], res["heads_random_init"][scan]
-        which = ", ".join(f"{h['head']}:{h['concentrates_on']}" for h in d["heads"] if h["concentrates_on"])
-        L.append(f"| {scan} | {d['n_concentrating']} of {len(d['heads'])} ({which or '—'}) | "
-                 f"{r['n_concentrating']} of {len(r['heads'])} |")
-    L += ["", "## Head mass inside the centred window only (coverage='window', no stitching)", "",
-          "| scan | window volume shares | per head: top structure mass % (×enrichment) | concentrating |",
-          "|---|---|---|---|"]
-    for scan, m in res["heads_centred_window"].items():
-        vs = ", ".join(f"{n} {100 * v:.0f}%" for n, v in m["volume_share"].items())
-        hs = "; ".join(f"{h['head']}: {h['top']} {100 * h['mass_share'][h['top']]:.0f}% "
-                       f"(×{h['enrichment'][h['top']]:.2f})" for h in m["heads"])
-        L.append(f"| {scan} | {vs} | {hs} | {m['n_concentrating']} |")
-    L += ["", "## CLS attention on window faces (mean over tiling windows)", "",
+          "| scan | one pass DINO | one pass random | tiles DINO | tiles random | window DINO | window random |",
+          "|---|---|---|---|---|---|---|"]
+    for scan in H["scan"]["dino"]:
+        cells = []
+        for cov in ("scan", "tiles", "window"):
+            for key in ("dino", "random_init"):
+                d = H[cov][key][scan]
+                which = ", ".join(f"{h['head']}:{h['concentrates_on']}" for h in d["heads"] if h["concentrates_on"])
+                cells.append(f"{d['n_concentrating']} of {len(d['heads'])}" + (f" ({which})" if which else ""))
+        L.append(f"| {scan} | " + " | ".join(cells) + " |")
+    L += ["", "## Head mass inside the centred window only (coverage='window', no stitching, no resizing)", "",
+          "| scan | net | window volume shares | per head: top structure mass % (×enrichment) | concentrating |",
+          "|---|---|---|---|---|"]
+    for scan in H["window"]["dino"]:
+        for key, net in (("dino", "DINO"), ("random_init", "random")):
+            m = H["window"][key][scan]
+            vs = ", ".join(f"{n} {100 * v:.0f}%" for n, v in m["volume_share"].items())
+            hs = "; ".join(f"{h['head']}: {h['top']} {100 * h['mass_share'][h['top']]:.0f}% "
+                           f"(×{h['enrichment'][h['top']]:.2f})" for h in m["heads"])
+            L.append(f"| {scan} | {net} | {vs} | {hs} | {m['n_concentrating']} |")
+    L += ["", "## CLS attention on window faces (native windows, mean over tiling windows)", "",
           f"uniform: shell {UNIFORM_SHELL:.3f}, one face 0.125", "",
           "| scan | net | windows | shell share per head | inferior face per head | superior face per head |",
           "|---|---|---|---|---|---|"]
@@ -672,30 +861,44 @@ def model_markdown(res: dict) -> str:
                      + " ".join(f"{v:.2f}" for v in f["inferior"]) + " | "
                      + " ".join(f"{v:.2f}" for v in f["superior"]) + " |")
     c = res["cls_cosine"]
-    L += ["", "## CLS cosine similarity (window centred on the head centre)", "",
-          "| | " + " | ".join(c["scans"]) + " |", "|---|" + "---|" * len(c["scans"])]
-    for i, a in enumerate(c["scans"]):
-        L.append(f"| {a} | " + " | ".join(f"{c['dino'][i][j]:.3f} / {c['random_init'][i][j]:.3f}"
-                                          for j in range(len(c["scans"]))) + " |")
-    L += ["", f"(DINO / random init; mean off-diagonal: DINO {c['dino_mean_offdiag']:.3f}, random init "
-              f"{c['random_init_mean_offdiag']:.3f})", "",
-          f"## k-NN retrieval of {res['knn']['landmarks']} Colin27 brain landmarks (distance to the landmark, mm)", "",
-          "| pair | DINO median / p90 | random init median / p90 | chance median / p90 | floor median / p90 |",
-          "|---|---|---|---|---|"]
-    for pair, k in res["knn"].items():
-        if not pair.startswith("colin27->"):
-            continue
-        L.append(f"| {pair} | " + " | ".join(f"{k[n]['median_mm']:.1f} / {k[n]['p90_mm']:.1f}"
-                                             for n in ("dino", "random_init", "chance", "floor")) + " |")
+    for kind, title in (("window", "native window centred on the head centre"),
+                        ("one_pass", "one pass over the whole scan")):
+        cc = c[kind]
+        L += ["", f"## CLS cosine similarity ({title})", "",
+              "| | " + " | ".join(c["scans"]) + " |", "|---|" + "---|" * len(c["scans"])]
+        for i, a in enumerate(c["scans"]):
+            L.append(f"| {a} | " + " | ".join(f"{cc['dino'][i][j]:.3f} / {cc['random_init'][i][j]:.3f}"
+                                              for j in range(len(c["scans"]))) + " |")
+        L += ["", f"(DINO / random init; mean off-diagonal: DINO {cc['dino_mean_offdiag']:.3f}, random init "
+                  f"{cc['random_init_mean_offdiag']:.3f})"]
+    L += ["", f"## k-NN retrieval of {res['knn']['landmarks']} Colin27 brain landmarks (distance to the landmark, "
+              "mm, median / p90)", "",
+          "| pair | features | DINO | random init | chance | floor | gallery patches (in head) |",
+          "|---|---|---|---|---|---|---|"]
+    for pair, k in res["knn"]["pairs"].items():
+        for kind, label in (("tiles", "tiles (centred window → tiling windows)"), ("one_pass", "one pass")):
+            r = k[kind]
+            if r is None:
+                L.append(f"| {pair} | {label} | — (query token is in the gallery) | | | | |")
+                continue
+            L.append(f"| {pair} | {label} | " + " | ".join(f"{r[n]['median_mm']:.1f} / {r[n]['p90_mm']:.1f}"
+                                                          for n in ("dino", "random_init", "chance", "floor"))
+                     + f" | {r['gallery_patches']} ({r['gallery_patches_in_head']}) |")
     p = res["probe"]
     L += ["", "## Linear probe on frozen patch features → tissue (Dice, mean of 3 held-out copies)", "",
-          "| features | dim | bg | CSF | GM | WM | mean CSF/GM/WM |", "|---|---|---|---|---|---|---|"]
+          f"train patches: tiles {p['train_patches']['tiles']}, one pass {p['train_patches']['one_pass']}; one-pass "
+          "tokens per copy: " + ", ".join(f"{k} {v}" for k, v in p["one_pass_tokens"].items())
+          + f" (library cap {res['one_pass_max_tokens']['library']}, raised to "
+            f"{res['one_pass_max_tokens']['this_run']} here)", "",
+          "| features | kind | dim | bg | CSF | GM | WM | mean CSF/GM/WM |", "|---|---|---|---|---|---|---|---|"]
     for key, label in (("dino", "DINO encoder"), ("random", "random init"), ("intensity", "raw 8³ intensities"),
                        ("oracle", "oracle: true patch fractions")):
-        d = p[key]["dice_mean"]
-        dim = p[key]["features"] if isinstance(p[key]["features"], int) else "—"
-        L.append(f"| {label} | {dim} | {d['background']:.3f} | {d['CSF']:.3f} | {d['GM']:.3f} | "
-                 f"{d['WM']:.3f} | {p[key]['dice_brain_classes_mean']:.3f} |")
+        for kind in ("tiles", "one_pass"):
+            r = p[kind][key]
+            d = r["dice_mean"]
+            dim = r["features"] if isinstance(r["features"], int) else "—"
+            L.append(f"| {label} | {kind.replace('_', ' ')} | {dim} | {d['background']:.3f} | {d['CSF']:.3f} | "
+                     f"{d['GM']:.3f} | {d['WM']:.3f} | {r['dice_brain_classes_mean']:.3f} |")
     L += ["", f"End-to-end-trained encoder: {p['end_to_end']}.", "", f"Run time: {res['seconds']} s.", ""]
     return "\n".join(L)
 
@@ -711,6 +914,8 @@ def main(argv=None) -> int:
     p.add_argument("--markdown", default=None, help="model mode: markdown summary file")
     p.add_argument("--seed", type=int, default=0, help="model mode: seed of the copy and the landmarks")
     p.add_argument("--landmarks", type=int, default=64)
+    p.add_argument("--max-tokens", type=int, default=6000,
+                   help="model mode: one pass allowed up to this many tokens (library cap: 4096)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=None, help="JSON results file")
     args = p.parse_args(argv)
@@ -719,7 +924,7 @@ def main(argv=None) -> int:
         if args.runs:
             p.error("give either run folders or --model, not both")
         res = model_diagnostics(args.model, Path(args.data_dir), seed=args.seed, n_landmarks=args.landmarks,
-                                figures=args.figures)
+                                figures=args.figures, max_tokens=args.max_tokens)
         md = model_markdown(res)
         print(md)
         if args.markdown:
