@@ -42,11 +42,11 @@ than its window; every section says which it uses:
   to a multiple of the patch, is *one* window; the positional embedding is resized trilinearly to
   its token grid (``models.vit_seg.vit_tokens``), so every token attends to every other over the
   whole head in one softmax. A window size the network never saw in training. Above
-  ``whole_scan.MAX_WHOLE_SCAN_TOKENS`` (4,096) tokens the library falls back to tiles; the rotated
+  ``whole_scan.MAX_WHOLE_SCAN_TOKENS`` (6,000; 4,096 when this ran) tokens the library falls back to tiles; the rotated
   Colin27 copies have a larger model grid (the bounding box of a tilted head: 3,700–5,200 tokens),
   so for this benchmark the cap is raised to ``--max-tokens`` (default 6,000) while it runs, and
   each scan records its token count and ``library_default_coverage`` (what ``coverage="scan"``
-  gives a user with the library's cap: "tiles" above 4,096 tokens). The coverage actually used is
+  gives a user with the library's cap: "tiles" above the cap). The coverage actually used is
   recorded (``coverage_used``) and the run stops if it is not "scan".
 * **tiles** (``coverage="tiles"``, the earlier default): native windows every half window
   (``explain.tile_starts``), each window's token map stitched in with centre-weighted averaging
@@ -915,7 +915,7 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0, help="model mode: seed of the copy and the landmarks")
     p.add_argument("--landmarks", type=int, default=64)
     p.add_argument("--max-tokens", type=int, default=6000,
-                   help="model mode: one pass allowed up to this many tokens (library cap: 4096)")
+                   help="model mode: one pass allowed up to this many tokens (library cap: MAX_WHOLE_SCAN_TOKENS)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=None, help="JSON results file")
     args = p.parse_args(argv)

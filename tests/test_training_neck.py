@@ -37,6 +37,11 @@ def test_neck_mirrors_the_bottom_slab_and_is_all_background():
     np.testing.assert_array_equal(ext[:, :, :7], ref_lab)
     assert not (S.SUB_TO_CLASS[ext[:, :, :7]] > 0).any()          # the cord below the cut is not brain
     assert (ext[5, 5, :7] == 4).all()
+    kept, _, _ = S.extend_neck(lab, img, 7, cord="keep")       # or the cord stays brain down the neck
+    np.testing.assert_array_equal(kept[:, :, :7], np.pad(lab[:, :, 1:3], ((0, 0), (0, 0), (7, 0)),
+                                                          mode="symmetric")[:, :, :7])
+    with pytest.raises(ValueError, match="cord"):
+        S.extend_neck(lab, img, 7, cord="somewhere")
 
 
 def test_a_skull_stripped_map_gets_no_neck():

@@ -38,8 +38,9 @@ from ..errors import Cancelled
 __all__ = ["MAX_WHOLE_SCAN_TOKENS", "blend_weights", "patch_size_of", "stitch", "tile_starts",
            "whole_scan_session"]
 
-#: the most tokens one whole-scan pass may have (a 2 mm adult head: 2,300–2,900); beyond it, tiles
-MAX_WHOLE_SCAN_TOKENS = 4096
+#: the most tokens one whole-scan pass may have (a 2 mm adult head: 2,000–3,100; a rotated copy with air
+#: around it up to 5,200); beyond it, tiles
+MAX_WHOLE_SCAN_TOKENS = 6000
 
 
 def patch_size_of(network) -> int:

@@ -348,6 +348,7 @@ class SynthConfig:
     p_neck: float = 0.0              # a longer neck: the brain-free bottom of the head extended downwards
     neck_vox: int = 40               #   by this many voxels (source grid; 80 mm at 2 mm)
     neck_shift_vox: float = 24.0     #   and the window's centre moved down by up to this many voxels
+    neck_cord: str = "background"    #   the cord's brain voxels in the added slices: "background" or "keep"
 
 
 def random_transform(rng, cfg: SynthConfig, src_shape, out_shape,
@@ -438,7 +439,7 @@ def synthesize(label_map: LabelMap, rng: np.random.Generator, cfg: SynthConfig |
         cfg = SynthConfig()
     src_labels, src_image, centre = label_map.labels, label_map.image, None
     if rng.random() < cfg.p_neck:
-        src_labels, src_image, added = extend_neck(src_labels, src_image, cfg.neck_vox)
+        src_labels, src_image, added = extend_neck(src_labels, src_image, cfg.neck_vox, cord=cfg.neck_cord)
         if added:
             centre = (np.array(label_map.labels.shape, float) - 1) / 2
             centre[2] += added - rng.uniform(0.0, cfg.neck_shift_vox)
@@ -470,7 +471,8 @@ def synthesize(label_map: LabelMap, rng: np.random.Generator, cfg: SynthConfig |
     return percentile_normalise(img), classes
 
 
-def extend_neck(labels: np.ndarray, image: np.ndarray | None, n_vox: int, *, max_brain_share: float = 0.02):
+def extend_neck(labels: np.ndarray, image: np.ndarray | None, n_vox: int, *, max_brain_share: float = 0.02,
+                cord: str = "background"):
     """The head with a longer neck: ``n_vox`` slices added below the last axis's first slice.
 
     Real head scans (sagittal MPRAGE with a 256 mm field of view) reach 50–100 mm below the
@@ -501,7 +503,10 @@ def extend_neck(labels: np.ndarray, image: np.ndarray | None, n_vox: int, *, max
     m = np.mod(np.arange(-int(n_vox), 0), 2 * n_slab)
     src = z0 + np.where(m < n_slab, m, 2 * n_slab - 1 - m)      # reflect the slab back and forth
     neck = labels[:, :, src].copy()
-    neck[SUB_TO_CLASS[neck] > 0] = 4
+    if cord == "background":
+        neck[SUB_TO_CLASS[neck] > 0] = 4
+    elif cord != "keep":
+        raise ValueError(f"neck cord must be 'background' or 'keep', got {cord!r}")
     ext_labels = np.concatenate([neck, labels[:, :, z0:]], axis=2)
     ext_image = None if image is None else np.concatenate([image[:, :, src], image[:, :, z0:]], axis=2)
     return ext_labels, ext_image, int(n_vox) - z0
