@@ -36,6 +36,7 @@ def main(argv=None) -> int:
     from napari.settings import get_settings
     from qtpy.QtWidgets import QWidget
 
+    from napari_vit3d.gui._layers import file_voxel_to_world
     from napari_vit3d.gui.demo_pipeline import dock_widgets, query_voxel_in_labels, wait_until
     from napari_vit3d.gui.session import run_of
 
@@ -86,6 +87,22 @@ def main(argv=None) -> int:
     labels.visible = False
     shot("02_explain.png", w["explain_dock"])
 
+    # 2b Explain: similar tissue with the DINO ViT (frozen features, one pass over the whole head)
+    if "dino-vit-brain" in [ex.model_combo.itemText(i) for i in range(ex.model_combo.count())]:
+        for lyr in list(viewer.layers):
+            if lyr.name.endswith("point attention"):
+                lyr.visible = False
+        ex.model_combo.setCurrentText("dino-vit-brain")
+        ex.method_combo.setCurrentIndex(ex.method_combo.findData("similar"))
+        wm = file_voxel_to_world(scan, (120, 110, 100))   # white matter above the right lateral ventricle
+        viewer.dims.set_point(0, float(wm[0]))
+        ex.click_world(wm)
+        wait_until(lambda: not ex.busy)
+        shot("07_similar.png", w["explain_dock"])
+        viewer.layers["colin27_t1 · similar tissue"].visible = False
+        ex.model_combo.setCurrentText(run_of(labels).model_key)
+        ex.method_combo.setCurrentIndex(0)
+
     # 3 Review & correct: paint a stroke with napari's brush, see it in the changes layer
     for lyr in list(viewer.layers):
         if lyr.name.endswith("point attention"):
@@ -122,7 +139,6 @@ def main(argv=None) -> int:
             lyr.visible = False
     panel = review.prompt_panel
     panel.active_check.setChecked(True)
-    from napari_vit3d.gui._layers import file_voxel_to_world
 
     click = file_voxel_to_world(scan, (101, 116, 93))  # the sample's right lateral ventricle
     viewer.dims.set_point(0, float(click[0]))           # the axial slice through the click
