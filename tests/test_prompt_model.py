@@ -84,3 +84,26 @@ def test_cli_bad_prompts_are_one_line_errors(tmp_path, capsys, args, words):
     code = main(["prompt", str(src), "-o", str(tmp_path / "m.nii.gz"), *args])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and words in err[0] and not (tmp_path / "m.nii.gz").exists()
+
+
+def test_cli_negative_clicks_correct_a_previous_mask(tmp_path):
+    """With --previous, negative points alone are an edit: nothing is added, and the sphere, away from the
+    click, stays exactly as it was (what the network does with the blob is its quality, not checked here)."""
+    from napari_vit3d.cli import main
+
+    aff = GEOMETRIES["lps"]
+    centre = apply_affine(aff, np.array(SHAPE) / 2)
+    vol, inside = sphere_scan(aff, centre, 9.0, seed=6)
+    src = tmp_path / "s.nii.gz"
+    nib.save(nib.Nifti1Image(vol.data, aff), str(src))
+    g = np.indices(SHAPE)
+    blob = sum((g[i] - (SHAPE[i] // 2 + (14 if i == 0 else 0))) ** 2 for i in range(3)) <= 16   # 4-voxel ball, no sphere
+    blob &= ~inside
+    prev = tmp_path / "prev.nii.gz"
+    nib.save(nib.Nifti1Image((inside | blob).astype(np.uint8), aff), str(prev))
+    out = tmp_path / "fixed.nii.gz"
+    wrong = ",".join(str(v) for v in (SHAPE[0] // 2 + 14, SHAPE[1] // 2, SHAPE[2] // 2))
+    assert main(["prompt", str(src), "-o", str(out), "--previous", str(prev), "--negative-voxel", wrong]) == 0
+    data = np.asarray(nib.load(str(out)).dataobj) > 0
+    assert (data >= inside).all()                 # the sphere untouched
+    assert not (data & ~(inside | blob)).any()    # a negative click never adds
