@@ -438,7 +438,7 @@ def synthesize(label_map: LabelMap, rng: np.random.Generator, cfg: SynthConfig |
     if cfg is None:
         cfg = SynthConfig()
     src_labels, src_image, centre = label_map.labels, label_map.image, None
-    if rng.random() < cfg.p_neck:
+    if cfg.p_neck > 0 and rng.random() < cfg.p_neck:   # no draw when off: older banks' random streams stay
         src_labels, src_image, added = extend_neck(src_labels, src_image, cfg.neck_vox, cord=cfg.neck_cord)
         if added:
             centre = (np.array(label_map.labels.shape, float) - 1) / 2
