@@ -31,6 +31,8 @@ the metadata of every stitched map lists the windows used.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 
 from ..errors import Cancelled
@@ -72,8 +74,7 @@ def whole_scan_session(session):
         pad += [0, t - s]
     tensor = F.pad(mi.tensor, pad) if any(pad) else mi.tensor
     whole = dataclasses.replace(mi, tensor=tensor)
-    model = type("_Model", (), {"network": session.network, "spec": session.spec,
-                                "weights_sha256": session.weights_sha256})()
+    model = SimpleNamespace(network=session.network, spec=session.spec, weights_sha256=session.weights_sha256)
     return ExplainSession(model, session.volume, model_input=whole, roi_size=tuple(target))
 
 
