@@ -183,9 +183,16 @@ class ExplainSession:
         x = self.start_window(key, "attention", cancel=cancel, progress=progress)
         was_training = self.network.training
         self.network.eval()
+        # a ViT's attention lives in its encoder: run only that when the network offers it (ViTSeg's decoder
+        # would double the cost of a whole-scan pass and adds nothing to the capture)
+        encoder = getattr(self.network, "forward_features", None) if self.family == "vit" else None
         try:
             with AttentionCapture(self.network, layers=layers) as cap, torch.no_grad():
-                self.network(x)
+                if encoder is not None:
+                    cap.input_shape = tuple(int(s) for s in x.shape[2:])
+                    encoder(x)
+                else:
+                    self.network(x)
         finally:
             self.network.train(was_training)
         self._captures[key] = cap
