@@ -16,6 +16,7 @@ from ..io.volume import Volume
 from .capture import AttentionCapture, has_cls_token
 from .memory import ROLLOUT_CHUNK_BYTES
 from .session import ExplainSession, query_world
+from .whole_scan import stitch, whole_scan_session
 
 HEAD_FUSIONS = ("mean", "max", "min")
 ATTENTION_UNITS = "attention weight (softmax probability of each key token, interpolated between token centres)"
@@ -278,8 +279,6 @@ COVERAGES = ("scan", "tiles", "window")
 def _dino_whole_maps(model, volume, layer, session, progress, cancel):
     """Per-head CLS attention of one pass over the whole padded grid (``explain.whole_scan``), × tokens
     (1 = uniform); None when the scan is too large for one pass."""
-    from .whole_scan import whole_scan_session
-
     sess = _dino_session(model, volume, session)
     whole = whole_scan_session(sess)
     if whole is None:
@@ -299,8 +298,6 @@ def _dino_scan_maps(model, volume, layer, session, progress, cancel):
     Each window's weights are multiplied by its number of patch tokens, so 1 = a uniform share and
     windows compare on one scale. Returns ``(model-grid maps (heads, X, Y, Z), session, layer, windows,
     CLS→CLS weight per window)``."""
-    from .whole_scan import stitch
-
     sess = _dino_session(model, volume, session)
     info = {}
 
@@ -321,6 +318,21 @@ def _check_coverage(coverage):
         raise ModelError(f"coverage must be one of {', '.join(COVERAGES)}, got {coverage!r}")
 
 
+def _whole_scan_maps(model, volume, layer, session, coverage, progress, cancel):
+    """Per-head whole-scan maps on the padded model grid for ``coverage`` "scan" (one pass, tiles when the
+    scan is too large) or "tiles": ``(maps, session, layer, info)``; ``info`` holds the coverage used, the
+    windows, their size, the CLS→CLS weights and (one pass) the token grid, for the metadata."""
+    whole = _dino_whole_maps(model, volume, layer, session, progress, cancel) if coverage == "scan" else None
+    if whole is not None:
+        maps, sess, L, row = whole
+        return maps, sess, L, {"coverage": "scan", "windows": [[0, 0, 0]], "window_size": list(sess.grid_shape),
+                               "token_grid": list(row.key_grid.shape),
+                               "attention_cls_to_cls": row.prefix[:, 0].tolist()}
+    maps, sess, L, starts, cls = _dino_scan_maps(model, volume, layer, session, progress, cancel)
+    return maps, sess, L, {"coverage": "tiles", "windows": [list(st) for st in starts], "window_size": list(sess.roi),
+                           "attention_cls_to_cls": cls}
+
+
 def dino_heads(model, volume: Volume, *, voxel=None, world=None, layer=None, session: ExplainSession | None = None,
                reuse_window: bool = True, coverage: str = "scan", progress=None, cancel=None) -> Volume:
     """Last block's (or ``layer``'s) CLS attention per head over patch tokens: a 4D map, heads last.
@@ -332,24 +344,15 @@ def dino_heads(model, volume: Volume, *, voxel=None, world=None, layer=None, ses
     window, without one the window centred on the scan.
     """
     _check_coverage(coverage)
-    whole = _dino_whole_maps(model, volume, layer, session, progress, cancel) if coverage == "scan" else None
-    if whole is not None:
-        maps, sess, L, row = whole
-        meta = {"method": "dino-heads", "layer": L, "head": "all (last axis)", "n_heads": row.heads,
-                "coverage": "scan", "window_size": list(sess.grid_shape), "token_grid": list(row.key_grid.shape),
-                "units": "CLS attention per patch token × the number of patch tokens (1 = uniform), per head (last "
-                         "axis); one pass over the whole scan, positional embedding resized",
-                "attention_cls_to_cls": row.prefix[:, 0].tolist(), "parameters": {"layer": L, "coverage": "scan"}}
-        return sess.make_volume(sess.to_scan(maps), name=f"DINO heads L{L}", metadata=meta)
     if coverage in ("scan", "tiles"):
-        maps, sess, L, starts, cls = _dino_scan_maps(model, volume, layer, session, progress, cancel)
-        scan = sess.to_scan(maps)
+        maps, sess, L, info = _whole_scan_maps(model, volume, layer, session, coverage, progress, cancel)
+        how = ("one pass over the whole scan, positional embedding resized" if info["coverage"] == "scan"
+               else "windows stitched with centre-weighted averaging")
         meta = {"method": "dino-heads", "layer": L, "head": "all (last axis)", "n_heads": int(maps.shape[0]),
-                "coverage": "tiles", "windows": [list(s) for s in starts], "window_size": list(sess.roi),
-                "units": "CLS attention per patch token × the window's patch count (1 = uniform), per head (last "
-                         "axis); windows stitched with centre-weighted averaging",
-                "attention_cls_to_cls": cls, "parameters": {"layer": L, "coverage": "tiles"}}
-        return sess.make_volume(scan, name=f"DINO heads L{L}", metadata=meta)
+                "units": f"CLS attention per patch token × the window's patch count (1 = uniform), per head (last "
+                         f"axis); {how}",
+                **info, "parameters": {"layer": L, "coverage": info["coverage"]}}
+        return sess.make_volume(sess.to_scan(maps), name=f"DINO heads L{L}", metadata=meta)
     sess, start, cap, L, row = _dino_rows(model, volume, voxel, world, layer, session, reuse_window, progress, cancel)
     maps = np.moveaxis(row.spatial.numpy(), 0, -1)
     scan = sess.to_scan(sess.place_tokens(maps, row.key_grid, start))
@@ -372,13 +375,8 @@ def dino_head_masks(model, volume: Volume, *, keep_mass: float = 0.6, voxel=None
     """
     _check_coverage(coverage)
     if coverage in ("scan", "tiles"):
-        whole = _dino_whole_maps(model, volume, layer, session, progress, cancel) if coverage == "scan" else None
-        if whole is not None:
-            maps, sess, L, _ = whole
-            starts, used = [[0, 0, 0]], "scan"
-        else:
-            maps, sess, L, starts, _ = _dino_scan_maps(model, volume, layer, session, progress, cancel)
-            used = "tiles"
+        maps, sess, L, info = _whole_scan_maps(model, volume, layer, session, coverage, progress, cancel)
+        used = info["coverage"]
         heads = maps.shape[0]
         inside = np.zeros(maps.shape[1:], bool)
         inside[sess.model_input.valid] = True          # padding beyond the scan holds no attention mass
@@ -386,7 +384,7 @@ def dino_head_masks(model, volume: Volume, *, keep_mass: float = 0.6, voxel=None
         mask = top_mass_mask(maps.reshape(heads, -1), keep_mass).reshape(maps.shape).astype(np.float32)
         scan = sess.to_scan(mask, order=0)
         meta = {"method": "dino-head-masks", "layer": L, "head": "all (last axis)", "n_heads": heads,
-                "coverage": used, "windows": [list(s) for s in starts],
+                "coverage": used, "windows": info["windows"],
                 "units": "1 = voxel among the fewest holding the kept share of the head's whole-scan attention",
                 "parameters": {"layer": L, "keep_mass": float(keep_mass), "coverage": used}}
         return sess.make_volume(np.rint(scan).astype(np.uint8), name=f"DINO masks L{L} {keep_mass:g}", metadata=meta,

@@ -54,7 +54,15 @@ def patch_size_of(network) -> int:
 def whole_scan_session(session):
     """An ``ExplainSession`` on ``session``'s prepared scan whose one window is the whole padded model grid
     (far faces zero-padded to a multiple of the patch), or None when that window would hold more than
-    :data:`MAX_WHOLE_SCAN_TOKENS` patch tokens or the network takes only its native window."""
+    :data:`MAX_WHOLE_SCAN_TOKENS` patch tokens or the network takes only its native window. Kept on
+    ``session``, so a second whole-scan map of the same scan (DINO heads, then their masks) reuses the
+    captured pass."""
+    if "_whole_scan" not in session.__dict__:
+        session._whole_scan = _make_whole_scan_session(session)
+    return session._whole_scan
+
+
+def _make_whole_scan_session(session):
     import dataclasses
 
     import torch.nn.functional as F
