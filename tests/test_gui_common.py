@@ -155,3 +155,49 @@ def test_step_queue_runs_one_step_per_turn_and_stops_at_a_failure(qtbot, env):
     wait_for(qtbot, lambda: not queue.busy)
     assert ran == [1, 2] and done == [True, True]
     assert env.messages["error"] == ["Show: ValueError: bad layer"]
+
+
+def test_upsert_layer_never_activates_a_layer_it_does_not_select(make_napari_viewer):
+    # napari activates every inserted layer; giving the selection back right after swapped the layer
+    # controls twice per result layer (a GUI-thread stall). The active layer must not change at all.
+    viewer = make_napari_viewer()
+    scan = viewer.add_image(np.zeros((4, 5, 6), np.float32), name="scan")
+    viewer.layers.selection.active = scan
+    seen = []
+    viewer.layers.selection.events.active.connect(lambda e: seen.append(e.value))
+    upsert_layer(viewer, "map", np.ones((4, 5, 6), np.float32), "image")
+    upsert_layer(viewer, "labels", np.zeros((4, 5, 6), np.uint8), "labels")
+    assert seen == [] and viewer.layers.selection.active is scan
+    assert viewer.layers._activate_on_insert is True  # napari's own behaviour is back for everyone else
+    new = viewer.add_image(np.zeros((4, 5, 6), np.float32), name="user's")
+    assert viewer.layers.selection.active is new
+    # select=True: the new layer becomes active (napari clears the selection on the way: None)
+    seen.clear()
+    chosen = upsert_layer(viewer, "chosen", np.zeros((4, 5, 6), np.uint8), "labels", select=True)
+    assert {id(v) for v in seen if v is not None} == {id(chosen)} and viewer.layers.selection.active is chosen
+
+
+def test_step_queue_lets_timers_run_between_steps(qtbot, env):
+    # Qt 6 runs a zero-delay single shot before any due timer: the steps must leave the event loop a turn,
+    # so that a timer (the viewer's own, a repaint) runs between two steps
+    from qtpy.QtCore import QTimer
+
+    order = []
+    beat = QTimer()
+    beat.setInterval(1)
+    beat.timeout.connect(lambda: order.append("timer"))
+    beat.start()
+    queue = StepQueue("Show")
+
+    def slow(tag):
+        def step():
+            time.sleep(0.02)  # a step longer than the timer's interval: the timer is due when it ends
+            order.append(tag)
+        return step
+
+    queue.run([slow("a"), slow("b"), slow("c")])
+    wait_for(qtbot, lambda: not queue.busy)
+    beat.stop()
+    steps = [i for i, x in enumerate(order) if x != "timer"]
+    assert [order[i] for i in steps] == ["a", "b", "c"]
+    assert all(order[i + 1] == "timer" for i in steps[:-1]), order

@@ -9,6 +9,7 @@ layer <-> ``Volume`` conversion from ``napari_vit3d._napari`` (see :mod:`napari_
 
 from __future__ import annotations
 
+import contextlib
 import traceback
 from collections.abc import Callable
 
@@ -100,6 +101,26 @@ def build_layer(data, layer_type: str, **kwargs) -> Layer:
     return Layer.create(data, dict(kwargs), layer_type)
 
 
+@contextlib.contextmanager
+def inserting_without_activation(layers):
+    """Layers inserted inside this block do not become the active layer.
+
+    napari makes every inserted layer the active one, which builds and shows its controls; when the
+    previous active layer is then given back, the controls are swapped a second time (together 40–60 ms
+    of the GUI thread per insertion on a 2-core machine, ``docs/performance.md``). This switches that off
+    for the block (napari's ``SelectableEventedList._activate_on_insert``; a napari without it just
+    activates as before)."""
+    flag = getattr(layers, "_activate_on_insert", None)
+    if not isinstance(flag, bool):
+        yield
+        return
+    layers._activate_on_insert = False
+    try:
+        yield
+    finally:
+        layers._activate_on_insert = flag
+
+
 def upsert_layer(viewer, name: str, data, layer_type: str, *, update=(), owned=None, prebuilt=None,
                  select: bool = False, **kwargs) -> Layer:
     """Show ``data`` as the layer called ``name``, adding it or replacing the one there.
@@ -142,7 +163,8 @@ def upsert_layer(viewer, name: str, data, layer_type: str, *, update=(), owned=N
             layers.remove(existing)
         layer = prebuilt if prebuilt is not None else build_layer(data, layer_type, **kwargs)
         layer.name = name
-        viewer.add_layer(layer)
+        with inserting_without_activation(layers):  # the selection is set once, below
+            viewer.add_layer(layer)
         if active is None:
             active = layer
     if select:

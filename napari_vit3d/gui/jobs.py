@@ -192,10 +192,16 @@ class JobRunner:
             cb()
 
 
+#: ms between two steps of a :class:`StepQueue`
+STEP_PAUSE_MS = 5
+
+
 class StepQueue:
     """GUI-thread work in steps, one step per event-loop turn.
 
-    ``run(steps, on_done)`` runs the first step now and each next one from ``QTimer.singleShot(0)``;
+    ``run(steps, on_done)`` runs the first step now and each next one from a timer of
+    :data:`STEP_PAUSE_MS` (not 0: Qt 6 runs a zero-delay single shot as a posted event, before any timer
+    is due, so the steps ran back to back without a repaint or the viewer's own timers between them);
     an exception in a step is reported (``what``) and drops the steps left. ``busy`` is True until the
     last step (and ``on_done``) ran."""
 
@@ -223,7 +229,7 @@ class StepQueue:
                 self._steps.clear()
                 report_error(exc, self.what)
         if self._steps:
-            QTimer.singleShot(0, self.run_one)
+            QTimer.singleShot(STEP_PAUSE_MS, self.run_one)
             return
         done, self._on_done = self._on_done, None
         self.busy = False

@@ -234,7 +234,7 @@ class SegmentWidget(QWidget):
         self.viewer = unwrap(napari_viewer)
         install_radiological_view(self.viewer)  # the plugin's view, set by its widgets (not by the reader)
         self._preload = start_engine_preload()
-        warm_up(self.viewer, self._preload)  # GC freeze after the preload, napari's first-labels cost now
+        warm_up(self.viewer, self._preload)  # GC off during the preload and frozen after it; napari's first layers
         self._checked_recovery: set[str] = set()
         self._after_job = None  # GUI-thread work to do once the current job is over (a retry after trusting)
         self._build()
@@ -586,7 +586,9 @@ class SegmentWidget(QWidget):
             return
         for msg in out.warnings:
             warn(f"Segment: {msg}")
-        steps = [functools.partial(self._show_labels, out, replace)]
+        # one step per event-loop turn: insert the labels, make them the active layer (napari builds its
+        # controls then), the maps, the rest
+        steps = [functools.partial(self._show_labels, out, replace), self._select_result]
         for kind in ("probabilities", "uncertainty"):
             if kind in out.layers:
                 steps.append(functools.partial(self._show_map, f"{out.record.scan_layer}{SEP}{kind}",
@@ -598,8 +600,12 @@ class SegmentWidget(QWidget):
         lab = out.layers["labels"]
         name = replace or unique_name(self.viewer, f"{out.record.scan_layer}{SEP}labels")
         self._result_layer = upsert_layer(self.viewer, name, lab.data, "labels", update=("colormap", "features"),
-                                          prebuilt=lab.layer, select=True, **lab.kwargs)
+                                          prebuilt=lab.layer, **lab.kwargs)
         return self._result_layer
+
+    def _select_result(self):
+        if self._result_layer in self.viewer.layers:
+            self.viewer.layers.selection.active = self._result_layer
 
     def _show_map(self, name: str, prepared: PreparedLayer):
         return upsert_layer(self.viewer, name, prepared.data, prepared.layer_type, prebuilt=prepared.layer,
