@@ -173,6 +173,12 @@ class Heartbeat:
                 "longest_gc_pause_ms": round(float(gc_ms), 1)}
 
 
+def _inside_ms(spans, g0: float, g1: float, names=None) -> list[tuple[str | None, int]]:
+    """(name, ms inside [g0, g1]) of each (start, end) span overlapping that gap; ``names`` align with spans."""
+    names = names if names is not None else [None] * len(spans)
+    return [(n, round((min(e, g1) - max(s, g0)) * 1000)) for (s, e), n in zip(spans, names) if s < g1 and e > g0]
+
+
 def run_phase(app, beat: Heartbeat, start, done, timeout_s: float = 1800) -> dict:
     beat.start()
     start()
@@ -313,13 +319,10 @@ def main(argv=None) -> int:
         for r in rows:
             for g0, g1 in r["long_gaps"]:
                 gcs = [round((e - s) * 1000) for s, e in GC_PAUSES if s < g1 and e > g0]
-                def inside(spans):
-                    return [round((min(e, g1) - max(s, g0)) * 1000) for s, e in spans if s < g1 and e > g0]
-
-                steps = [f"{n} {round((min(e, g1) - max(s, g0)) * 1000)}"
-                         for (s, e), n in zip(GUI_WORK, GUI_WORK_NAMES) if s < g1 and e > g0]
+                steps = [f"{n} {ms}" for n, ms in _inside_ms(GUI_WORK, g0, g1, GUI_WORK_NAMES)]
+                paints = [ms for _, ms in _inside_ms(PAINTS, g0, g1)]
                 print(f"\n{r['phase']}: gap of {(g1 - g0) * 1000:.0f} ms; inside it, ms: widget steps "
-                      f"{steps}, canvas paints {inside(PAINTS)}, GC pauses {[g for g in gcs if g]}")
+                      f"{steps}, canvas paints {paints}, GC pauses {[g for g in gcs if g]}")
                 for line in sampler.report(g0, g1):
                     print("   ", line)
     if args.json:
