@@ -159,3 +159,58 @@ def test_intracranial_brain_adds_only_csf_inside_the_skull(colin_1mm):
     th = threshold_multiotsu(t1[tight], classes=3)
     assert np.mean(t1[added] < th[0] + 0.25 * (th[1] - th[0])) > 0.9
     assert np.mean(t1[added] > th[1]) < 0.01
+
+
+def _phantom_head(n=64, r_skull=30, r_icv=25, r_tissue=21, r_wm=16):
+    """Concentric spheres: skull (sub-label 4), CSF rim, GM shell, WM core; the centre off the grid's centre."""
+    c = np.array([33.0, 30.0, 31.0])
+    r = np.sqrt(((np.indices((n, n, n)).T - c) ** 2).sum(-1)).T
+    sub = np.zeros((n, n, n), np.uint8)
+    sub[r <= r_skull] = 4
+    sub[r <= r_icv] = 1
+    sub[r <= r_tissue] = 2
+    sub[r <= r_wm] = 3
+    return sub, r
+
+
+@pytest.mark.parametrize("with_image", [False, True])
+def test_atrophy_shrinks_tissue_inside_an_unchanged_skull(with_image):
+    sub, r = _phantom_head()
+    image = None
+    if with_image:   # T1-like intensities: CSF dark with a little spread, GM mid, WM bright
+        rng0 = np.random.default_rng(1)
+        image = np.choose(sub, [0.0, 0.15, 0.5, 0.8, 0.9, 0.0, 0.0]).astype(np.float32)
+        image = image + np.where(sub == 1, rng0.normal(0, 0.02, sub.shape), 0).astype(np.float32)
+    factor = 1.10
+    out, img = S.shrink_tissue(np.random.default_rng(0), sub, image, factor)
+    cls0, cls1 = S.SUB_TO_CLASS[sub], S.SUB_TO_CLASS[out]
+    # the brain mask (inside the inner skull surface) and everything outside it are untouched
+    np.testing.assert_array_equal(cls1 > 0, cls0 > 0)
+    np.testing.assert_array_equal(out[cls0 == 0], sub[cls0 == 0])
+    # the tissue shrank by about factor³ in volume (per-axis jitter ±2 %), into the sphere of radius 21 / factor
+    tis0 = ((cls0 == 2) | (cls0 == 3)).sum()
+    tis1 = ((cls1 == 2) | (cls1 == 3)).sum()
+    assert 0.80 / factor ** 3 < tis1 / tis0 < 1.20 / factor ** 3
+    assert ((cls1 >= 2) & (r > 21 / (factor * 0.98) + 1)).sum() == 0
+    assert ((cls1 == 1) & (r < 21 / (factor * 1.02) - 1) & (r > 16)).sum() == 0   # no CSF inside the cortex
+    # every voxel that changed became CSF between the new cortex and the unchanged inner skull surface
+    changed = out != sub
+    assert changed.any()
+    assert np.all((out[changed] == 1) | (out[changed] == 2))          # GM→CSF at the rim, WM→GM deeper
+    assert np.all(r[changed & (out == 1)] > 21 / (factor * 1.02) - 1)
+    if with_image:
+        gap = (cls0 >= 2) & (cls1 == 1)          # tissue that became CSF
+        assert gap.any()
+        assert abs(float(np.median(img[gap])) - 0.15) < 0.02        # the gap gets the scan's own CSF value
+        np.testing.assert_array_equal(img[cls0 == 0], image[cls0 == 0])
+    else:
+        assert img is None
+
+
+def test_atrophy_off_keeps_the_random_stream(colin_map):
+    """``p_atrophy = 0`` (the default) draws nothing: banks built before it existed are reproduced."""
+    a = S.synthesize(colin_map, np.random.default_rng(3), S.SynthConfig())
+    b = S.synthesize(colin_map, np.random.default_rng(3), S.SynthConfig(p_atrophy=0.0))
+    np.testing.assert_array_equal(a[0], b[0])
+    c = S.synthesize(colin_map, np.random.default_rng(3), S.SynthConfig(p_atrophy=1.0))
+    assert (c[1] >= 2).sum() < (a[1] >= 2).sum()   # on: less tissue in the same head

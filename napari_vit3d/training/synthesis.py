@@ -349,6 +349,8 @@ class SynthConfig:
     neck_vox: int = 40               #   by this many voxels (source grid; 80 mm at 2 mm)
     neck_shift_vox: float = 24.0     #   and the window's centre moved down by up to this many voxels
     neck_cord: str = "background"    #   the cord's brain voxels in the added slices: "background" or "keep"
+    p_atrophy: float = 0.0           # atrophy-like: brain tissue shrunk inside a fixed skull, the gap CSF
+    atrophy_max: float = 0.10        #   tissue coordinates scaled by 1.02 .. 1 + atrophy_max about its centre
 
 
 def random_transform(rng, cfg: SynthConfig, src_shape, out_shape,
@@ -445,18 +447,24 @@ def synthesize(label_map: LabelMap, rng: np.random.Generator, cfg: SynthConfig |
             centre[2] += added - rng.uniform(0.0, cfg.neck_shift_vox)
     coords = sample_coordinates(rng, cfg, src_labels.shape, centre)
     sub = ndimage.map_coordinates(src_labels, coords, order=0, mode="constant", cval=0).astype(np.uint8)
-    classes = SUB_TO_CLASS[sub]
+    atrophy = cfg.p_atrophy > 0 and rng.random() < cfg.p_atrophy   # no draw when off (older banks' streams)
+    factor = rng.uniform(1.02, 1.0 + max(cfg.atrophy_max, 0.02)) if atrophy else 1.0
     use_real = src_image is not None and rng.random() < cfg.p_real
     if use_real:
         img = ndimage.map_coordinates(src_image, coords, order=1, mode="constant", cval=0.0)
+        if atrophy:
+            sub, img = shrink_tissue(rng, sub, img, factor)
         img = augment_intensity(rng, img, cfg, strength=0.7)
     else:
+        if atrophy:
+            sub, _ = shrink_tissue(rng, sub, None, factor)
         means, stds = _synth_intensities(rng, cfg)
         noise = rng.normal(0, 1, sub.shape).astype(np.float32)
         img = means[sub].astype(np.float32) + noise * stds[sub].astype(np.float32)
         blur = rng.uniform(0.3, cfg.blur_max)
         img = ndimage.gaussian_filter(img, blur)
         img = augment_intensity(rng, img, cfg)
+    classes = SUB_TO_CLASS[sub]
     if rng.random() < cfg.p_enhance:
         img = post_contrast_like(rng, img, sub)
     if rng.random() < cfg.p_motion:
@@ -530,6 +538,46 @@ def cut_field_of_view(rng, img: np.ndarray, classes: np.ndarray, max_share: floa
     return img, classes
 
 
+def shrink_tissue(rng, sub: np.ndarray, image: np.ndarray | None, factor: float):
+    """Atrophy-like anatomy: the brain tissue (GM, WM and the CSF inside it) shrunk about its centre by
+    ``factor`` (> 1) inside an unchanged intracranial space; the gap it leaves becomes CSF.
+
+    The inner skull surface — the brain mask's border — stays where it was, so a model trained on it
+    learns that the brain mask reaches the skull however much CSF lies between cortex and skull (a
+    young adult has 1–3 mm there, an older one 5–10 mm). With a real ``image`` the tissue's intensities
+    move with it and the gap gets the image's own CSF intensity (median ± its spread); returns
+    ``(sub, image)`` (image None when none was given).
+    """
+    cls = SUB_TO_CLASS[sub]
+    icv = cls > 0
+    tissue = (cls == 2) | (cls == 3)
+    if not tissue.any():
+        return sub, image
+    c = np.array(ndimage.center_of_mass(tissue))
+    f = float(factor) * rng.uniform(0.98, 1.02, 3)      # a little anisotropy
+    grid = np.indices(sub.shape, dtype=np.float32)
+    coords = c[:, None, None, None] + (grid - c[:, None, None, None]) * f[:, None, None, None].astype(np.float32)
+    sub_s = ndimage.map_coordinates(sub, coords, order=0, mode="constant", cval=0).astype(np.uint8)
+    keep = icv & (SUB_TO_CLASS[sub_s] > 0)             # brain (tissue or its own CSF) after shrinking
+    gap = icv & ~keep
+    out = sub.copy()
+    out[keep] = sub_s[keep]
+    out[gap] = 1
+    if image is None:
+        return out, None
+    img_s = ndimage.map_coordinates(image, coords, order=1, mode="constant", cval=0.0)
+    csf_vals = image[cls == 1]
+    if csf_vals.size < 10:
+        csf_vals = image[icv]
+    med = float(np.median(csf_vals))
+    spread = float(np.std(csf_vals)) * 0.5
+    new = image.astype(np.float32).copy()
+    new[keep] = img_s[keep]
+    fill = med + spread * rng.normal(0, 1, int(gap.sum())).astype(np.float32)
+    new[gap] = np.clip(fill, 0, None)
+    return out, new
+
+
 def motion_blur(rng, img: np.ndarray) -> np.ndarray:
     """Motion-like blur/ghosting: the mean of the image and 2-4 copies shifted by up to 1.5 voxels."""
     n = int(rng.integers(2, 5))
@@ -591,6 +639,7 @@ def load_bank(path) -> tuple[np.ndarray, np.ndarray, dict]:
 
 
 __all__ = ["CLASS_NAMES", "N_CLASSES", "SUB_TO_CLASS", "LabelMap", "SynthConfig", "build_label_maps",
-           "synthesize", "build_bank", "extend_neck", "intracranial_mask", "ICV_DEFAULTS", "label_map_from_arrays",
+           "synthesize", "shrink_tissue", "build_bank", "extend_neck", "intracranial_mask", "ICV_DEFAULTS",
+           "label_map_from_arrays",
            "head_label_map_1mm", "load_bank", "percentile_normalise", "kmeans_1d", "otsu_threshold",
            "clean_mask", "largest_component"]
