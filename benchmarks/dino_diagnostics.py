@@ -127,8 +127,10 @@ torch seed 0):
    grid. Feature sets, for each: the DINO encoder, the random initialisation, the raw 8³ patch
    intensities (512 numbers, a pixel baseline) and an *oracle* (the true patch fractions as
    logits, placed the same way): the ceiling of any probe that predicts one fraction vector per
-   16 mm patch on that lattice. An end-to-end-trained encoder of this spec does not exist, so the
-   comparison with end-to-end training is **not measured** here.
+   16 mm patch on that lattice. With ``--end-to-end SPEC`` (the same architecture and arguments trained end
+   to end from a random initialisation, encoder included: ``training/configs/dino-vit-brain-e2e.json``)
+   its frozen features get the same probe (``end_to_end``): the supervised reference the issue's goal
+   compares the DINO encoder with.
 """
 
 from __future__ import annotations
@@ -242,6 +244,18 @@ def otsu_head(t1: np.ndarray) -> np.ndarray:
 def _centroid_world(mask: np.ndarray, affine: np.ndarray) -> np.ndarray:
     c = np.argwhere(mask).mean(0)
     return affine[:3, :3] @ c + affine[:3, 3]
+
+
+def _end_to_end_like(spec, name_or_path):
+    """The end-to-end-trained reference: same architecture and arguments as ``spec`` (else the comparison says
+    nothing about pre-training), its own weights."""
+    from napari_vit3d.models import load_model
+
+    m = load_model(name_or_path)
+    if (m.spec.architecture, m.spec.arch_kwargs) != (spec.architecture, spec.arch_kwargs):
+        raise SystemExit(f"--end-to-end {name_or_path}: {m.spec.architecture} {m.spec.arch_kwargs} is not the "
+                         f"network of the DINO model ({spec.architecture} {spec.arch_kwargs})")
+    return m
 
 
 def _random_like(spec):
@@ -549,9 +563,10 @@ def _patches(a: np.ndarray) -> np.ndarray:
     return a.reshape(x, 8, y, 8, z, 8).transpose(0, 2, 4, 1, 3, 5).reshape(x * y * z, 512)
 
 
-def probe_scan(seed: int, colin: dict, model, rand) -> dict:
+def probe_scan(seed: int, colin: dict, model, rand, e2e=None) -> dict:
     """One Colin27 copy prepared for the probe: per tiling window (``windows``) and for the one pass over the
-    whole padded grid (``one_pass``), the features of each set and the patches' class fractions."""
+    whole padded grid (``one_pass``), the features of each set and the patches' class fractions. ``e2e``: a
+    network of the same spec trained end to end; its features are added as ``"end_to_end"``."""
     from benchmarks.eval_bundled import random_real_copy
     from napari_vit3d.explain import ExplainSession
     from napari_vit3d.explain.similarity import patch_features
@@ -563,18 +578,23 @@ def probe_scan(seed: int, colin: dict, model, rand) -> dict:
                                       np.random.default_rng(seed))
     sess = ExplainSession(model, vol)
     rsess = ExplainSession(rand, vol, model_input=sess.model_input, roi_size=sess.roi)
+    others = {"random": rsess}
+    if e2e is not None:
+        others["end_to_end"] = ExplainSession(e2e, vol, model_input=sess.model_input, roi_size=sess.roi)
     labels = resample_array(SUB_TO_CLASS[sub], vol.affine, sess.model_input.affine, sess.grid_shape, order=0)
     win = {}
     for start in tile_starts(sess.grid_shape, sess.roi):
         sl = tuple(slice(s, s + r) for s, r in zip(start, sess.roi))
         onehot = np.eye(4, dtype=np.float32)[_patches(labels[sl])]  # (512, 512, 4)
         f_d, grid = patch_features(sess, start)
-        f_r, _ = patch_features(rsess, start)
-        win[start] = {"dino": f_d.reshape(-1, f_d.shape[-1]), "random": f_r.reshape(-1, f_r.shape[-1]),
+        win[start] = {"dino": f_d.reshape(-1, f_d.shape[-1]),
                       "intensity": _patches(sess.window_tensor(start)[0, 0].numpy()),
                       "target": onehot.mean(1), "grid": grid}
+        for key, ss in others.items():
+            f = patch_features(ss, start)[0]
+            win[start][key] = f.reshape(-1, f.shape[-1])
     one = {}
-    for key, ss in (("dino", sess), ("random", rsess)):
+    for key, ss in (("dino", sess), *others.items()):
         whole = whole_scan_session(ss)
         f, grid = patch_features(whole, (0, 0, 0))
         one[key] = f.reshape(-1, f.shape[-1])
@@ -653,15 +673,16 @@ def _probe_result(predict, loss, dim, test, key, kind) -> dict:
 
 
 def model_diagnostics(model_name: str, data_dir: Path, *, seed: int = 0, n_landmarks: int = 64,
-                      figures: str | None = None, max_tokens: int = 6000) -> dict:
-    """Model mode (module docstring); one pass is allowed up to ``max_tokens`` tokens while it runs."""
+                      figures: str | None = None, max_tokens: int = 6000, end_to_end: str | None = None) -> dict:
+    """Model mode (module docstring); one pass is allowed up to ``max_tokens`` tokens while it runs;
+    ``end_to_end``: name / spec path of the same network trained end to end (probe comparison)."""
     from napari_vit3d.explain import whole_scan
 
     library_cap = whole_scan.MAX_WHOLE_SCAN_TOKENS
     whole_scan.MAX_WHOLE_SCAN_TOKENS = int(max_tokens)
     try:
         res = _model_diagnostics(model_name, data_dir, seed=seed, n_landmarks=n_landmarks, figures=figures,
-                                 library_cap=library_cap)
+                                 library_cap=library_cap, end_to_end=end_to_end)
     finally:
         whole_scan.MAX_WHOLE_SCAN_TOKENS = library_cap
     res["one_pass_max_tokens"] = {"library": library_cap, "this_run": int(max_tokens)}
@@ -673,7 +694,7 @@ def _one_pass_tokens(sess) -> int:
 
 
 def _model_diagnostics(model_name: str, data_dir: Path, *, seed: int, n_landmarks: int, figures: str | None,
-                       library_cap: int) -> dict:
+                       library_cap: int, end_to_end: str | None = None) -> dict:
     from napari_vit3d.explain import ExplainSession, dino_heads
     from napari_vit3d.explain.whole_scan import tile_starts
     from napari_vit3d.models import load_model
@@ -684,6 +705,7 @@ def _model_diagnostics(model_name: str, data_dir: Path, *, seed: int, n_landmark
         raise SystemExit(f"{model_name} is {model.spec.architecture}: model mode needs a ViT with a CLS token "
                          "(vit_seg)")
     rand = _random_like(model.spec)
+    e2e = _end_to_end_like(model.spec, end_to_end) if end_to_end else None
     scans, colin = build_model_scans(data_dir, seed)
     _log(f"scans ready ({time.time() - t0:.0f} s)")
     res = {"model": model_name, "architecture": model.spec.architecture, "weights_sha256": model.weights_sha256,
@@ -765,8 +787,8 @@ def _model_diagnostics(model_name: str, data_dir: Path, *, seed: int, n_landmark
         for k in ("sess", "rsess", "one_pass_dino", "one_pass_random_init"):
             s.pop(k)
 
-    train = [probe_scan(sd, colin, model, rand) for sd in (100, 101, 102, 103)]
-    test = [probe_scan(sd, colin, model, rand) for sd in (200, 201, 202)]
+    train = [probe_scan(sd, colin, model, rand, e2e) for sd in (100, 101, 102, 103)]
+    test = [probe_scan(sd, colin, model, rand, e2e) for sd in (200, 201, 202)]
     _log(f"probe features done ({time.time() - t0:.0f} s)")
     res["probe"] = {"train_seeds": [t["seed"] for t in train], "test_seeds": [t["seed"] for t in test],
                     "train_patches": {"tiles": int(sum(len(w["target"]) for t in train
@@ -775,7 +797,9 @@ def _model_diagnostics(model_name: str, data_dir: Path, *, seed: int, n_landmark
                     "one_pass_tokens": {t["seed"]: _one_pass_tokens(t["session"]) for t in train + test},
                     "library_default_coverage": {t["seed"]: "scan" if _one_pass_tokens(t["session"]) <= library_cap
                                                  else "tiles" for t in train + test},
-                    "end_to_end": "not measured (no end-to-end-trained encoder of this spec exists)"}
+                    "end_to_end": ({"model": e2e.spec.name, "weights_sha256": e2e.weights_sha256,
+                                    "spec": str(end_to_end)} if e2e is not None else
+                                   "not measured (no end-to-end-trained network given: --end-to-end)")}
     for t in train + test:
         for w in (*t["windows"].values(), t["one_pass"]):
             w["oracle"] = np.log(w["target"] + 1e-4)
@@ -787,7 +811,7 @@ def _model_diagnostics(model_name: str, data_dir: Path, *, seed: int, n_landmark
             "features": "the patch's true class fractions (log), placed like the probes' logits: the ceiling "
                         "of any patch-level probe on this lattice",
             **_probe_result(lambda f: f, None, None, test, "oracle", kind)}}
-        for key in ("dino", "random", "intensity"):
+        for key in ("dino", "random", "intensity", *(("end_to_end",) if e2e is not None else ())):
             x = np.concatenate([r for t in train for r in rows(t, key)]).astype(np.float64)
             y = np.concatenate([r for t in train for r in rows(t, "target")]).astype(np.float64)
             predict, loss = fit_probe(x, y)
@@ -891,15 +915,21 @@ def model_markdown(res: dict) -> str:
           + f" (library cap {res['one_pass_max_tokens']['library']}, raised to "
             f"{res['one_pass_max_tokens']['this_run']} here)", "",
           "| features | kind | dim | bg | CSF | GM | WM | mean CSF/GM/WM |", "|---|---|---|---|---|---|---|---|"]
-    for key, label in (("dino", "DINO encoder"), ("random", "random init"), ("intensity", "raw 8³ intensities"),
+    for key, label in (("dino", "DINO encoder"), ("end_to_end", "same network trained end to end"),
+                       ("random", "random init"), ("intensity", "raw 8³ intensities"),
                        ("oracle", "oracle: true patch fractions")):
         for kind in ("tiles", "one_pass"):
+            if key not in p[kind]:
+                continue
             r = p[kind][key]
             d = r["dice_mean"]
             dim = r["features"] if isinstance(r["features"], int) else "—"
             L.append(f"| {label} | {kind.replace('_', ' ')} | {dim} | {d['background']:.3f} | {d['CSF']:.3f} | "
                      f"{d['GM']:.3f} | {d['WM']:.3f} | {r['dice_brain_classes_mean']:.3f} |")
-    L += ["", f"End-to-end-trained encoder: {p['end_to_end']}.", "", f"Run time: {res['seconds']} s.", ""]
+    e2e = p["end_to_end"]
+    e2e = (f"`{e2e['model']}` ({e2e['spec']}, weights sha256 {e2e['weights_sha256'][:12]}…)" if isinstance(e2e, dict)
+           else e2e)
+    L += ["", f"End-to-end-trained encoder: {e2e}.", "", f"Run time: {res['seconds']} s.", ""]
     return "\n".join(L)
 
 
@@ -916,6 +946,9 @@ def main(argv=None) -> int:
     p.add_argument("--landmarks", type=int, default=64)
     p.add_argument("--max-tokens", type=int, default=6000,
                    help="model mode: one pass allowed up to this many tokens (library cap: MAX_WHOLE_SCAN_TOKENS)")
+    p.add_argument("--end-to-end", default=None, metavar="SPEC",
+                   help="model mode: the same network trained end to end (a spec JSON / name): its frozen features "
+                        "get the same linear probe")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=None, help="JSON results file")
     args = p.parse_args(argv)
@@ -924,7 +957,7 @@ def main(argv=None) -> int:
         if args.runs:
             p.error("give either run folders or --model, not both")
         res = model_diagnostics(args.model, Path(args.data_dir), seed=args.seed, n_landmarks=args.landmarks,
-                                figures=args.figures, max_tokens=args.max_tokens)
+                                figures=args.figures, max_tokens=args.max_tokens, end_to_end=args.end_to_end)
         md = model_markdown(res)
         print(md)
         if args.markdown:

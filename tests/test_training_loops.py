@@ -12,7 +12,14 @@ from napari_vit3d.io.nifti import read_nifti
 from napari_vit3d.io.samples import sample_path
 from napari_vit3d.models import load_model
 from napari_vit3d.training import synthesis as S
-from napari_vit3d.training.train_dino import dino_loss, koleo_loss, sinkhorn_targets, train_dino
+from napari_vit3d.training.train_dino import (
+    block_masks,
+    dino_loss,
+    ibot_patch_loss,
+    koleo_loss,
+    sinkhorn_targets,
+    train_dino,
+)
 from napari_vit3d.training.train_seg import dice_ce_loss, export_bundled, train_seg
 
 
@@ -230,6 +237,106 @@ def test_dino_anti_collapse_options_run_and_resume_exactly(tiny_bank, tmp_path):
     e = torch.load(tmp_path / "k1" / "ckpt.pt", weights_only=True)
     assert len(json.loads(e["extra"])["center"]) == half
     assert e["modules"]["teacher"]["head.last_layer.parametrizations.weight.original1"].shape[0] == half
+
+
+def _tiny_vit(tiny_bank):
+    from napari_vit3d.models.registry import build_network
+    from napari_vit3d.models.spec import ModelSpec
+
+    torch.manual_seed(0)
+    return build_network(ModelSpec.from_dict(dino_config(tiny_bank)["model"])).eval()
+
+
+def test_masked_patches_are_hidden_from_the_encoder(tiny_bank):
+    from napari_vit3d.models.vit_seg import vit_tokens
+
+    net = _tiny_vit(tiny_bank)
+    vit, grid = net.encoder, tuple(net.feat_size)
+    x = torch.rand(2, 1, 16, 16, 16)
+    none = torch.zeros(2, 8, dtype=torch.bool)
+    token = torch.randn(1, 1, 24)
+    with torch.no_grad():
+        ref = vit(x)[0]                                               # MONAI's own forward
+        np.testing.assert_allclose(vit_tokens(vit, x, grid, patch_mask=none, mask_token=token)[0].numpy(),
+                                   ref.numpy(), atol=1e-6)
+        mask = none.clone()
+        mask[:, 0] = True                                             # token 0 = the voxel block [0:8]³
+        y = x.clone()
+        y[:, :, :8, :8, :8] = torch.rand(2, 1, 8, 8, 8)
+        a = vit_tokens(vit, x, grid, patch_mask=mask, mask_token=token)[0]
+        b = vit_tokens(vit, y, grid, patch_mask=mask, mask_token=token)[0]
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-6)   # the masked content cannot be seen …
+        z = x.clone()
+        z[:, :, 8:, 8:, 8:] = torch.rand(2, 1, 8, 8, 8)
+        c = vit_tokens(vit, z, grid, patch_mask=mask, mask_token=token)[0]
+        assert not torch.allclose(a, c)                               # … the unmasked content can
+    with pytest.raises(Exception, match="mask token"):
+        vit_tokens(vit, x, grid, patch_mask=mask)
+
+
+def test_ibot_block_masks_and_patch_loss():
+    m = block_masks(np.random.default_rng(0), 40, (8, 8, 8), (0.2, 0.4), 1.0)
+    share = m.float().mean(1).numpy()
+    assert m.shape == (40, 512) and share.min() >= 0.2 and share.max() < 0.75
+    assert not block_masks(np.random.default_rng(0), 5, (8, 8, 8), (0.2, 0.4), 0.0).any()
+    half = block_masks(np.random.default_rng(1), 200, (4, 4, 4), (0.1, 0.5), 0.5).any(1).float().mean()
+    assert 0.35 < float(half) < 0.65
+    assert torch.equal(m, block_masks(np.random.default_rng(0), 40, (8, 8, 8), (0.2, 0.4), 1.0))
+    # the loss: mean over masked patches of −Σ t·log softmax(s/τ), against a numpy loop
+    rng = np.random.default_rng(2)
+    s = rng.normal(size=(2, 6, 5))
+    t = rng.dirichlet(np.ones(5), size=(2, 6))
+    mk = rng.random((2, 6)) < 0.5
+    ref = []
+    for b in range(2):
+        for n in range(6):
+            if mk[b, n]:
+                z = s[b, n] / 0.1
+                ref.append(-(t[b, n] * (z - z.max() - np.log(np.exp(z - z.max()).sum()))).sum())
+    got = ibot_patch_loss(torch.tensor(s), torch.tensor(t), torch.tensor(mk), student_temp=0.1)
+    assert float(got) == pytest.approx(np.mean(ref), rel=1e-6)
+    assert float(ibot_patch_loss(torch.tensor(s), torch.tensor(t), torch.zeros(2, 6, dtype=torch.bool),
+                                 student_temp=0.1)) == 0.0
+
+
+def test_ibot_training_runs_resumes_exactly_and_starts_from_a_backbone(tiny_bank, tmp_path):
+    from napari_vit3d.models.checkpoints import load_state_dict, save_safetensors
+
+    cfg = dino_config(tiny_bank, centering="sinkhorn", ibot=1.0, ibot_out_dim=32, ibot_head_hidden=16,
+                      ibot_mask_prob=1.0)
+    straight, halves = tmp_path / "straight", tmp_path / "halves"
+    train_dino(cfg, straight, progress=False)
+    rows = _log(straight)
+    assert all(np.isfinite(r["ibot_loss"]) and r["ibot_masked"] > 0 for r in rows)
+    train_dino(cfg, halves, progress=False, max_steps=2)
+    train_dino(cfg, halves, progress=False, resume=True)
+    a = torch.load(straight / "ckpt.pt", weights_only=True)
+    b = torch.load(halves / "ckpt.pt", weights_only=True)
+    assert "mask_token" in a["modules"]["student"]
+    for k, v in a["modules"]["student"].items():
+        assert torch.equal(v, b["modules"]["student"][k]), k
+    # a plain DINO run's checkpoint starts an iBOT run: the backbone is loaded, the patch head starts fresh
+    plain = tmp_path / "plain"
+    train_dino(dino_config(tiny_bank, centering="sinkhorn"), plain, progress=False, max_steps=1)
+    p = torch.load(plain / "ckpt.pt", weights_only=True)
+    zero = tmp_path / "zero"
+    train_dino(dict(cfg, init_checkpoint=str(plain / "ckpt.pt"), steps=0), zero, progress=False)
+    for k, v in load_state_dict(zero / "backbone.safetensors").items():
+        assert torch.equal(v, p["modules"]["teacher"]["network." + k]), k
+    # a ViTSeg weights file (e.g. a bundled model's, float16) starts both encoders
+    net = _tiny_vit(tiny_bank)
+    weights = tmp_path / "vit.safetensors"
+    save_safetensors(net.half(), weights)
+    fromb = tmp_path / "from_backbone"
+    train_dino(dict(cfg, init_backbone=str(weights), steps=0), fromb, progress=False)
+    got = load_state_dict(fromb / "backbone.safetensors")
+    for k, v in net.state_dict().items():
+        if k.startswith("encoder."):
+            assert torch.equal(got[k], v.float()), k
+    with pytest.raises(Exception, match="encoder"):
+        bad = tmp_path / "bad.safetensors"
+        save_safetensors(torch.nn.Linear(2, 2), bad)
+        train_dino(dict(cfg, init_backbone=str(bad), steps=0), tmp_path / "bad", progress=False)
 
 
 def test_dino_backbone_initialises_segmentation_finetune(tiny_bank, tmp_path):

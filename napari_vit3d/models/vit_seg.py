@@ -36,7 +36,8 @@ def _triple(v, what: str) -> tuple[int, int, int]:
     return v
 
 
-def vit_tokens(vit, x: torch.Tensor, grid) -> tuple[torch.Tensor, list[torch.Tensor]]:
+def vit_tokens(vit, x: torch.Tensor, grid, *, patch_mask: torch.Tensor | None = None,
+               mask_token: torch.Tensor | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """A MONAI ``ViT`` (conv patches, learned positional embedding, CLS token) on an input of any size
     divisible by the patch: ``(tokens after the final norm, each block's output)``.
 
@@ -44,17 +45,25 @@ def vit_tokens(vit, x: torch.Tensor, grid) -> tuple[torch.Tensor, list[torch.Ten
     except that when the input's token grid differs from ``grid`` (the one the embedding was learned
     for) the positional embedding is resized trilinearly to it (DINO's way of showing attention on
     larger images). On ``grid`` itself it is ``vit(x)`` exactly.
+
+    ``patch_mask`` ``(B, N)`` bool with ``mask_token`` ``(1, 1, C)`` (masked-image modelling, iBOT): the
+    masked patches' embeddings are replaced by the mask token before the positional embedding is added.
     """
     pe = vit.patch_embedding
     t = pe.patch_embeddings(x)                      # (B, C, d, h, w)
     tokens_grid = tuple(int(s) for s in t.shape[2:])
-    if tokens_grid == tuple(grid):
+    if tokens_grid == tuple(grid) and patch_mask is None:
         return vit(x)
     t = t.flatten(2).transpose(1, 2)
     pos = pe.position_embeddings                    # (1, N, C)
-    c = pos.shape[2]
-    pos = F.interpolate(pos.transpose(1, 2).reshape(1, c, *grid), size=tokens_grid, mode="trilinear",
-                        align_corners=False).flatten(2).transpose(1, 2)
+    if tokens_grid != tuple(grid):
+        c = pos.shape[2]
+        pos = F.interpolate(pos.transpose(1, 2).reshape(1, c, *grid), size=tokens_grid, mode="trilinear",
+                            align_corners=False).flatten(2).transpose(1, 2)
+    if patch_mask is not None:
+        if mask_token is None or patch_mask.shape != t.shape[:2]:
+            raise ModelError(f"vit_tokens: a patch mask of shape {tuple(t.shape[:2])} needs a mask token")
+        t = torch.where(patch_mask[..., None], mask_token.to(t.dtype).expand_as(t), t)
     t = pe.dropout(t + pos)
     t = torch.cat([vit.cls_token.expand(t.shape[0], -1, -1), t], dim=1)
     hidden = []

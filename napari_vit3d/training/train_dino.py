@@ -24,8 +24,20 @@ arguments come from its ``arch_kwargs``), ``bank``, ``batch_size``, ``steps``, `
 prototype layer), ``centering`` = ``"sinkhorn"`` (Sinkhorn-Knopp teacher targets, DINOv2, instead of the
 EMA centre), ``koleo`` (weight of the KoLeo spreading term on the student's global-crop CLS embeddings,
 DINOv2) and ``init_checkpoint`` (start from another run's student, teacher and centre; with a
-different ``out_dim`` the prototype layer starts fresh and the centre at zero). The log also
-records ``teacher_temp`` and ``teacher_top1_unique`` (distinct argmax prototypes in the teacher batch).
+different ``out_dim`` the prototype layer starts fresh and the centre at zero; modules the other run did
+not have, e.g. the iBOT head, start fresh) or ``init_backbone`` (a ViTSeg ``.safetensors``, e.g. a
+bundled model's weights: its encoder starts both student and teacher, the heads start fresh). The log
+also records ``teacher_temp`` and ``teacher_top1_unique`` (distinct argmax prototypes in the teacher
+batch).
+
+**iBOT** (``ibot`` > 0; Zhou et al. 2022, written here in 3D): a patch-level objective beside the CLS
+one. A share ``ibot_mask_prob`` of the student's global crops has random 3D blocks of patches
+(``ibot_mask_ratio`` of them) replaced by a learned mask token; a second head (``ibot_out_dim``
+prototypes) on every patch token; the teacher sees the unmasked crop and its patch-token targets are
+Sinkhorn-Knopp normalised over all the batch's tokens (thousands per step, so a small batch still
+spreads them over the prototypes); the loss is the cross-entropy between the teacher's target and the
+student's prediction at the masked patches of the same crop. The CLS loss then uses the masked
+student crops, as in iBOT. The log adds ``ibot_loss``, ``ibot_target_entropy`` and ``ibot_masked``.
 
 Outputs: ``config.json``, ``ckpt.pt`` (student, teacher, heads, centre, optimiser, RNG, step),
 ``log.jsonl`` and ``backbone.safetensors``: the teacher's ViTSeg weights (encoder trained, decoder
@@ -93,6 +105,13 @@ DEFAULTS = {
     "koleo": 0.0,                  # weight of the KoLeo spreading term on the student's global CLS (DINOv2)
     "init_checkpoint": None,       # continue from another run's ckpt.pt: student, teacher and centre
                                    # (fresh optimiser and schedules)
+    "init_backbone": None,         # or: a ViTSeg .safetensors whose encoder starts both student and teacher
+    # iBOT (Zhou et al. 2022): masked patch-token self-distillation on the global crops (off when 0)
+    "ibot": 0.0,                   # weight of the patch-token loss beside the CLS loss
+    "ibot_out_dim": 256,           # prototypes of the patch head (its own head; Sinkhorn targets over the tokens)
+    "ibot_head_hidden": 256,
+    "ibot_mask_ratio": [0.1, 0.5], # share of a masked crop's patches hidden behind the mask token (3D blocks)
+    "ibot_mask_prob": 0.5,         # share of the global crops that are masked
     "augment": {"gamma": 0.35, "contrast": 0.25, "noise": 0.04, "flip_lr": 0.5, "blur": 0.5},
 }
 
@@ -119,13 +138,27 @@ def encode_cls(vit, x: torch.Tensor) -> torch.Tensor:
 
 
 class DINOModel(nn.Module):
-    """A ViTSeg (its encoder is the backbone) + a DINO projection head."""
+    """A ViTSeg (its encoder is the backbone) + a DINO projection head (+ for iBOT a patch head and a mask
+    token)."""
 
-    def __init__(self, network: nn.Module, head: DINOHead):
+    def __init__(self, network: nn.Module, head: DINOHead, patch_head: DINOHead | None = None):
         super().__init__()
         self.network = network
         self.head = head
         self.network.encoder._vit3d_grid = tuple(network.feat_size)
+        if patch_head is not None:
+            self.patch_head = patch_head
+            self.mask_token = nn.Parameter(torch.zeros(1, 1, int(network.hidden_size)))
+            nn.init.trunc_normal_(self.mask_token, std=0.02)
+
+    def global_outputs(self, x: torch.Tensor, patch_mask: torch.Tensor | None = None):
+        """Global crops ``x`` (B, 1, *img_size) → ``(CLS head output (B, K), patch head output (B, N, K_p),
+        CLS embedding (B, hidden))``; ``patch_mask`` (B, N) hides patches behind the mask token."""
+        vit = self.network.encoder
+        tokens, _ = vit_tokens(vit, x, tuple(self.network.feat_size), patch_mask=patch_mask,
+                               mask_token=self.mask_token if patch_mask is not None else None)
+        cls = tokens[:, 0]
+        return self.head(cls), self.patch_head(tokens[:, 1:]), cls
 
     def forward(self, crops: list[torch.Tensor], return_cls: bool = False):
         # crops of one size are batched together (one backbone pass per size)
@@ -201,6 +234,33 @@ def make_views(images, seed: int, step: int, cfg: dict, img_size, normalization)
         per_volume.append(multi_crop(images[i], rng, cfg, img_size, normalization))
     n_views = len(per_volume[0])
     return [torch.cat([pv[v] for pv in per_volume]) for v in range(n_views)]
+
+
+def block_masks(rng, n: int, grid, ratio_range, prob: float) -> torch.Tensor:
+    """iBOT masks for ``n`` crops: ``(n, prod(grid))`` bool in token order. A crop is masked with
+    probability ``prob``; a masked crop gets random 3D blocks (sides 1 to half the grid) until a share drawn
+    from ``ratio_range`` of its patches is hidden (a block may overshoot it a little)."""
+    grid = tuple(int(g) for g in grid)
+    out = np.zeros((n, *grid), bool)
+    for i in range(n):
+        if rng.random() >= prob:
+            continue
+        goal = rng.uniform(*ratio_range) * np.prod(grid)
+        while out[i].sum() < goal:
+            side = [int(rng.integers(1, max(2, g // 2 + 1))) for g in grid]
+            start = [int(rng.integers(0, g - s + 1)) for g, s in zip(grid, side)]
+            out[i][tuple(slice(a, a + b) for a, b in zip(start, side))] = True
+    return torch.from_numpy(out.reshape(n, -1))
+
+
+def ibot_patch_loss(student_patch: torch.Tensor, teacher_targets: torch.Tensor, mask: torch.Tensor, *,
+                    student_temp: float) -> torch.Tensor:
+    """Cross-entropy between the teacher's patch targets and the student's patch outputs at the masked
+    patches (mean over the masked patches of the batch); ``(B, N, K)``, ``(B, N, K)``, ``(B, N)``."""
+    if not bool(mask.any()):
+        return student_patch.sum() * 0.0
+    ce = torch.sum(-teacher_targets.detach() * F.log_softmax(student_patch / student_temp, dim=-1), dim=-1)
+    return ce[mask].mean()
 
 
 # --------------------------------------------------------------------------------------------
@@ -283,10 +343,25 @@ def _init_from_checkpoint(path, modules: dict, center: torch.Tensor, dev) -> tor
         keep = {n for n, v in loaded.items() if n.startswith("head.last_layer")
                 and n in own and tuple(own[n].shape) != tuple(v.shape)}
         fresh_prototypes |= bool(keep)
-        mod.load_state_dict({n: (own[n] if n in keep else v) for n, v in loaded.items()})
+        new = {n: own[n] for n in own if n not in loaded and n.startswith(_NEW_MODULES)}   # e.g. the iBOT head
+        mod.load_state_dict({**new, **{n: (own[n] if n in keep else v) for n, v in loaded.items()}})
     if fresh_prototypes:
         return torch.zeros_like(center)
     return torch.tensor(json.loads(state["extra"])["center"], device=dev).view(1, -1)
+
+
+_NEW_MODULES = ("patch_head.", "mask_token")
+
+
+def _init_backbone(path, modules: dict) -> None:
+    """Start every module's ViTSeg encoder from a ViTSeg ``.safetensors`` (strict on the encoder's keys)."""
+    from ..models.checkpoints import load_state_dict
+
+    state = {k[len("encoder."):]: v for k, v in load_state_dict(path).items() if k.startswith("encoder.")}
+    if not state:
+        raise TrainingError(f"{path}: no 'encoder.*' weights (not a ViTSeg checkpoint)")
+    for mod in modules.values():
+        mod.network.encoder.load_state_dict({k: v.float() for k, v in state.items()})
 
 
 def train_dino(config: dict, out, *, data_dir=None, resume: bool = False, device=None, progress: bool = True,
@@ -297,7 +372,10 @@ def train_dino(config: dict, out, *, data_dir=None, resume: bool = False, device
     net = build_network(spec)
     hidden = int(net.hidden_size)
     head = DINOHead(hidden, int(cfg["out_dim"]), int(cfg["head_hidden"]), int(cfg["head_bottleneck"]))
-    student = DINOModel(net, head).to(dev)
+    ibot_w = float(cfg.get("ibot") or 0.0)
+    patch_head = (DINOHead(hidden, int(cfg["ibot_out_dim"]), int(cfg["ibot_head_hidden"]),
+                           int(cfg["head_bottleneck"])) if ibot_w > 0 else None)
+    student = DINOModel(net, head, patch_head).to(dev)
     teacher = copy.deepcopy(student).to(dev)
     for p in teacher.parameters():
         p.requires_grad_(False)
@@ -319,6 +397,8 @@ def train_dino(config: dict, out, *, data_dir=None, resume: bool = False, device
         center = torch.tensor(extra["center"], device=dev).view(1, -1)
     elif cfg.get("init_checkpoint"):
         center = _init_from_checkpoint(cfg["init_checkpoint"], modules, center, dev)
+    elif cfg.get("init_backbone"):
+        _init_backbone(cfg["init_backbone"], modules)
     total = int(cfg["steps"])
     stop = total if max_steps is None else min(total, int(max_steps))
     n_views = int(cfg["n_global"]) + int(cfg["n_local"])
@@ -338,15 +418,30 @@ def train_dino(config: dict, out, *, data_dir=None, resume: bool = False, device
             tt = float(cfg["teacher_temp_start"]) + a * (tt - float(cfg["teacher_temp_start"]))
         views = [v.to(dev) for v in make_views(images, seed, step, cfg, img_size, spec.normalization)]
         n_g = int(cfg["n_global"])
-        with torch.no_grad():
-            t_out = teacher(views[:n_g])
         koleo_w = float(cfg.get("koleo") or 0.0)
-        s_out, s_cls = student(views, return_cls=True)
+        patch = None
+        if ibot_w > 0:
+            g = torch.cat(views[:n_g])
+            pmask = block_masks(step_rng(seed, step, stream=2), g.shape[0], student.network.feat_size,
+                                cfg["ibot_mask_ratio"], float(cfg["ibot_mask_prob"])).to(dev)
+            with torch.no_grad():
+                t_out, t_patch, _ = teacher.global_outputs(g)
+            s_g, s_patch, s_cls = student.global_outputs(g, pmask)
+            s_out = torch.cat([s_g, student(views[n_g:])]) if len(views) > n_g else s_g
+            t_ptarget = sinkhorn_targets(t_patch.reshape(-1, t_patch.shape[-1]), tt,
+                                         int(cfg["sinkhorn_iters"])).view_as(t_patch)
+            patch = ibot_patch_loss(s_patch, t_ptarget, pmask, student_temp=float(cfg["student_temp"]))
+        else:
+            with torch.no_grad():
+                t_out = teacher(views[:n_g])
+            s_out, s_cls = student(views, return_cls=True)
         targets = None
         if cfg.get("centering", "ema") == "sinkhorn":
             targets = sinkhorn_targets(t_out, tt, int(cfg["sinkhorn_iters"]))
         loss = dino_loss(s_out, t_out, center, n_views=n_views, n_global=n_g,
                          student_temp=float(cfg["student_temp"]), teacher_temp=tt, targets=targets)
+        if patch is not None:
+            loss = loss + ibot_w * patch
         kol = None
         if koleo_w > 0:
             kol = sum(koleo_loss(c) for c in s_cls.chunk(n_g)) / n_g
@@ -374,6 +469,11 @@ def train_dino(config: dict, out, *, data_dir=None, resume: bool = False, device
                 "teacher_temp": round(tt, 5), "teacher_top1_unique": int(tp.argmax(-1).unique().numel())}
         if kol is not None:
             last["koleo"] = round(float(kol.detach()), 4)
+        if patch is not None:
+            pt = t_ptarget.reshape(-1, t_ptarget.shape[-1])
+            last["ibot_loss"] = round(float(patch.detach()), 5)
+            last["ibot_target_entropy"] = round(float(-(pt * pt.clamp_min(1e-12).log()).sum(-1).mean()), 4)
+            last["ibot_masked"] = round(float(pmask.float().mean()), 4)
         bar.update(1)
         bar.set_postfix(loss=f"{last['loss']:.4f}")
         if step % int(cfg["log_every"]) == 0 or step == stop:
@@ -389,4 +489,4 @@ def train_dino(config: dict, out, *, data_dir=None, resume: bool = False, device
 
 
 __all__ = ["train_dino", "dino_loss", "sinkhorn_targets", "koleo_loss", "encode_cls", "multi_crop", "DINOModel",
-           "DEFAULTS"]
+           "DEFAULTS", "block_masks", "ibot_patch_loss"]
