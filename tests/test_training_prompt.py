@@ -93,3 +93,19 @@ def test_prompt_training_learns_and_resumes_exactly(sources, tmp_path):
     b = torch.load(halves / "ckpt.pt", weights_only=True)["modules"]["network"]
     assert all(torch.equal(v, b[k]) for k, v in a.items())
     assert any(not torch.equal(v, mid["modules"]["network"][k]) for k, v in a.items() if v.is_floating_point())
+
+
+def test_object_scale_drawn_uniformly_or_log_uniformly():
+    """``extent_log``: the object's extent / crop ratio is log-uniform (median √(lo·hi)), else uniform."""
+    from napari_vit3d.training.prompt_data import PromptSampleConfig, _choose_spacing
+
+    def ratios(log):
+        cfg = PromptSampleConfig(extent_ratio=(0.1, 2.5), extent_log=log, spacing_range=(1e-3, 1e3))
+        rng = np.random.default_rng(0)
+        return np.array([40.0 / (_choose_spacing(rng, 40.0, cfg) * cfg.size) for _ in range(4000)])
+
+    lin, log = ratios(False), ratios(True)
+    for r in (lin, log):
+        assert r.min() >= 0.1 - 1e-9 and r.max() <= 2.5 + 1e-9
+    assert abs(np.median(log) - 0.5) < 0.05 and abs(np.median(lin) - 1.3) < 0.08
+    assert abs(np.mean(np.log(log)) - np.mean(np.log([0.1, 2.5]))) < 0.05

@@ -299,6 +299,7 @@ class PromptSampleConfig:
     size: int = 64
     spacing_range: tuple[float, float] = (0.7, 5.0)
     extent_ratio: tuple[float, float] = (0.1, 1.3)
+    extent_log: bool = False        # draw the ratio log-uniformly (as many objects at 0.1–0.5 as at 0.5–2.5)
     rotation_deg: float = 15.0
     p_kind: tuple[float, float, float] = (0.35, 0.3, 0.35)   # structure, supervoxel, synthetic
     p_ct: float = 0.12
@@ -307,7 +308,10 @@ class PromptSampleConfig:
 
 
 def _choose_spacing(rng, extent_vox: float, cfg: PromptSampleConfig) -> float:
-    ratio = rng.uniform(*cfg.extent_ratio)
+    if cfg.extent_log:
+        ratio = float(np.exp(rng.uniform(*np.log(cfg.extent_ratio))))
+    else:
+        ratio = rng.uniform(*cfg.extent_ratio)
     sp = extent_vox / max(ratio * cfg.size, 1e-6)
     return float(np.clip(sp, *cfg.spacing_range))
 
