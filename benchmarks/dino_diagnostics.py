@@ -15,8 +15,8 @@ on fresh multi-crop batches (step seeds never used in training; global crops onl
     python benchmarks/dino_diagnostics.py runs/dino5 runs/dino7 --bank runs/bank/bank_s0_n200.npz
 
 **Model mode** — a registered/bundled ViT with a CLS token (``vit_seg``; default ``dino-vit-brain``),
-for the issue "a DINO-pretrained 3D ViT whose heads really show anatomy". About 7–8 minutes on one
-CPU thread:
+for the issue "a DINO-pretrained 3D ViT whose heads really show anatomy". About 7 minutes (10 with
+``--end-to-end``) on one CPU thread:
 
     python benchmarks/dino_diagnostics.py --model dino-vit-brain --data-dir ../shared/data \
         --out benchmarks/results/dino_model.json --markdown benchmarks/results/dino_model.md \
