@@ -163,6 +163,7 @@ from napari_vit3d.training.train_dino import (  # noqa: E402
     DINOModel,
     _spec,
     encode_cls,
+    entropy,
     full_config,
     make_views,
     sinkhorn_targets,
@@ -171,7 +172,7 @@ from napari_vit3d.training.train_dino import (  # noqa: E402
 # =========================================================================================== run mode
 
 def _entropy(p: torch.Tensor) -> torch.Tensor:
-    return -(p * torch.log(p.clamp_min(1e-30))).sum(-1)
+    return entropy(p, eps=1e-30)
 
 
 def teacher_of(run: Path) -> tuple[DINOModel, dict]:
@@ -666,13 +667,17 @@ VOXEL_PROBE_SAMPLES = 20_000   # training voxels drawn per copy (inside its fiel
 
 
 def _voxel_intensity(scan: dict) -> np.ndarray:
-    """(X, Y, Z, 3) on the model grid: the network's input intensity and its 3³ and 5³ box means."""
+    """(X·Y·Z, 3) on the model grid: the network's input intensity and its 3³ and 5³ box means (computed
+    once per copy, kept in ``scan``)."""
     from scipy import ndimage
 
-    sess = scan["session"]
-    img = scan["one_pass"]["whole"].window_tensor((0, 0, 0))[0, 0].numpy()
-    img = img[tuple(slice(0, g) for g in sess.grid_shape)].astype(np.float32)
-    return np.stack([img, ndimage.uniform_filter(img, 3), ndimage.uniform_filter(img, 5)], -1)
+    if "voxel_intensity" not in scan:
+        sess = scan["session"]
+        img = scan["one_pass"]["whole"].window_tensor((0, 0, 0))[0, 0].numpy()
+        img = img[tuple(slice(0, g) for g in sess.grid_shape)].astype(np.float32)
+        scan["voxel_intensity"] = np.stack([img, ndimage.uniform_filter(img, 3), ndimage.uniform_filter(img, 5)],
+                                           -1).reshape(-1, 3)
+    return scan["voxel_intensity"]
 
 
 def _voxel_tokens(scan: dict, key: str) -> np.ndarray:
@@ -683,7 +688,7 @@ def _voxel_tokens(scan: dict, key: str) -> np.ndarray:
 
 
 def _voxel_features(scan: dict, key: str, pick: np.ndarray | None = None) -> np.ndarray:
-    inten = _voxel_intensity(scan).reshape(-1, 3)
+    inten = _voxel_intensity(scan)
     if key == "image":
         return inten if pick is None else inten[pick]
     f = _voxel_tokens(scan, key)
@@ -872,6 +877,7 @@ def _model_diagnostics(model_name: str, data_dir: Path, *, seed: int, n_landmark
                     "end_to_end": ({"model": e2e.spec.name, "weights_sha256": e2e.weights_sha256,
                                     "spec": str(end_to_end)} if e2e is not None else
                                    "not measured (no end-to-end-trained network given: --end-to-end)")}
+    e2e_keys = ("end_to_end",) if e2e is not None else ()
     for t in train + test:
         for w in (*t["windows"].values(), t["one_pass"]):
             w["oracle"] = np.log(w["target"] + 1e-4)
@@ -883,14 +889,13 @@ def _model_diagnostics(model_name: str, data_dir: Path, *, seed: int, n_landmark
             "features": "the patch's true class fractions (log), placed like the probes' logits: the ceiling "
                         "of any patch-level probe on this lattice",
             **_probe_result(lambda f: f, None, None, test, "oracle", kind)}}
-        for key in ("dino", "random", "intensity", *(("end_to_end",) if e2e is not None else ())):
+        for key in ("dino", "random", "intensity", *e2e_keys):
             x = np.concatenate([r for t in train for r in rows(t, key)]).astype(np.float64)
             y = np.concatenate([r for t in train for r in rows(t, "target")]).astype(np.float64)
             predict, loss = fit_probe(x, y)
             out[key] = _probe_result(predict, loss, int(x.shape[1]), test, key, kind)
         _log(f"probe {kind} done ({time.time() - t0:.0f} s)")
-    res["probe"]["voxel"] = {key: voxel_probe(train, test, key)
-                             for key in ("dino", "random", "image", *(("end_to_end",) if e2e is not None else ()))}
+    res["probe"]["voxel"] = {key: voxel_probe(train, test, key) for key in ("dino", "random", "image", *e2e_keys)}
     _log(f"voxel probe done ({time.time() - t0:.0f} s)")
     res["seconds"] = round(time.time() - t0, 1)
     _log(f"done ({res['seconds']} s)")

@@ -72,7 +72,7 @@ from .common import (
     start_run,
     step_rng,
 )
-from .train_seg import ensure_bank
+from .train_seg import _init_from, ensure_bank
 
 DEFAULTS = {
     "seed": 0,
@@ -312,6 +312,11 @@ def koleo_loss(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     return -torch.log(d.min(dim=1).values + eps).mean()
 
 
+def entropy(p: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """Entropy (nats) of each distribution along the last axis."""
+    return -(p * p.clamp_min(eps).log()).sum(-1)
+
+
 def _cosine(step: int, total: int, start: float, end: float) -> float:
     return end + (start - end) * 0.5 * (1 + math.cos(math.pi * min(1.0, step / max(1, total))))
 
@@ -354,14 +359,15 @@ _NEW_MODULES = ("patch_head.", "mask_token")
 
 
 def _init_backbone(path, modules: dict) -> None:
-    """Start every module's ViTSeg encoder from a ViTSeg ``.safetensors`` (strict on the encoder's keys)."""
-    from ..models.checkpoints import load_state_dict
-
-    state = {k[len("encoder."):]: v for k, v in load_state_dict(path).items() if k.startswith("encoder.")}
-    if not state:
-        raise TrainingError(f"{path}: no 'encoder.*' weights (not a ViTSeg checkpoint)")
+    """Start every module's ViTSeg encoder from a ViTSeg ``.safetensors`` (``train_seg``'s ``init`` loader
+    under the ``encoder.`` prefix; every encoder weight must come from the file)."""
+    init = {"path": path, "source_prefix": "encoder.", "prefix": "encoder."}
     for mod in modules.values():
-        mod.network.encoder.load_state_dict({k: v.float() for k, v in state.items()})
+        loaded = set(_init_from(mod.network, init))
+        missing = sorted(k for k in mod.network.state_dict() if k.startswith("encoder.") and k not in loaded)
+        if missing:
+            raise TrainingError(f"{path}: no matching weights for {len(missing)} encoder tensors "
+                                f"(e.g. {missing[0]}): not this ViTSeg's encoder")
 
 
 def train_dino(config: dict, out, *, data_dir=None, resume: bool = False, device=None, progress: bool = True,
@@ -460,9 +466,9 @@ def train_dino(config: dict, out, *, data_dir=None, resume: bool = False, device
             cm = float(cfg["center_momentum"])
             center.mul_(cm).add_(t_out.mean(0, keepdim=True), alpha=1 - cm)
             tp = targets if targets is not None else F.softmax((t_out - center) / tt, dim=-1)
-            t_entropy = float(-(tp * tp.clamp_min(1e-12).log()).sum(-1).mean())
+            t_entropy = float(entropy(tp).mean())
             t_mean = tp.mean(0)
-            batch_entropy = float(-(t_mean * t_mean.clamp_min(1e-12).log()).sum())
+            batch_entropy = float(entropy(t_mean))
         step += 1
         last = {"step": step, "loss": round(float(loss.detach()), 5), "teacher_entropy": round(t_entropy, 4),
                 "teacher_batch_entropy": round(batch_entropy, 4), "momentum": round(m, 6),
@@ -470,9 +476,8 @@ def train_dino(config: dict, out, *, data_dir=None, resume: bool = False, device
         if kol is not None:
             last["koleo"] = round(float(kol.detach()), 4)
         if patch is not None:
-            pt = t_ptarget.reshape(-1, t_ptarget.shape[-1])
             last["ibot_loss"] = round(float(patch.detach()), 5)
-            last["ibot_target_entropy"] = round(float(-(pt * pt.clamp_min(1e-12).log()).sum(-1).mean()), 4)
+            last["ibot_target_entropy"] = round(float(entropy(t_ptarget).mean()), 4)
             last["ibot_masked"] = round(float(pmask.float().mean()), 4)
         bar.update(1)
         bar.set_postfix(loss=f"{last['loss']:.4f}")
@@ -489,4 +494,4 @@ def train_dino(config: dict, out, *, data_dir=None, resume: bool = False, device
 
 
 __all__ = ["train_dino", "dino_loss", "sinkhorn_targets", "koleo_loss", "encode_cls", "multi_crop", "DINOModel",
-           "DEFAULTS", "block_masks", "ibot_patch_loss"]
+           "DEFAULTS", "block_masks", "ibot_patch_loss", "entropy"]
