@@ -109,3 +109,28 @@ def test_object_scale_drawn_uniformly_or_log_uniformly():
         assert r.min() >= 0.1 - 1e-9 and r.max() <= 2.5 + 1e-9
     assert abs(np.median(log) - 0.5) < 0.05 and abs(np.median(lin) - 1.3) < 0.08
     assert abs(np.mean(np.log(log)) - np.mean(np.log([0.1, 2.5]))) < 0.05
+
+
+def test_plain_background_share_for_synthetic_shapes(sources):
+    """``p_plain``: a synthetic shape lands in a plain noisy background (no anatomy) instead of a real crop.
+
+    Checked on the image channel outside the object: a real head crop has edges (skull, sulci) whose
+    gradient far exceeds the noise, a plain background's smoothed gradient is small; with ``p_plain = 0``
+    the backgrounds are real crops again.
+    """
+    from scipy import ndimage
+
+    def background_edges(p_plain):
+        cfg = P.PromptSampleConfig(size=32, p_kind=(0.0, 0.0, 1.0), p_previous=0.0, p_plain=p_plain, p_ct=0.0)
+        rng = np.random.default_rng(3)
+        out = []
+        for _ in range(6):
+            x, y = P.sample(rng, sources, cfg)
+            img = ndimage.gaussian_filter(x[0], 1.5)
+            g = np.linalg.norm(np.gradient(img), axis=0)
+            away = ~ndimage.binary_dilation(y > 0, iterations=4)
+            out.append(float(np.percentile(g[away], 95) / max(np.ptp(x[0]), 1e-6)))
+        return np.array(out)
+
+    plain, real = background_edges(1.0), background_edges(0.0)
+    assert np.median(plain) < 0.5 * np.median(real)

@@ -305,6 +305,15 @@ class PromptSampleConfig:
     p_ct: float = 0.12
     p_previous: float = 0.5
     click_radius: float = 1.5
+    p_plain: float = 0.0            # synthetic shapes: share pasted into a plain noisy background, not a real crop
+
+
+def plain_background(rng, size: int) -> np.ndarray:
+    """A normalised crop with no anatomy: a random level, a smooth field, Gaussian noise (the planted-object
+    case: a bright or dark object in noise, as in phantoms and the issue's sphere test)."""
+    x = rng.uniform(0.1, 0.6) + S.smooth_field(rng, (size,) * 3, 4, rng.uniform(0, 0.1))[0]
+    x = x + rng.normal(0, rng.uniform(0.01, 0.12), x.shape)
+    return np.clip(x, 0, 1).astype(np.float32)
 
 
 def _choose_spacing(rng, extent_vox: float, cfg: PromptSampleConfig) -> float:
@@ -376,6 +385,8 @@ def _try_sample(rng, sources, cfg):
     else:
         img = ndimage.map_coordinates(src.image, coords, order=1, mode="nearest")
     x = normalize(img[..., None].astype(np.float32), CROP_NORMALIZATION)[..., 0]
+    if kind == "synthetic" and cfg.p_plain > 0 and rng.random() < cfg.p_plain:
+        x = plain_background(rng, size)
     if kind == "synthetic":
         x = paste_shape(rng, x, y)
     x = remap_intensity(rng, x)
