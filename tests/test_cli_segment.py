@@ -140,3 +140,26 @@ def test_no_model_and_no_bundled_default_says_what_to_do(crop, tmp_path, monkeyp
     assert main(["segment", str(crop), "-o", str(tmp_path / "o.nii.gz"), "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: no bundled default model yet; pass --model") and "\n" not in err
+
+
+def test_multiscale_flag_averages_three_passes(crop, spec_path, tmp_path):
+    """``--multiscale``: the saved probabilities are the API's multi-scale mean (``MULTISCALE``), the labels
+    their argmax, on the input's grid. (The spec has no weights: each load draws them from torch's seed.)"""
+    import torch
+
+    from napari_vit3d.inference import segment
+    from napari_vit3d.inference.engine import MULTISCALE
+    from napari_vit3d.io.nifti import read_nifti
+
+    out, probs = tmp_path / "labels.nii.gz", tmp_path / "probs.nii.gz"
+    torch.manual_seed(5)
+    assert main(["segment", str(crop), "-o", str(out), "--model", str(spec_path), "--device", "cpu", "--quiet",
+                 "--multiscale", "--save-probabilities", str(probs)]) == 0
+    torch.manual_seed(5)
+    ref = segment(read_nifti(crop), str(spec_path), device="cpu", use_cache=False, scales=MULTISCALE)
+    p = nib.load(str(probs)).get_fdata(dtype=np.float32)
+    np.testing.assert_allclose(p, ref.probabilities.data, atol=1e-5)
+    np.testing.assert_array_equal(np.asarray(nib.load(str(out)).dataobj), ref.labels.data)
+    torch.manual_seed(5)
+    plain = segment(read_nifti(crop), str(spec_path), device="cpu", use_cache=False)
+    assert not np.allclose(plain.probabilities.data, p, atol=1e-4)

@@ -47,6 +47,10 @@ def register(subparsers) -> None:
                    help="also write per-class probabilities (float32, classes along the 4th axis)")
     p.add_argument("--save-uncertainty", metavar="PATH",
                    help="also write the normalised softmax entropy (0 = certain, 1 = all classes equally likely)")
+    p.add_argument("--multiscale", action="store_true",
+                   help="multi-scale test-time augmentation: average the model's probabilities over the scan seen "
+                        "10 %% smaller, as it is and 10 %% larger (three passes: about 3x the time; slightly more "
+                        "accurate, see docs/inference.md)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_trust_option(p)
     p.set_defaults(func=run)
@@ -59,6 +63,7 @@ def _check_outputs(args, model_ref=None) -> list[Path]:
 
 def run(args) -> int:
     from ..errors import VolumeError
+    from ..inference.engine import MULTISCALE
     from ..inference.preflight import check_segmentation
     from ..io.formats import output_format, read_scan, write_labels_as
     from ..io.nifti import write_image, write_labels
@@ -94,7 +99,8 @@ def run(args) -> int:
     try:
         out = segment_scan(scan, model, device=device, overlap=args.overlap, sw_batch_size=args.sw_batch_size,
                            channels=args.channels, progress=progress, probabilities=bool(args.save_probabilities),
-                           uncertainty=bool(args.save_uncertainty), use_cache=False)
+                           uncertainty=bool(args.save_uncertainty), use_cache=False,
+                           scales=MULTISCALE if args.multiscale else None)
     finally:
         if bar is not None:
             bar.close()

@@ -14,12 +14,14 @@ bit-identical logits). Nothing here imports Qt or napari.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..errors import Cancelled, ModelError
@@ -166,10 +168,36 @@ def _provenance(volume: Volume, parts: _ModelParts, fp: ForwardPass, sw_batch_si
             "label_names": spec.label_names}
 
 
+#: the scales of multi-scale test-time augmentation (``segment(..., scales=MULTISCALE)``, ``segment
+#: --multiscale``): the scan is seen as if the head were 10 % smaller, as it is, and 10 % larger
+MULTISCALE: tuple[float, ...] = (0.9, 1.0, 1.1)
+
+
+def check_scales(scales) -> tuple[float, ...]:
+    """``scales`` as a tuple of floats, each finite and in [0.5, 2]; anything else is a :class:`ModelError`."""
+    try:
+        out = tuple(float(v) for v in scales)
+    except (TypeError, ValueError):
+        raise ModelError(f"scales must be numbers, got {scales!r}") from None
+    if not out or not all(np.isfinite(v) and 0.5 <= v <= 2.0 for v in out):
+        raise ModelError(f"scales must be one or more numbers in [0.5, 2] (1 = the model's own spacing), "
+                         f"got {scales!r}")
+    return out
+
+
+def _at_scale(parts: _ModelParts, scale: float) -> _ModelParts:
+    """The model with its input spacing divided by ``scale``: the scan is resampled finer (``scale`` > 1),
+    so anatomy covers ``scale`` times more model voxels, as if it were that much larger."""
+    if scale == 1.0:
+        return parts
+    spec = dataclasses.replace(parts.spec, spacing=tuple(float(v) / scale for v in parts.spec.spacing))
+    return _ModelParts(parts.network, spec, parts.weights_sha256, parts.bundle)
+
+
 def segment(volume: Volume, model, *, device="auto", overlap: float = 0.25, sw_batch_size: int | None = None,
             mode: str = "gaussian", roi_size=None, progress: ProgressFn | None = None, cancel: CancelFn | None = None,
             return_probabilities: bool = True, use_cache: bool = True, channels=None,
-            amp: bool = True) -> SegmentationResult:
+            amp: bool = True, scales=None) -> SegmentationResult:
     """Segment ``volume`` with ``model`` (a loaded model, or a name / checkpoint / spec path for the registry).
 
     Returns labels (integer, on the scan's grid, in the file's voxel order, with the scan's affine and
@@ -177,8 +205,23 @@ def segment(volume: Volume, model, *, device="auto", overlap: float = 0.25, sw_b
     ``progress(done, total)`` is called after every window batch; ``cancel()`` is checked before every
     batch and a True stops the run with :class:`~napari_vit3d.errors.Cancelled` (nothing is returned or
     cached). See the module docstring for devices and determinism.
+
+    ``scales`` (e.g. :data:`MULTISCALE`): multi-scale test-time augmentation. The scan is segmented once
+    per scale with the model's spacing divided by the scale, each pass's probabilities are mapped onto
+    the scan's grid and averaged, and the labels are the argmax of the average. Costs one pass per scale;
+    ``logits`` and ``model_input`` of the result are the scale-1 pass's (the first pass's when 1 is not
+    among the scales). None or ``(1,)``: one pass, as without it.
     """
     parts = _resolve_model(model, device)
+    scales = None if scales is None else check_scales(scales)
+    if scales is not None and scales != (1.0,):
+        if parts.bundle is not None:
+            raise ModelError("multi-scale test-time augmentation needs a native model; a MONAI bundle runs its own "
+                             "preprocessing")
+        return _segment_multiscale(volume, parts, scales, device=device, overlap=overlap, sw_batch_size=sw_batch_size,
+                                   mode=mode, roi_size=roi_size, progress=progress, cancel=cancel,
+                                   return_probabilities=return_probabilities, use_cache=use_cache, channels=channels,
+                                   amp=amp)
     if parts.bundle is not None:
         from .bundle import segment_bundle
 
@@ -206,6 +249,42 @@ def segment(volume: Volume, model, *, device="auto", overlap: float = 0.25, sw_b
                                   classes=[int(v) for v in label_values(parts.spec, scan_logits.shape[-1])])
     return SegmentationResult(labels=labels_vol, probabilities=probs_vol, logits=fp.logits,
                               model_input=fp.model_input, metadata=meta, from_cache=fp.from_cache)
+
+
+def _segment_multiscale(volume: Volume, parts: _ModelParts, scales, *, device, overlap, sw_batch_size, mode, roi_size,
+                        progress, cancel, return_probabilities, use_cache, channels, amp) -> SegmentationResult:
+    _check_args(overlap, mode)
+    _no_bundle(parts, "segmentation")
+    roi = check_window(parts.spec, roi_size if roi_size is not None else parts.spec.roi_size)
+    _preflight(volume, parts, roi, overlap, sw_batch_size, channels, probabilities=True, flips=2)  # the mean + one pass
+    n = len(scales)
+    mean = None
+    keep = None
+    for i, s in enumerate(scales):
+        def step(done, total, i=i):   # passes differ in window count: report the fraction of all passes
+            if progress is not None:
+                progress(int(round(1000 * (i + done / max(total, 1)))), 1000 * n)
+
+        fp = forward(volume, _at_scale(parts, s), device=device, overlap=overlap, sw_batch_size=sw_batch_size,
+                     mode=mode, roi_size=roi_size, channels=channels, amp=amp, progress=step, cancel=cancel,
+                     use_cache=use_cache, _checked=True)
+        p = probabilities_from_logits(logits_to_scan(fp.logits, fp.model_input))
+        mean = p / n if mean is None else mean + p / n
+        if keep is None or s == 1.0:
+            keep = fp
+    if cancel is not None and cancel():
+        raise Cancelled("segmentation was cancelled; nothing was written")
+    meta = _provenance(volume, parts, keep, sw_batch_size)
+    meta["settings"]["scales"] = [float(s) for s in scales]
+    values = label_values(parts.spec, mean.shape[-1])
+    labels = labels_from_logits(np.log(np.maximum(mean, 1e-12)), parts.spec)   # argmax of the mean probabilities
+    labels_vol = output_volume(volume, labels, kind="labels", name="labels", vit3d=meta)
+    probs_vol = None
+    if return_probabilities:
+        probs_vol = output_volume(volume, mean.astype(np.float32), kind="probabilities", name="probabilities",
+                                  units="probability", vit3d=meta, classes=[int(v) for v in values])
+    return SegmentationResult(labels=labels_vol, probabilities=probs_vol, logits=keep.logits,
+                              model_input=keep.model_input, metadata=meta, from_cache=False)
 
 
 # ------------------------------------------------------------------------------------------
@@ -289,4 +368,5 @@ def predict_tta(volume: Volume, model, *, flips: Sequence[Sequence[int]] = DEFAU
             for p, f in zip(outs, flips)]
 
 
-__all__ = ["ForwardPass", "SegmentationResult", "forward", "predict_tta", "preload", "segment"]
+__all__ = ["MULTISCALE", "ForwardPass", "SegmentationResult", "check_scales", "forward", "predict_tta", "preload",
+           "segment"]
