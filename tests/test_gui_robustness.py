@@ -131,3 +131,40 @@ def test_cancel_bad_models_recovery_and_replace(make_napari_viewer, qtbot, env, 
     assert viewer.layers["colin27_t1 · labels"] is fresh
     np.testing.assert_array_equal(fresh.data, model_output)
     assert len([l for l in viewer.layers if l.name.startswith("colin27_t1 · labels")]) == 3
+
+
+def test_multiscale_option_runs_the_multiscale_segmentation(make_napari_viewer, qtbot, env, monkeypatch):
+    """Advanced › multi-scale: the worker runs ``segment_scan`` with ``MULTISCALE`` (and without it when
+    unticked), the labels layer holds its argmax, the run's settings record it, the bar shows percent."""
+    from napari_vit3d import usecases
+    from napari_vit3d.inference.engine import MULTISCALE
+
+    seen = []
+    real = usecases.segment_scan
+
+    def recording(*args, **kwargs):
+        seen.append(kwargs.get("scales"))
+        out = real(*args, **kwargs)
+        seen.append(out.labels.data.copy())
+        return out
+
+    monkeypatch.setattr(usecases, "segment_scan", recording)
+    viewer = make_napari_viewer()
+    open_sample(viewer)
+    seg = dock(viewer, "1 Segment")
+    assert seg.add_model(str(env.spec("tiny-robust")))
+    seg.advanced.setChecked(True)
+    seg.multiscale_check.setChecked(True)
+    torch.manual_seed(0)
+    segment_and_wait(qtbot, seg)
+    assert seen[0] == MULTISCALE and not env.messages["error"], env.messages
+    assert seg.progress.format() == "%p %"
+    layer = viewer.layers["colin27_t1 · labels"]
+    rec = run_of(layer)
+    np.testing.assert_array_equal(rec.model_labels.data, seen[1])          # the labels the run returned
+    np.testing.assert_array_equal(np.asarray(layer.data), rec.model_labels_display())
+    assert rec.settings["multiscale"] is True
+    seg.multiscale_check.setChecked(False)
+    seg.ask_replace = lambda _name: "yes"
+    segment_and_wait(qtbot, seg)
+    assert seen[2] is None and seg.progress.format() == "%v / %m windows"

@@ -76,7 +76,8 @@ SHOWN_WARNINGS = (VolumeWarning, ResourceLimitWarning, ModelWarning)
 #: the widget's options, as pre-flight messages name them
 OPTION_NAMES = {"probabilities": "Advanced › probability layer per label",
                 "uncertainty": "Advanced › uncertainty layer (entropy)", "overlap": "Advanced › Window overlap",
-                "batch": "Advanced › Windows per batch", "roi": "Advanced › ROI"}
+                "batch": "Advanced › Windows per batch", "roi": "Advanced › ROI",
+                "multiscale": "Advanced › multi-scale"}
 
 
 @dataclass
@@ -154,6 +155,7 @@ def _segment_job(volume: Volume, scan_name: str, model_key: str, settings: dict,
 
 
 def _segment_work(volume: Volume, scan_name: str, model_key: str, settings: dict, started: str, progress, cancel):
+    from ..inference.engine import MULTISCALE
     from ..inference.preflight import check_scan_content, check_segmentation
     from ..io.labels import LabelTable
     from ..models.devices import resolve_device
@@ -177,7 +179,7 @@ def _segment_work(volume: Volume, scan_name: str, model_key: str, settings: dict
                        uncertainty=want_unc, regions=want_unc,
                        uncertainty_threshold=float(settings.get("uncertainty_threshold", 0.5)),
                        uncertainty_min_voxels=int(settings.get("uncertainty_min_voxels", 20)), max_regions=50,
-                       progress=progress, cancel=cancel)
+                       progress=progress, cancel=cancel, scales=MULTISCALE if settings.get("multiscale") else None)
     spec = loaded.spec
     table = LabelTable.from_spec(spec).with_missing(seg.present.tolist())
     record = RunRecord(
@@ -318,6 +320,10 @@ class SegmentWidget(QWidget):
         self.unc_check = QCheckBox("uncertainty layer (entropy)")
         self.unc_check.setChecked(True)
         adv.addRow(self.unc_check)
+        self.multiscale_check = QCheckBox("multi-scale (3 passes: slower, a little more accurate)")
+        self.multiscale_check.setToolTip("average the model over the scan seen 10 % smaller, as it is and 10 % larger "
+                                         "(docs/inference.md, Multi-scale); the bar then shows percent of the run")
+        adv.addRow(self.multiscale_check)
         self._set_advanced_visible(False)
         self.advanced.toggled.connect(self._set_advanced_visible)
         lay.addWidget(self.advanced)
@@ -521,7 +527,8 @@ class SegmentWidget(QWidget):
         roi = [s.value() for s in self.roi]
         return {"overlap": float(self.overlap.value()), "sw_batch_size": int(self.batch.value()),
                 "roi_size": roi if all(roi) else None, "probabilities": self.prob_check.isChecked(),
-                "uncertainty": self.unc_check.isChecked(), "device": self.device_combo.currentText()}
+                "uncertainty": self.unc_check.isChecked(), "device": self.device_combo.currentText(),
+                "multiscale": self.multiscale_check.isChecked()}
 
     @property
     def running(self) -> bool:
@@ -554,6 +561,7 @@ class SegmentWidget(QWidget):
         except (Vit3dError, OSError, ValueError) as exc:
             report_error(exc, "Segment")
             return None
+        self.progress.setFormat("%p %" if self.multiscale_check.isChecked() else "%v / %m windows")
         return self._job.start(_segment_job, volume, layer.name, model_name, self.settings(), now_iso(),
                                preload_thread=self._preload, on_done=lambda out: self._on_done(out, replace),
                                status=f"segmenting {layer.name} with {model_name}…")
