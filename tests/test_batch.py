@@ -188,3 +188,26 @@ def test_explain_maps_and_cancel_keep_finished_rows(cohort, tmp_path):
         run_batch([cohort["scans"]], out2, model=cohort["model"], workers=1, cancel=lambda: True)
     kept = _read_summary(out2)
     assert len(kept) >= 1 and all(r["status"] in ("ok", "failed") for r in kept)
+
+
+def test_multiscale_labels_equal_the_api_and_plain_outputs_are_redone(cohort, tmp_path):
+    """``multiscale``: the labels written are ``segment(scales=MULTISCALE)``'s on the scan's grid; a plain
+    run's outputs are not "up to date" for a multi-scale run (redone), and a multi-scale rerun skips."""
+    from napari_vit3d.batch import run_batch
+    from napari_vit3d.inference import segment
+    from napari_vit3d.inference.engine import MULTISCALE
+    from napari_vit3d.io.nifti import read_nifti
+
+    scan = cohort["scans"] / "a.nii.gz"
+    out = tmp_path / "out"
+    plain = run_batch([scan], out, model=cohort["model"], workers=1)
+    assert [r["status"] for r in plain] == ["ok"]
+    first = np.asarray(nib.load(str(out / "a_labels.nii.gz")).dataobj)
+    rows = run_batch([scan], out, model=cohort["model"], workers=1, multiscale=True)
+    assert [r["status"] for r in rows] == ["ok"]                    # redone, not skipped
+    got = np.asarray(nib.load(str(out / "a_labels.nii.gz")).dataobj)
+    ref = segment(read_nifti(scan), cohort["model"], device="cpu", use_cache=False, scales=MULTISCALE)
+    np.testing.assert_array_equal(got, ref.labels.data)
+    assert not np.array_equal(got, first)
+    again = run_batch([scan], out, model=cohort["model"], workers=1, multiscale=True)
+    assert [r["status"] for r in again] == ["skipped"]

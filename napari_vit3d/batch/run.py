@@ -103,8 +103,12 @@ def _local_cluster(workers: int | None, threads: int):
 
 def run_batch(inputs, out_dir, *, model=None, list_file=None, client=None, scheduler: str | None = None,
               workers: int | None = None, threads_per_worker: int = 1, explain=(), save_uncertainty: bool = False,
-              overwrite: bool = False, device: str = "cpu", progress=None, cancel=None) -> list[dict]:
+              overwrite: bool = False, device: str = "cpu", progress=None, cancel=None,
+              multiscale: bool = False) -> list[dict]:
     """Run the default (or ``model``) segmentation over ``inputs`` on Dask; returns the summary rows.
+
+    ``multiscale``: each scan with multi-scale test-time augmentation (``inference.segment(scales=MULTISCALE)``,
+    about 2-3x the time); it is part of the settings an up-to-date check compares, so plain outputs are redone.
 
     ``progress(done, total, failed)`` is called after each scan; ``cancel()`` returning True stops
     waiting (unfinished scans are cancelled) and raises :class:`Cancelled` after writing the summary
@@ -135,6 +139,8 @@ def run_batch(inputs, out_dir, *, model=None, list_file=None, client=None, sched
     names = [lab.name for lab in labels if int(lab.index) != 0]
     settings = {"device": device, "overlap": 0.25, "save_uncertainty": bool(save_uncertainty),
                 "explain": list(explain or ()), "torch_threads": int(threads_per_worker)}
+    if multiscale:   # only when on: the settings of plain runs (and so their up-to-date checks) stay as they were
+        settings["multiscale"] = True
     own_cluster = None
     if client is None:
         if scheduler:

@@ -101,6 +101,7 @@ def process_scan(input_path: str, out_dir: str, *, model_ref: str, model_sha: st
 
 
 def _segment_one(inp: Path, paths: dict, model_ref: str, settings: dict) -> dict:
+    from ..inference.engine import MULTISCALE
     from ..io.formats import read_scan
     from ..io.nifti import write_image, write_labels
     from ..usecases import label_volumes, segment_scan
@@ -109,7 +110,7 @@ def _segment_one(inp: Path, paths: dict, model_ref: str, settings: dict) -> dict
     scan = read_scan(inp, as_labels=False)
     want_unc = bool(settings.get("save_uncertainty"))
     seg = segment_scan(scan, model, device=settings.get("device", "cpu"), overlap=float(settings.get("overlap", 0.25)),
-                       uncertainty=True, use_cache=False)
+                       uncertainty=True, use_cache=False, scales=MULTISCALE if settings.get("multiscale") else None)
     labels = seg.labels.data
     write_labels(paths["labels"], labels, scan.affine, header=scan.header, source_path=scan.source_path)
     ent = seg.uncertainty.data
