@@ -256,7 +256,9 @@ def _segment_multiscale(volume: Volume, parts: _ModelParts, scales, *, device, o
     _check_args(overlap, mode)
     _no_bundle(parts, "segmentation")
     roi = check_window(parts.spec, roi_size if roi_size is not None else parts.spec.roi_size)
-    _preflight(volume, parts, roi, overlap, sw_batch_size, channels, probabilities=True, flips=2)  # the mean + one pass
+    # the largest scale has the largest model grid; on the scan grid the mean and one pass's probabilities
+    _preflight(volume, _at_scale(parts, max(scales)), roi, overlap, sw_batch_size, channels, probabilities=True,
+               flips=2)
     n = len(scales)
     mean = None
     keep = None
