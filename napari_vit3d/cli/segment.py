@@ -49,7 +49,7 @@ def register(subparsers) -> None:
                    help="also write the normalised softmax entropy (0 = certain, 1 = all classes equally likely)")
     p.add_argument("--multiscale", action="store_true",
                    help="multi-scale test-time augmentation: average the model's probabilities over the scan seen "
-                        "10 %% smaller, as it is and 10 %% larger (three passes: about 3x the time; slightly more "
+                        "10 %% smaller, as it is and 10 %% larger (three passes: about 2-3x the time; slightly more "
                         "accurate, see docs/inference.md)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_trust_option(p)

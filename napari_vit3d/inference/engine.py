@@ -214,15 +214,11 @@ def segment(volume: Volume, model, *, device="auto", overlap: float = 0.25, sw_b
     """
     parts = _resolve_model(model, device)
     scales = None if scales is None else check_scales(scales)
-    if scales is not None and scales != (1.0,):
-        if parts.bundle is not None:
+    multiscale = scales is not None and scales != (1.0,)
+    if parts.bundle is not None:
+        if multiscale:
             raise ModelError("multi-scale test-time augmentation needs a native model; a MONAI bundle runs its own "
                              "preprocessing")
-        return _segment_multiscale(volume, parts, scales, device=device, overlap=overlap, sw_batch_size=sw_batch_size,
-                                   mode=mode, roi_size=roi_size, progress=progress, cancel=cancel,
-                                   return_probabilities=return_probabilities, use_cache=use_cache, channels=channels,
-                                   amp=amp)
-    if parts.bundle is not None:
         from .bundle import segment_bundle
 
         _preflight(volume, parts, parts.spec.roi_size, overlap, sw_batch_size, channels,
@@ -232,6 +228,11 @@ def segment(volume: Volume, model, *, device="auto", overlap: float = 0.25, sw_b
     _check_args(overlap, mode)
     _no_bundle(parts, "segmentation")
     roi = check_window(parts.spec, roi_size if roi_size is not None else parts.spec.roi_size)
+    if multiscale:
+        return _segment_multiscale(volume, parts, scales, roi, device=device, overlap=overlap,
+                                   sw_batch_size=sw_batch_size, mode=mode, roi_size=roi_size, progress=progress,
+                                   cancel=cancel, return_probabilities=return_probabilities, use_cache=use_cache,
+                                   channels=channels, amp=amp)
     _preflight(volume, parts, roi, overlap, sw_batch_size, channels, probabilities=return_probabilities)
     fp = forward(volume, parts, device=device, overlap=overlap, sw_batch_size=sw_batch_size, mode=mode,
                  roi_size=roi_size, channels=channels, amp=amp, progress=progress, cancel=cancel, use_cache=use_cache,
@@ -240,22 +241,25 @@ def segment(volume: Volume, model, *, device="auto", overlap: float = 0.25, sw_b
         raise Cancelled("segmentation was cancelled; nothing was written")
     scan_logits = logits_to_scan(fp.logits, fp.model_input)
     meta = _provenance(volume, parts, fp, sw_batch_size)
-    labels = labels_from_logits(scan_logits, parts.spec)
+    probs = probabilities_from_logits(scan_logits) if return_probabilities else None
+    return _result(volume, parts, fp, meta, labels_from_logits(scan_logits, parts.spec), probs, fp.from_cache)
+
+
+def _result(volume: Volume, parts: _ModelParts, fp: ForwardPass, meta: dict, labels, probs,
+            from_cache: bool) -> SegmentationResult:
+    """Scan-grid ``labels`` and, unless None, ``probs`` (classes last) as the result's volumes; ``fp``'s logits."""
     labels_vol = output_volume(volume, labels, kind="labels", name="labels", vit3d=meta)
     probs_vol = None
-    if return_probabilities:
-        probs_vol = output_volume(volume, probabilities_from_logits(scan_logits), kind="probabilities",
-                                  name="probabilities", units="probability", vit3d=meta,
-                                  classes=[int(v) for v in label_values(parts.spec, scan_logits.shape[-1])])
+    if probs is not None:
+        probs_vol = output_volume(volume, probs, kind="probabilities", name="probabilities", units="probability",
+                                  vit3d=meta, classes=[int(v) for v in label_values(parts.spec, probs.shape[-1])])
     return SegmentationResult(labels=labels_vol, probabilities=probs_vol, logits=fp.logits,
-                              model_input=fp.model_input, metadata=meta, from_cache=fp.from_cache)
+                              model_input=fp.model_input, metadata=meta, from_cache=from_cache)
 
 
-def _segment_multiscale(volume: Volume, parts: _ModelParts, scales, *, device, overlap, sw_batch_size, mode, roi_size,
-                        progress, cancel, return_probabilities, use_cache, channels, amp) -> SegmentationResult:
-    _check_args(overlap, mode)
-    _no_bundle(parts, "segmentation")
-    roi = check_window(parts.spec, roi_size if roi_size is not None else parts.spec.roi_size)
+def _segment_multiscale(volume: Volume, parts: _ModelParts, scales, roi, *, device, overlap, sw_batch_size, mode,
+                        roi_size, progress, cancel, return_probabilities, use_cache, channels,
+                        amp) -> SegmentationResult:
     # the largest scale has the largest model grid; on the scan grid the mean and one pass's probabilities
     _preflight(volume, _at_scale(parts, max(scales)), roi, overlap, sw_batch_size, channels, probabilities=True,
                flips=2)
@@ -278,15 +282,8 @@ def _segment_multiscale(volume: Volume, parts: _ModelParts, scales, *, device, o
         raise Cancelled("segmentation was cancelled; nothing was written")
     meta = _provenance(volume, parts, keep, sw_batch_size)
     meta["settings"]["scales"] = [float(s) for s in scales]
-    values = label_values(parts.spec, mean.shape[-1])
     labels = labels_from_logits(np.log(np.maximum(mean, 1e-12)), parts.spec)   # argmax of the mean probabilities
-    labels_vol = output_volume(volume, labels, kind="labels", name="labels", vit3d=meta)
-    probs_vol = None
-    if return_probabilities:
-        probs_vol = output_volume(volume, mean.astype(np.float32), kind="probabilities", name="probabilities",
-                                  units="probability", vit3d=meta, classes=[int(v) for v in values])
-    return SegmentationResult(labels=labels_vol, probabilities=probs_vol, logits=keep.logits,
-                              model_input=keep.model_input, metadata=meta, from_cache=False)
+    return _result(volume, parts, keep, meta, labels, mean.astype(np.float32) if return_probabilities else None, False)
 
 
 # ------------------------------------------------------------------------------------------
