@@ -28,9 +28,14 @@ def plugin_labels(viewer):
 
 
 def test_cancel_bad_models_recovery_and_replace(make_napari_viewer, qtbot, env, monkeypatch):
+    from napari_vit3d.gui.warmup import warm_up_finished
+
     viewer = make_napari_viewer()
     open_sample(viewer)
     seg = dock(viewer, "1 Segment")
+    # the first viewer of a process adds short-lived transparent warm-up layers; the layer counts below are
+    # about what a run leaves, so wait until they are gone (later viewers in the process have none)
+    wait_for(qtbot, warm_up_finished)
 
     # -- a file that is not a model: a plain message, nothing registered
     junk = env.tmp / "junk.pt"
