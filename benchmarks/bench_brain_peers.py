@@ -163,6 +163,9 @@ def main(argv=None) -> int:
                     help="keep the scans and the peers' masks here and reuse them (a rerun with another model of "
                          "ours only runs ours)")
     ap.add_argument("--skip-ours", action="store_true", help="only run the peers (to fill --cache)")
+    ap.add_argument("--scans", nargs="*", default=None, metavar="PREFIX",
+                    help="only the scans whose names start with one of these (e.g. pydeface: the unseen head and its "
+                         "slab copy)")
     ap.add_argument("--figure", type=Path, default=None,
                     help="PNG of the unseen pydeface head: ours (red) and the peers' majority (green) on the T1")
     args = ap.parse_args(argv)
@@ -172,6 +175,8 @@ def main(argv=None) -> int:
         tmp = args.cache or Path(td)
         tmp.mkdir(parents=True, exist_ok=True)
         for sc in build_scans(args.data_dir, args.n_copies, args.seed, tmp):
+            if args.scans is not None and not sc["name"].startswith(tuple(args.scans)):
+                continue
             aff = sc["affine"]
             vox_ml = abs(float(np.linalg.det(aff[:3, :3]))) / 1000.0
             masks, secs = {}, {}

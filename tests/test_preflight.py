@@ -73,6 +73,23 @@ def test_the_issues_sizes_are_refused_from_geometry_alone():
         load_model(wide)
 
 
+def test_the_shape_only_count_equals_the_built_network_and_a_real_build_is_still_initialised():
+    # the pre-flight count builds on the meta device, where SegFormer3D skips its weight initialisation
+    # (its normal_ there costs a one-click run 1.5 s); the count must still be the network's, and a real
+    # build must still get SegFormer3D's initialisation
+    from napari_vit3d.models.registry import build_network, parameter_count
+
+    spec = get_spec("segformer3d-brain")
+    net = build_network(spec)
+    assert parameter_count(spec) == sum(p.numel() for p in net.parameters()) + sum(b.numel() for b in net.buffers())
+    linear = torch.cat([m.weight.detach().flatten() for m in net.modules() if isinstance(m, torch.nn.Linear)])
+    assert 0.018 < float(linear.std()) < 0.022  # trunc_normal_(std=0.02)
+    conv = max((m for m in net.modules() if isinstance(m, torch.nn.Conv3d) and m.groups == 1),
+               key=lambda m: m.weight.numel())
+    fan_out = conv.kernel_size[0] * conv.kernel_size[1] * conv.kernel_size[2] * conv.out_channels
+    assert float(conv.weight.std()) == pytest.approx((2.0 / fan_out) ** 0.5, rel=0.1)
+
+
 def test_a_legal_large_scan_with_probabilities_and_uncertainty_is_estimated_and_warned_about():
     spec = get_spec("segformer3d-brain")
     scan = ScanGeometry((512, 512, 400), np.diag([0.5, 0.5, 0.5, 1.0]), name="large")

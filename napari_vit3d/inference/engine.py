@@ -308,15 +308,16 @@ def preload() -> None:
 
     from ..models import checkpoints, registry, segformer3d, vit_seg  # noqa: F401
 
-    # the pre-flight parameter count builds a network on PyTorch's meta device, which imports torch._refs /
-    # torch._dynamo on first use (about 2 s under the GIL): do it here, on a tiny spec, nothing allocated
+    # the pre-flight parameter count builds a network on PyTorch's meta device; for MONAI's ViT (UNETR,
+    # dino-vit-brain) that imports torch._refs / torch._dynamo on first use (about 2 s under the GIL): do it
+    # here, on a tiny spec, nothing allocated (SegFormer3D skips its initialisation on meta and never needs it)
     from ..models.spec import ModelSpec
     from . import bundle, predictor  # noqa: F401
 
     registry.parameter_count(ModelSpec(
-        name="preload", architecture="segformer3d", roi_size=(32, 32, 32),
-        arch_kwargs={"embed_dims": [4, 4, 4, 4], "depths": [1, 1, 1, 1], "num_heads": [1, 1, 1, 1],
-                     "decoder_dim": 4},
+        name="preload", architecture="vit_seg", roi_size=(16, 16, 16),
+        arch_kwargs={"img_size": [16, 16, 16], "patch_size": 8, "hidden_size": 8, "mlp_dim": 8, "num_layers": 1,
+                     "num_heads": 1, "feature_size": 4},
         labels=({"index": 0, "name": "background"}, {"index": 1, "name": "object"})))
 
 

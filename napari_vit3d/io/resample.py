@@ -142,7 +142,12 @@ def _resample_separable(data: np.ndarray, axes, target_shape, cval: float) -> np
         shape = [1] * x.ndim
         shape[t] = -1
         w = (q - i0).astype(np.float32).reshape(shape)
-        x = np.take(x, i0, axis=t) * (1 - w) + np.take(x, i1, axis=t) * w
+        lo = np.take(x, i0, axis=t)           # lo + (hi - lo) * w, in place: two full-size arrays, not four
+        hi = np.take(x, i1, axis=t)
+        np.subtract(hi, lo, out=hi)
+        np.multiply(hi, w, out=hi)
+        x = np.add(lo, hi, out=lo)
+        del hi
         if outside.any():
             idx = [slice(None)] * x.ndim
             idx[t] = outside

@@ -256,6 +256,10 @@ class SegFormer3D(nn.Module):
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
+        if getattr(m, "weight", None) is not None and m.weight.is_meta:
+            # a shape-only build (the pre-flight parameter count): nothing to fill, and PyTorch's meta
+            # kernels for normal_ import torch._dynamo on first use (about 1.5 s of a one-click run)
+            return
         if isinstance(m, nn.Linear):
             nn.init.trunc_normal_(m.weight, std=0.02)
             if m.bias is not None:
