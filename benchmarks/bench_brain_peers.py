@@ -41,6 +41,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from scipy import ndimage
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -142,10 +143,11 @@ def otsu_mask(path: Path) -> np.ndarray:
 
 def score(pred, ref, affine, vox_ml) -> dict:
     if not pred.any():
-        return {"dice": 0.0, "hd95": None, "volume_ml": 0.0}
+        return {"dice": 0.0, "hd95": None, "volume_ml": 0.0, "pieces": 0}
     hd95, _, _ = surface_distances(pred, ref, affine)
+    pieces = int(ndimage.label(pred, structure=np.ones((3, 3, 3), bool))[1])   # 26-connected fragments
     return {"dice": round(dice(pred, ref), 4), "hd95": round(float(hd95), 2),
-            "volume_ml": round(float(pred.sum() * vox_ml), 1),
+            "volume_ml": round(float(pred.sum() * vox_ml), 1), "pieces": pieces,
             "volume_error_pct": round(100.0 * (float(pred.sum()) - float(ref.sum())) / float(ref.sum()), 1)}
 
 
@@ -271,6 +273,7 @@ def summarise(rows) -> dict:
                     "hd95_mean": round(float(np.mean(hd)), 2) if hd else None,
                     "volume_error_pct_mean": round(float(np.mean([abs(r[key].get("volume_error_pct", 100))
                                                                    for r in rs])), 1),
+                    "pieces_max": int(max(r[key].get("pieces", 0) for r in rs)),
                     "seconds_mean": round(float(np.mean([r["seconds"] for r in rs])), 1)}
         out[group] = g
     return out
@@ -279,12 +282,12 @@ def summarise(rows) -> dict:
 def markdown(summary) -> str:
     parts = []
     for group, g in summary.items():
-        parts.append(f"**{group}**\n\n| tool | n | Dice mean | Dice worst | HD95 mm | abs. volume error % | wall s |\n"
-                     "|---|---|---|---|---|---|---|")
+        parts.append(f"**{group}**\n\n| tool | n | Dice mean | Dice worst | HD95 mm | abs. volume error % "
+                     "| pieces, most | wall s |\n|---|---|---|---|---|---|---|---|")
         for t, v in g.items():
             parts.append(f"| {PEER_NAMES[t]} | {v['n']} | {v['dice_mean']:.3f} | {v['dice_worst']:.3f} | "
                          f"{v['hd95_mean'] if v['hd95_mean'] is not None else '—'} | {v['volume_error_pct_mean']} | "
-                         f"{v['seconds_mean']} |")
+                         f"{v['pieces_max']} | {v['seconds_mean']} |")
         parts.append("")
     return "\n".join(parts)
 
