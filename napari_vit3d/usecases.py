@@ -57,19 +57,20 @@ def segment_scan(volume: Volume, model, *, device="auto", overlap: float = 0.25,
                  roi_size=None, channels=None, probabilities: bool = False, uncertainty: bool = False,
                  regions: bool = False, uncertainty_threshold: float = 0.5, uncertainty_min_voxels: int = 20,
                  max_regions: int = 50, progress=None, cancel=None, use_cache: bool = True,
-                 scales=None) -> ScanSegmentation:
+                 scales=None, postprocess: bool = True) -> ScanSegmentation:
     """Segment ``volume`` (``inference.segment``) and, when asked, keep the probabilities, compute the
     uncertainty map (``review.uncertainty.softmax_entropy``) and its connected regions above
     ``uncertainty_threshold`` (``review.uncertainty.uncertain_regions``). ``model`` is a loaded model or
-    a name / spec / checkpoint for the registry; ``progress(done, total)``, ``cancel()`` and ``scales``
-    (multi-scale test-time augmentation) as in ``inference.segment``."""
+    a name / spec / checkpoint for the registry; ``progress(done, total)``, ``cancel()``, ``scales``
+    (multi-scale test-time augmentation) and ``postprocess`` (the spec's label post-processing) as in
+    ``inference.segment``."""
     from .inference import segment
     from .review.uncertainty import softmax_entropy, uncertain_regions
 
     want_probs = bool(probabilities or uncertainty or regions)
     kwargs = dict(device=device, overlap=overlap, sw_batch_size=sw_batch_size, channels=channels,
                   progress=progress, cancel=cancel, return_probabilities=want_probs, use_cache=use_cache,
-                  scales=scales)
+                  scales=scales, postprocess=postprocess)
     if roi_size:
         kwargs["roi_size"] = tuple(int(r) for r in roi_size)
     result = segment(volume, model, **kwargs)

@@ -211,3 +211,29 @@ def test_multiscale_labels_equal_the_api_and_plain_outputs_are_redone(cohort, tm
     assert not np.array_equal(got, first)
     again = run_batch([scan], out, model=cohort["model"], workers=1, multiscale=True)
     assert [r["status"] for r in again] == ["skipped"]
+
+
+def test_a_spec_that_gains_post_processing_redoes_its_outputs(cohort, tmp_path):
+    """The model's label post-processing (``ModelSpec.postprocess``) changes the labels, so outputs written
+    before the spec asked for it are redone (not skipped), with the API's labels; a rerun then skips."""
+    import shutil
+
+    from napari_vit3d.batch import run_batch
+    from napari_vit3d.inference import segment
+    from napari_vit3d.io.nifti import read_nifti
+
+    mdir = tmp_path / "model"
+    mdir.mkdir()
+    shutil.copy(cohort["dir"] / "tiny-batch.safetensors", mdir)
+    spec = json.loads((cohort["dir"] / "tiny-batch.json").read_text())
+    (mdir / "tiny-batch.json").write_text(json.dumps(spec))
+    scan, out = cohort["scans"] / "a.nii.gz", tmp_path / "out"
+    assert [r["status"] for r in run_batch([scan], out, model=str(mdir / "tiny-batch.json"), workers=1)] == ["ok"]
+    (mdir / "tiny-batch.json").write_text(json.dumps({**spec, "postprocess": {"tissue_em": {"labels": [1, 2]}}}))
+    rows = run_batch([scan], out, model=str(mdir / "tiny-batch.json"), workers=1)
+    assert [r["status"] for r in rows] == ["ok"]                     # redone
+    ref = segment(read_nifti(scan), str(mdir / "tiny-batch.json"), device="cpu", use_cache=False)
+    assert "postprocess" in ref.metadata["settings"]
+    np.testing.assert_array_equal(np.asarray(nib.load(str(out / "a_labels.nii.gz")).dataobj), ref.labels.data)
+    again = run_batch([scan], out, model=str(mdir / "tiny-batch.json"), workers=1)
+    assert [r["status"] for r in again] == ["skipped"]

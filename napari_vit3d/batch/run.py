@@ -31,14 +31,15 @@ def _require_distributed():
                          "(or pip install distributed)") from None
 
 
-def _model_ref_and_hash(model) -> tuple[str, str | None, list]:
+def _model_ref_and_hash(model) -> tuple[str, str | None, list, dict]:
     from ..models.checkpoints import file_sha256
     from ..models.registry import default_model_name, get_spec
 
     ref = str(model) if model else default_model_name()
     spec = get_spec(ref)
     wp = spec.weights_path
-    return ref, (file_sha256(wp) if wp is not None and Path(wp).is_file() else None), list(spec.labels)
+    return (ref, (file_sha256(wp) if wp is not None and Path(wp).is_file() else None), list(spec.labels),
+            dict(spec.postprocess))
 
 
 def qc_flags(rows: list[dict], *, tolerance: float = 0.25, max_uncertainty: float = 0.35) -> None:
@@ -135,12 +136,14 @@ def run_batch(inputs, out_dir, *, model=None, list_file=None, client=None, sched
     out_dir.mkdir(parents=True, exist_ok=True)
     if not os.access(out_dir, os.W_OK):
         raise VolumeError(f"{out_dir}: the output folder is not writable")
-    ref, sha, labels = _model_ref_and_hash(model)
+    ref, sha, labels, post = _model_ref_and_hash(model)
     names = [lab.name for lab in labels if int(lab.index) != 0]
     settings = {"device": device, "overlap": 0.25, "save_uncertainty": bool(save_uncertainty),
                 "explain": list(explain or ()), "torch_threads": int(threads_per_worker)}
     if multiscale:   # only when on: the settings of plain runs (and so their up-to-date checks) stay as they were
         settings["multiscale"] = True
+    if post:         # the model's label post-processing changes the labels: outputs made without it are redone
+        settings["postprocess"] = post
     own_cluster = None
     if client is None:
         if scheduler:

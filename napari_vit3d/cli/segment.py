@@ -51,6 +51,10 @@ def register(subparsers) -> None:
                    help="multi-scale test-time augmentation: average the model's probabilities over the scan seen "
                         "10 %% smaller, as it is and 10 %% larger (three passes: about 2-3x the time; slightly more "
                         "accurate, see docs/inference.md)")
+    p.add_argument("--no-postprocess", action="store_true",
+                   help="write the network's argmax as it is, without the model's label post-processing (the "
+                        "default brain model re-decides CSF / gray / white matter inside the brain by the scan's "
+                        "intensities; see docs/inference.md)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_trust_option(p)
     p.set_defaults(func=run)
@@ -100,7 +104,7 @@ def run(args) -> int:
         out = segment_scan(scan, model, device=device, overlap=args.overlap, sw_batch_size=args.sw_batch_size,
                            channels=args.channels, progress=progress, probabilities=bool(args.save_probabilities),
                            uncertainty=bool(args.save_uncertainty), use_cache=False,
-                           scales=MULTISCALE if args.multiscale else None)
+                           scales=MULTISCALE if args.multiscale else None, postprocess=not args.no_postprocess)
     finally:
         if bar is not None:
             bar.close()

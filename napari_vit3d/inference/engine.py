@@ -4,7 +4,10 @@
 ``sliding_window_inference`` (gaussian blending) through a predictor that reports progress and checks
 for cancellation per window batch → model-space logits (cached) → logits resampled onto the scan grid
 → labels (argmax of the resampled logits) and probabilities (softmax of the same logits), so the label
-shown at a voxel is always the most probable class there.
+shown at a voxel is the most probable class there — unless the model's spec asks for a post-processing
+step (``ModelSpec.postprocess``, :mod:`~napari_vit3d.inference.postprocess`; ``segment(...,
+postprocess=False)`` turns it off): the default brain model re-decides its tissue classes inside the
+brain by the scan's own intensities, with the probabilities (returned unchanged) as the prior.
 
 Devices: ``"auto"`` picks CUDA > MPS > CPU. On CUDA the forward runs under bf16 (or fp16) autocast,
 the window batch size follows the free memory, and an out-of-memory error retries with half the batch,
@@ -29,9 +32,10 @@ from ..io.volume import Volume
 from ..models.architectures import check_window
 from ..models.devices import autocast_dtype, resolve_device
 from .cache import forward_cache, network_fingerprint
+from .postprocess import TISSUE_EM, tissue_em
 from .predictor import BLEND_MODES, CancelFn, ProgressFn, count_windows, sliding_window_logits
 from .preflight import check_scan_content, check_segmentation
-from .preprocess import ModelInput, preprocess
+from .preprocess import ModelInput, preprocess, select_channels
 from .results import (
     SegmentationResult,
     label_values,
@@ -197,7 +201,7 @@ def _at_scale(parts: _ModelParts, scale: float) -> _ModelParts:
 def segment(volume: Volume, model, *, device="auto", overlap: float = 0.25, sw_batch_size: int | None = None,
             mode: str = "gaussian", roi_size=None, progress: ProgressFn | None = None, cancel: CancelFn | None = None,
             return_probabilities: bool = True, use_cache: bool = True, channels=None,
-            amp: bool = True, scales=None) -> SegmentationResult:
+            amp: bool = True, scales=None, postprocess: bool = True) -> SegmentationResult:
     """Segment ``volume`` with ``model`` (a loaded model, or a name / checkpoint / spec path for the registry).
 
     Returns labels (integer, on the scan's grid, in the file's voxel order, with the scan's affine and
@@ -211,6 +215,9 @@ def segment(volume: Volume, model, *, device="auto", overlap: float = 0.25, sw_b
     the scan's grid and averaged, and the labels are the argmax of the average. Costs one pass per scale;
     ``logits`` and ``model_input`` of the result are the scale-1 pass's (the first pass's when 1 is not
     among the scales). None or ``(1,)``: one pass, as without it.
+
+    ``postprocess``: apply the spec's label post-processing (``ModelSpec.postprocess``, e.g. the default
+    model's ``tissue_em``; recorded in the result's ``settings``); False: the network's argmax as it is.
     """
     parts = _resolve_model(model, device)
     scales = None if scales is None else check_scales(scales)
@@ -232,7 +239,7 @@ def segment(volume: Volume, model, *, device="auto", overlap: float = 0.25, sw_b
         return _segment_multiscale(volume, parts, scales, roi, device=device, overlap=overlap,
                                    sw_batch_size=sw_batch_size, mode=mode, roi_size=roi_size, progress=progress,
                                    cancel=cancel, return_probabilities=return_probabilities, use_cache=use_cache,
-                                   channels=channels, amp=amp)
+                                   channels=channels, amp=amp, postprocess=postprocess)
     _preflight(volume, parts, roi, overlap, sw_batch_size, channels, probabilities=return_probabilities)
     fp = forward(volume, parts, device=device, overlap=overlap, sw_batch_size=sw_batch_size, mode=mode,
                  roi_size=roi_size, channels=channels, amp=amp, progress=progress, cancel=cancel, use_cache=use_cache,
@@ -242,7 +249,24 @@ def segment(volume: Volume, model, *, device="auto", overlap: float = 0.25, sw_b
     scan_logits = logits_to_scan(fp.logits, fp.model_input)
     meta = _provenance(volume, parts, fp, sw_batch_size)
     probs = probabilities_from_logits(scan_logits) if return_probabilities else None
-    return _result(volume, parts, fp, meta, labels_from_logits(scan_logits, parts.spec), probs, fp.from_cache)
+    labels = labels_from_logits(scan_logits, parts.spec)
+    if postprocess:
+        labels = _postprocess(volume, parts.spec, labels, meta, channels, lambda mask: scan_logits[mask])
+    return _result(volume, parts, fp, meta, labels, probs, fp.from_cache)
+
+
+def _postprocess(volume: Volume, spec, labels, meta: dict, channels, log_probs_at) -> np.ndarray:
+    """The spec's label post-processing; ``log_probs_at(mask)``: the (N, C) log-probabilities at ``mask`` up to
+    a constant per voxel (logits will do)."""
+    cfg = spec.postprocess.get(TISSUE_EM)
+    if not cfg:
+        return labels
+    image, _ = select_channels(volume, spec, channels)
+    columns = [int(np.flatnonzero(label_values(spec, spec.n_classes) == c)[0]) for c in cfg["labels"]]
+    labels, info = tissue_em(image[..., 0], labels, lambda mask: log_probs_at(mask)[:, columns], cfg)
+    meta["settings"]["postprocess"] = {TISSUE_EM: dict(cfg)}
+    meta["postprocess"] = {TISSUE_EM: info}
+    return labels
 
 
 def _result(volume: Volume, parts: _ModelParts, fp: ForwardPass, meta: dict, labels, probs,
@@ -259,7 +283,7 @@ def _result(volume: Volume, parts: _ModelParts, fp: ForwardPass, meta: dict, lab
 
 def _segment_multiscale(volume: Volume, parts: _ModelParts, scales, roi, *, device, overlap, sw_batch_size, mode,
                         roi_size, progress, cancel, return_probabilities, use_cache, channels,
-                        amp) -> SegmentationResult:
+                        amp, postprocess) -> SegmentationResult:
     # the largest scale has the largest model grid; on the scan grid the mean and one pass's probabilities
     _preflight(volume, _at_scale(parts, max(scales)), roi, overlap, sw_batch_size, channels, probabilities=True,
                flips=2)
@@ -283,6 +307,9 @@ def _segment_multiscale(volume: Volume, parts: _ModelParts, scales, roi, *, devi
     meta = _provenance(volume, parts, keep, sw_batch_size)
     meta["settings"]["scales"] = [float(s) for s in scales]
     labels = labels_from_logits(np.log(np.maximum(mean, 1e-12)), parts.spec)   # argmax of the mean probabilities
+    if postprocess:
+        labels = _postprocess(volume, parts.spec, labels, meta, channels,
+                              lambda mask: np.log(np.maximum(mean[mask], 1e-12)))
     return _result(volume, parts, keep, meta, labels, mean.astype(np.float32) if return_probabilities else None, False)
 
 

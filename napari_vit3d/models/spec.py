@@ -36,6 +36,46 @@ def _check_relative(name: str, key: str, value) -> None:
                          "path, no '..')")
 
 
+TISSUE_EM = "tissue_em"
+TISSUE_EM_DEFAULTS = {"prior_power": 1.0, "iterations": 10, "sample": 200_000}
+
+
+def _check_postprocess(name: str, postprocess: dict, label_indices, in_channels: int) -> dict:
+    """Validate a spec's ``postprocess`` (``{}`` or ``{"tissue_em": {"labels": [...], ...}}``); returns it
+    with defaults filled in. Any problem is one :class:`ModelError` line naming the model."""
+    if not isinstance(postprocess, dict):
+        raise ModelError(f"model {name!r}: postprocess must be an object such as "
+                         '{"tissue_em": {"labels": [1, 2, 3]}}')
+    unknown = set(postprocess) - {TISSUE_EM}
+    if unknown:
+        raise ModelError(f"model {name!r}: unknown postprocess step(s) {', '.join(sorted(map(str, unknown)))}; "
+                         f"known: {TISSUE_EM}")
+    if TISSUE_EM not in postprocess:
+        return {}
+    cfg = postprocess[TISSUE_EM]
+    if not isinstance(cfg, dict) or "labels" not in cfg:
+        raise ModelError(f"model {name!r}: postprocess.{TISSUE_EM} needs \"labels\" (the tissue label indices)")
+    extra = set(cfg) - {"labels", *TISSUE_EM_DEFAULTS}
+    if extra:
+        raise ModelError(f"model {name!r}: postprocess.{TISSUE_EM} has unknown keys {', '.join(sorted(extra))}")
+    try:
+        labels = [int(v) for v in cfg["labels"]]
+        out = {"labels": labels, **{k: type(v)(cfg.get(k, v)) for k, v in TISSUE_EM_DEFAULTS.items()}}
+    except (TypeError, ValueError) as exc:
+        raise ModelError(f"model {name!r}: invalid postprocess.{TISSUE_EM} ({exc})") from None
+    known = {int(v) for v in label_indices}
+    if len(labels) < 2 or len(set(labels)) != len(labels) or not set(labels) <= known:
+        raise ModelError(f"model {name!r}: postprocess.{TISSUE_EM} labels {labels} must be two or more distinct "
+                         f"label indices of the model ({sorted(known)})")
+    if in_channels != 1:
+        raise ModelError(f"model {name!r}: postprocess.{TISSUE_EM} works on one input channel, the model reads "
+                         f"{in_channels}")
+    if not (0 <= out["prior_power"] <= 10 and 1 <= out["iterations"] <= 100 and out["sample"] >= 1000):
+        raise ModelError(f"model {name!r}: postprocess.{TISSUE_EM} needs 0 <= prior_power <= 10, "
+                         "1 <= iterations <= 100, sample >= 1000")
+    return {TISSUE_EM: out}
+
+
 def _label(entry) -> LabelInfo:
     if not isinstance(entry, dict):
         raise ValueError(f"each label must be an object with index and name, got {entry!r}")
@@ -72,6 +112,9 @@ class ModelSpec:
     #: filled in by the registry: the folder the spec was read from
     root: str | None = None
     extra: dict = field(default_factory=dict)
+    #: label post-processing on the scan grid (``inference.postprocess``): ``{}`` or
+    #: ``{"tissue_em": {"labels": [1, 2, 3], "prior_power": 1.0, "iterations": 10, "sample": 200000}}``
+    postprocess: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if self.architecture not in architecture_names():
@@ -106,6 +149,8 @@ class ModelSpec:
         if len(self.channel_names) != self.in_channels:
             raise ModelError(f"model {self.name!r}: {self.in_channels} input channels but "
                              f"{len(self.channel_names)} channel names")
+        self.postprocess = _check_postprocess(self.name, self.postprocess, [lab.index for lab in self.labels],
+                                              self.in_channels)
 
     @property
     def label_names(self) -> dict[int, str]:
