@@ -263,7 +263,15 @@ def _postprocess(volume: Volume, spec, labels, meta: dict, channels, log_probs_a
         return labels
     image, _ = select_channels(volume, spec, channels)
     columns = [int(np.flatnonzero(label_values(spec, spec.n_classes) == c)[0]) for c in cfg["labels"]]
-    labels, info = tissue_em(image[..., 0], labels, lambda mask: log_probs_at(mask)[:, columns], cfg)
+
+    def prior(mask):
+        lp = log_probs_at(mask)
+        if lp.shape[1] <= max(columns):   # e.g. a single-logit (sigmoid) model: no per-class probabilities
+            raise ModelError(f"model {spec.name!r}: postprocess.{TISSUE_EM} needs one output per class; the "
+                             f"network gives {lp.shape[1]}")
+        return lp[:, columns]
+
+    labels, info = tissue_em(image[..., 0], labels, prior, cfg)
     meta["settings"]["postprocess"] = {TISSUE_EM: dict(cfg)}
     meta["postprocess"] = {TISSUE_EM: info}
     return labels
