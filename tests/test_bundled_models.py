@@ -4,7 +4,8 @@ Floors against regressions (Colin27 was part of the training data), not quality 
 docs/models/*.md (benchmarks/eval_bundled.py, benchmarks/bench_brain_peers.py). The default model
 follows the brain-extraction convention (brain + the CSF inside the skull): its brain must hold the
 sample's tight brain mask (``ch2bet``) and add to it only what lies inside the skull, and reach a
-Dice floor against the intracranial reference. The DINO model still follows the tight mask.
+Dice floor against the intracranial reference. The DINO model's decoder was retrained to the same
+definition (finetune4) and is held to the same reference with lower floors.
 """
 
 from __future__ import annotations
@@ -23,13 +24,18 @@ from napari_vit3d.models.registry import bundled_models_dir, default_model_name,
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLED = ("segformer3d-brain", "dino-vit-brain")
-#: brain Dice floors on the sample. The default model measures 0.970 against the intracranial reference (stage 10);
-#: 0.95 leaves a margin. The DINO model is a
-#: demonstration of DINO heads whose decoder sits on a frozen (and briefly pretrained) DINO encoder;
-#: its card states its measured Dice (below 0.9), and this floor only guards against regressions.
-FLOORS = {"segformer3d-brain": 0.95, "dino-vit-brain": 0.75}
-#: which brain reference each model was trained to: "intracranial" (synthesis.intracranial_mask) or "tight"
-REFERENCE = {"segformer3d-brain": "intracranial", "dino-vit-brain": "tight"}
+#: brain Dice floors on the sample against the intracranial reference. The default model measures 0.970
+#: (stage 10); 0.95 leaves a margin. The DINO model is a demonstration of DINO heads whose decoder sits on a
+#: frozen (and briefly pretrained) DINO encoder; it measures 0.927 (finetune4), and its floor only guards
+#: against regressions.
+FLOORS = {"segformer3d-brain": 0.95, "dino-vit-brain": 0.88}
+#: gray / white matter Dice floors against the reference's tissue classes. The default model, with its spec's
+#: tissue_em step, measures GM 0.873 / WM 0.905 (plain argmax 0.696 / 0.762); the DINO model (plain argmax:
+#: its card says why it has no tissue_em step) GM 0.767 / WM 0.893
+TISSUE_FLOORS = {"segformer3d-brain": (0.84, 0.88), "dino-vit-brain": (0.73, 0.86)}
+#: the brain's volume over the tight mask's: the default model adds 5-20 % (the sulcal and surrounding CSF);
+#: the DINO model measures 1.26 (it also calls some of the meninges and the skull's inner rim brain)
+VOLUME_RATIO = {"segformer3d-brain": (1.05, 1.2), "dino-vit-brain": (1.05, 1.35)}
 EXPECTED_LABELS = {0: "background", 1: "CSF", 2: "gray matter", 3: "white matter"}
 
 
@@ -75,32 +81,26 @@ def test_bundled_model_segments_the_sample(name, colin):
     np.testing.assert_array_equal(res.labels.affine, t1.affine)
     tight = np.asarray(mask.data) > 0
     pred = labels > 0
-    if REFERENCE[name] == "intracranial":
-        from napari_vit3d.training.synthesis import head_label_map_1mm
+    from napari_vit3d.training.synthesis import head_label_map_1mm
 
-        classes, ref = head_label_map_1mm(np.asarray(t1.data, np.float32), tight)
-        # tissue against the reference's classes (a 3-class k-means of this T1 inside the intracranial brain):
-        # with its spec's tissue_em step the model measures GM 0.873 / WM 0.905 here (plain argmax 0.696 / 0.762)
-        tissue = np.where(ref, classes, 0)
-        for c, floor in ((2, 0.84), (3, 0.88)):
-            d = 2 * np.sum((labels == c) & (tissue == c)) / (np.sum(labels == c) + np.sum(tissue == c))
-            assert d >= floor, f"{name}: {EXPECTED_LABELS[c]} Dice {d:.3f} on the bundled sample"
-        # the border is not inside the brain: nearly all of the tight brain is labelled, and the extra
-        # is 5-20 % of it (the sulcal and surrounding CSF), not the skull or scalp
-        assert np.sum(pred & tight) >= 0.97 * tight.sum()
-        assert 1.05 * tight.sum() <= pred.sum() <= 1.2 * tight.sum(), pred.sum() / tight.sum()
-    else:
-        ref = tight
+    classes, ref = head_label_map_1mm(np.asarray(t1.data, np.float32), tight)
+    # tissue against the reference's classes (a 3-class k-means of this T1 inside the intracranial brain)
+    tissue = np.where(ref, classes, 0)
+    for c, floor in zip((2, 3), TISSUE_FLOORS[name]):
+        d = 2 * np.sum((labels == c) & (tissue == c)) / (np.sum(labels == c) + np.sum(tissue == c))
+        assert d >= floor, f"{name}: {EXPECTED_LABELS[c]} Dice {d:.3f} on the bundled sample"
+    # the border is not inside the brain: nearly all of the tight brain is labelled, and the extra
+    # is a bounded share of it (the sulcal and surrounding CSF), not the skull or scalp
+    assert np.sum(pred & tight) >= 0.97 * tight.sum()
+    lo, hi = VOLUME_RATIO[name]
+    assert lo * tight.sum() <= pred.sum() <= hi * tight.sum(), pred.sum() / tight.sum()
     dice = 2 * np.sum(pred & ref) / (pred.sum() + ref.sum())
     assert dice >= FLOORS[name], f"{name}: brain Dice {dice:.3f} on the bundled sample"
-    # (T1) the voxels called WM are brighter than those called GM (and GM than CSF, when CSF is found)
+    # (T1) every class is found, and the voxels called WM are brighter than those called GM, GM than CSF
     x = np.asarray(t1.data, np.float32)
-    found = [c for c in (1, 2, 3) if np.any(labels == c)]
-    assert {2, 3} <= set(found)
-    means = [x[labels == c].mean() for c in found]
-    assert all(a < b for a, b in zip(means, means[1:])), means
-    if name == "segformer3d-brain":
-        assert found == [1, 2, 3]
+    assert all(np.any(labels == c) for c in (1, 2, 3))
+    means = [x[labels == c].mean() for c in (1, 2, 3)]
+    assert means[0] < means[1] < means[2], means
 
 
 def test_default_model_labels_no_neck_as_brain_on_a_head_it_never_saw(shared_data):
