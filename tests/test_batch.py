@@ -237,3 +237,11 @@ def test_a_spec_that_gains_post_processing_redoes_its_outputs(cohort, tmp_path):
     np.testing.assert_array_equal(np.asarray(nib.load(str(out / "a_labels.nii.gz")).dataobj), ref.labels.data)
     again = run_batch([scan], out, model=str(mdir / "tiny-batch.json"), workers=1)
     assert [r["status"] for r in again] == ["skipped"]
+    # postprocess=False (batch --no-postprocess): redone, with segment(postprocess=False)'s labels; a rerun skips
+    off = run_batch([scan], out, model=str(mdir / "tiny-batch.json"), workers=1, postprocess=False)
+    assert [r["status"] for r in off] == ["ok"]
+    plain = segment(read_nifti(scan), str(mdir / "tiny-batch.json"), device="cpu", use_cache=False, postprocess=False)
+    np.testing.assert_array_equal(np.asarray(nib.load(str(out / "a_labels.nii.gz")).dataobj), plain.labels.data)
+    assert not np.array_equal(plain.labels.data, ref.labels.data)
+    assert [r["status"] for r in run_batch([scan], out, model=str(mdir / "tiny-batch.json"), workers=1,
+                                           postprocess=False)] == ["skipped"]

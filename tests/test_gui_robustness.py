@@ -138,6 +138,57 @@ def test_cancel_bad_models_recovery_and_replace(make_napari_viewer, qtbot, env, 
     assert len([l for l in viewer.layers if l.name.startswith("colin27_t1 · labels")]) == 3
 
 
+def test_tissue_step_option_reaches_the_engine_and_the_record(make_napari_viewer, qtbot, env, monkeypatch):
+    """Advanced › tissue classes from the scan's intensities: live only for a model whose spec asks for a
+    post-processing step; ticked, the run applies it (the labels equal ``segment``'s with the step), unticked
+    it does not (they equal ``segment(..., postprocess=False)``), and the run's settings record which."""
+    from _gui_helpers import TWO_TISSUES
+
+    from napari_vit3d import usecases
+    from napari_vit3d.inference import segment
+    from napari_vit3d.models import load_model
+
+    seen = []
+    real = usecases.segment_scan
+
+    def recording(*args, **kwargs):
+        seen.append((kwargs.get("postprocess"), args[0]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(usecases, "segment_scan", recording)
+    viewer = make_napari_viewer()
+    open_sample(viewer)
+    seg = dock(viewer, "1 Segment")
+    assert seg.add_model(str(env.spec("tiny-robust")))
+    assert not seg.postprocess_check.isEnabled() and not seg.postprocess_check.isChecked()
+    assert seg.settings()["postprocess"] is False
+    em_spec = env.spec("tiny-em", labels=TWO_TISSUES, postprocess={"tissue_em": {"labels": [1, 2]}})
+    assert seg.add_model(str(em_spec))
+    assert seg.model_combo.currentText() == "tiny-em"
+    assert seg.postprocess_check.isEnabled() and seg.postprocess_check.isChecked()
+    seg.ask_replace = lambda _name: "yes"
+    for ticked in (True, False):
+        seg.advanced.setChecked(True)
+        seg.postprocess_check.setChecked(ticked)
+        torch.manual_seed(0)
+        segment_and_wait(qtbot, seg)
+        assert not env.messages["error"], env.messages
+        assert seen[-1][0] is ticked
+        rec = run_of(viewer.layers["colin27_t1 · labels"])
+        assert rec.settings["postprocess"] is ticked
+        torch.manual_seed(0)                            # the same random weights as the widget's model
+        ref = segment(seen[-1][1], load_model(str(em_spec), device="cpu"), device="cpu", use_cache=False,
+                      return_probabilities=False, postprocess=ticked)
+        np.testing.assert_array_equal(rec.model_labels.data, ref.labels.data)
+    # greyed out (and unticked) for a model without the step; the user's choice comes back with the model
+    for choice in (False, True):
+        seg.postprocess_check.setChecked(choice)
+        seg.model_combo.setCurrentText("tiny-robust")
+        assert not seg.postprocess_check.isEnabled() and not seg.postprocess_check.isChecked()
+        seg.model_combo.setCurrentText("tiny-em")
+        assert seg.postprocess_check.isEnabled() and seg.postprocess_check.isChecked() is choice
+
+
 def test_multiscale_option_runs_the_multiscale_segmentation(make_napari_viewer, qtbot, env, monkeypatch):
     """Advanced › multi-scale: the worker runs ``segment_scan`` with ``MULTISCALE`` (and without it when
     unticked), the labels layer holds its argmax, the run's settings record it, the bar shows percent."""

@@ -105,11 +105,13 @@ def _local_cluster(workers: int | None, threads: int):
 def run_batch(inputs, out_dir, *, model=None, list_file=None, client=None, scheduler: str | None = None,
               workers: int | None = None, threads_per_worker: int = 1, explain=(), save_uncertainty: bool = False,
               overwrite: bool = False, device: str = "cpu", progress=None, cancel=None,
-              multiscale: bool = False) -> list[dict]:
+              multiscale: bool = False, postprocess: bool = True) -> list[dict]:
     """Run the default (or ``model``) segmentation over ``inputs`` on Dask; returns the summary rows.
 
     ``multiscale``: each scan with multi-scale test-time augmentation (``inference.segment(scales=MULTISCALE)``,
     about 2-3x the time); it is part of the settings an up-to-date check compares, so plain outputs are redone.
+    ``postprocess=False``: the network's labels without the label post-processing the model's spec asks for
+    (``inference.segment(postprocess=False)``); outputs made with it are redone, and the other way round.
 
     ``progress(done, total, failed)`` is called after each scan; ``cancel()`` returning True stops
     waiting (unfinished scans are cancelled) and raises :class:`Cancelled` after writing the summary
@@ -143,7 +145,7 @@ def run_batch(inputs, out_dir, *, model=None, list_file=None, client=None, sched
     if multiscale:   # only when on: the settings of plain runs (and so their up-to-date checks) stay as they were
         settings["multiscale"] = True
     if post:         # the model's label post-processing changes the labels: outputs made without it are redone
-        settings["postprocess"] = post
+        settings["postprocess"] = post if postprocess else "off"
     own_cluster = None
     if client is None:
         if scheduler:

@@ -110,7 +110,8 @@ def _segment_one(inp: Path, paths: dict, model_ref: str, settings: dict) -> dict
     scan = read_scan(inp, as_labels=False)
     want_unc = bool(settings.get("save_uncertainty"))
     seg = segment_scan(scan, model, device=settings.get("device", "cpu"), overlap=float(settings.get("overlap", 0.25)),
-                       uncertainty=True, use_cache=False, scales=MULTISCALE if settings.get("multiscale") else None)
+                       uncertainty=True, use_cache=False, scales=MULTISCALE if settings.get("multiscale") else None,
+                       postprocess=settings.get("postprocess") != "off")
     labels = seg.labels.data
     write_labels(paths["labels"], labels, scan.affine, header=scan.header, source_path=scan.source_path)
     ent = seg.uncertainty.data

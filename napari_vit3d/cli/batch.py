@@ -37,6 +37,8 @@ def register(subparsers) -> None:
     p.add_argument("--save-uncertainty", action="store_true", help="also write <stem>_uncertainty.nii.gz")
     p.add_argument("--multiscale", action="store_true",
                    help="multi-scale test-time augmentation for every scan (about 2-3x the time; see segment)")
+    p.add_argument("--no-postprocess", action="store_true",
+                   help="the network's labels without the post-processing the model's spec asks for (see segment)")
     p.add_argument("--overwrite", action="store_true", help="redo every scan, even those whose outputs are up to date")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -75,7 +77,7 @@ def run(args) -> int:
         rows = run_batch(args.inputs, args.out, model=args.model, list_file=args.list, scheduler=args.scheduler,
                          workers=args.workers, threads_per_worker=args.threads_per_worker, explain=args.explain,
                          save_uncertainty=args.save_uncertainty, overwrite=args.overwrite, progress=progress,
-                         multiscale=args.multiscale)
+                         multiscale=args.multiscale, postprocess=not args.no_postprocess)
     finally:
         if bar is not None:
             bar.close()

@@ -179,7 +179,8 @@ def _segment_work(volume: Volume, scan_name: str, model_key: str, settings: dict
                        uncertainty=want_unc, regions=want_unc,
                        uncertainty_threshold=float(settings.get("uncertainty_threshold", 0.5)),
                        uncertainty_min_voxels=int(settings.get("uncertainty_min_voxels", 20)), max_regions=50,
-                       progress=progress, cancel=cancel, scales=MULTISCALE if settings.get("multiscale") else None)
+                       progress=progress, cancel=cancel, scales=MULTISCALE if settings.get("multiscale") else None,
+                       postprocess=bool(settings.get("postprocess", True)))
     spec = loaded.spec
     table = LabelTable.from_spec(spec).with_missing(seg.present.tolist())
     record = RunRecord(
@@ -324,6 +325,11 @@ class SegmentWidget(QWidget):
         self.multiscale_check.setToolTip("average the model over the scan seen 10 % smaller, as it is and 10 % larger "
                                          "(docs/inference.md, Multi-scale); the bar then shows percent of the run")
         adv.addRow(self.multiscale_check)
+        self.postprocess_check = QCheckBox("tissue classes from the scan's own intensities")
+        self.postprocess_check.setChecked(True)
+        self._postprocess_choice = True      # the user's choice, kept while a model without the step is selected
+        self.postprocess_check.toggled.connect(self._remember_postprocess)
+        adv.addRow(self.postprocess_check)
         self._set_advanced_visible(False)
         self.advanced.toggled.connect(self._set_advanced_visible)
         lay.addWidget(self.advanced)
@@ -384,7 +390,24 @@ class SegmentWidget(QWidget):
                                 f"({', '.join(spec.channel_names)}); labels: {labels}")
         for s, v in zip(self.roi, spec.roi_size):
             s.setValue(int(v))
+        self._show_postprocess(spec)
         self._build_channel_pickers(spec)
+
+    def _remember_postprocess(self, checked: bool):
+        if self.postprocess_check.isEnabled():
+            self._postprocess_choice = bool(checked)
+
+    def _show_postprocess(self, spec):
+        """The tissue-step box is live only for a model whose spec asks for a post-processing step."""
+        steps = dict(getattr(spec, "postprocess", None) or {})
+        self.postprocess_check.setEnabled(bool(steps))
+        self.postprocess_check.blockSignals(True)
+        self.postprocess_check.setChecked(bool(steps) and self._postprocess_choice)   # greyed out = unticked
+        self.postprocess_check.blockSignals(False)
+        self.postprocess_check.setToolTip(
+            "the model's tissue classes re-decided inside its brain mask by the scan's own intensities, the "
+            "network's probabilities as prior (docs/inference.md, step 8); untick for the network's plain labels"
+            if steps else f"model {spec.name!r} has no post-processing step")
 
     def _build_channel_pickers(self, spec):
         while self.extra_form.rowCount():
@@ -528,7 +551,8 @@ class SegmentWidget(QWidget):
         return {"overlap": float(self.overlap.value()), "sw_batch_size": int(self.batch.value()),
                 "roi_size": roi if all(roi) else None, "probabilities": self.prob_check.isChecked(),
                 "uncertainty": self.unc_check.isChecked(), "device": self.device_combo.currentText(),
-                "multiscale": self.multiscale_check.isChecked()}
+                "multiscale": self.multiscale_check.isChecked(),
+                "postprocess": self.postprocess_check.isEnabled() and self.postprocess_check.isChecked()}
 
     @property
     def running(self) -> bool:
