@@ -84,3 +84,42 @@ def test_global_edits_let_the_network_redraw(model, scene):
     s.add_point(voxel=(16, 24, 32), positive=True)
     got = s.predict().mask.data > 0
     assert not (got & b).any() and got[16, 24, 32]          # B lost with the old rule, the bump in
+
+
+def test_a_click_on_a_mask_wider_than_the_second_level_is_edited_on_the_finest_crop_around_it(model):
+    """Correcting a whole-brain-sized mask: the click is predicted on the finest level's crop centred on it and
+    never zooms out, even when the network's answer fills the crop; the change stays inside that crop. A small
+    mask with the same answer still zooms out (the rule is only for masks wider than ``large_edit_mm``), and so
+    does a wide object that the clicks are still growing (the rule is for a segmentation given to correct)."""
+    shape = (170, 170, 170)
+    aff = np.diag([1.0, 1.0, 1.0, 1.0])
+    aff[:3, 3] = (-85.0, -90.0, -70.0)
+    vol = Volume(data=np.random.default_rng(1).normal(100, 10, shape).astype(np.float32), affine=aff, name="big")
+    click = np.array([85, 85, 158])                       # just outside the big mask
+    for radius, local in ((70, True), (12, False)):
+        s = PromptSession(model, vol)
+        assert 2 * radius > s.large_edit_mm if local else 2 * radius < s.large_edit_mm
+        previous = _ball(shape, (85, 85, 85), radius)
+        s.set_previous(previous)
+        _scripted(s, np.ones(shape, bool))                # the network's answer: everything
+        s.add_point(voxel=tuple(int(v) for v in click), positive=True)
+        assert s.large_edit() is local
+        res = s.predict()
+        if local:
+            assert res.levels_tried == [s.levels[0]]
+            world = aff[:3, :3] @ click + aff[:3, 3]
+            np.testing.assert_allclose(res.crop.centre_world, world, atol=s.levels[0])
+            added = (res.mask.data > 0) & ~previous
+            assert added.any()
+            idx = np.argwhere(added)
+            assert np.all(np.abs(idx - click) <= s.size[0] // 2 + 1)   # inside the 64 mm crop around the click
+        else:
+            assert len(res.levels_tried) > 1                  # the answer reached the faces: zoomed out
+    # an object the clicks are still growing (no set_previous) keeps the zoom rule: the crop holds it, however wide
+    s = PromptSession(model, vol)
+    s.add_point(voxel=(85, 85, 85), positive=True)
+    s.current = _ball(shape, (85, 85, 85), 70)
+    s.add_point(voxel=tuple(int(v) for v in click), positive=True)
+    assert not s.large_edit()
+    _scripted(s, np.ones(shape, bool))
+    assert s.predict().crop.spacing == s.levels[-1]
