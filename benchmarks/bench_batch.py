@@ -94,7 +94,7 @@ def forward_seconds(scan: Path) -> float:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=6)
-    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--out", "--json", dest="out", type=Path, default=None, help="JSON results file")
     args = ap.parse_args(argv)
     results = {}
     with tempfile.TemporaryDirectory() as td:

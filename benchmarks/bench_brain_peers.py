@@ -159,7 +159,7 @@ def main(argv=None) -> int:
     ap.add_argument("--n-copies", type=int, default=4)
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--model", default=None, help="our model (default: the bundled default)")
-    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--out", "--json", dest="out", type=Path, default=None, help="JSON results file")
     ap.add_argument("--markdown", type=Path, default=None)
     ap.add_argument("--cache", type=Path, default=None,
                     help="keep the scans and the peers' masks here and reuse them (a rerun with another model of "

@@ -172,7 +172,7 @@ def main(argv=None) -> int:
     ap.add_argument("--no-baseline", action="store_true")
     ap.add_argument("--global-edits", action="store_true",
                     help="let every click redraw the object inside the crop (PromptSession(local_edits=False))")
-    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--out", "--json", dest="out", type=Path, default=None, help="JSON results file")
     args = ap.parse_args(argv)
     import torch
 
