@@ -90,6 +90,20 @@ def test_the_shape_only_count_equals_the_built_network_and_a_real_build_is_still
     assert float(conv.weight.std()) == pytest.approx((2.0 / fan_out) ** 0.5, rel=0.1)
 
 
+def test_the_shape_only_count_of_a_monai_vit_equals_its_built_network_and_its_init_is_untouched():
+    """MONAI's ViT (dino-vit-brain's encoder) initialises its position embedding in place (trunc_normal_);
+    the meta build skips in-place methods, so the count must still be the built network's, and a real build
+    done afterwards (outside the meta build) must still be initialised."""
+    from napari_vit3d.models.registry import build_network, parameter_count
+
+    spec = get_spec("dino-vit-brain")
+    n = parameter_count(spec)
+    net = build_network(spec)
+    assert n == sum(p.numel() for p in net.parameters()) + sum(b.numel() for b in net.buffers())
+    pos = net.encoder.patch_embedding.position_embeddings.detach()
+    assert 0.015 < float(pos.std()) < 0.021 and float(pos.abs().max()) <= 2.0   # trunc_normal_(std=0.02, ±2)
+
+
 def test_a_legal_large_scan_with_probabilities_and_uncertainty_is_estimated_and_warned_about():
     spec = get_spec("segformer3d-brain")
     scan = ScanGeometry((512, 512, 400), np.diag([0.5, 0.5, 0.5, 1.0]), name="large")

@@ -343,9 +343,8 @@ def preload() -> None:
 
     from ..models import checkpoints, registry, segformer3d, vit_seg  # noqa: F401
 
-    # the pre-flight parameter count builds a network on PyTorch's meta device; for MONAI's ViT (UNETR,
-    # dino-vit-brain) that imports torch._refs / torch._dynamo on first use (about 2 s under the GIL): do it
-    # here, on a tiny spec, nothing allocated (SegFormer3D skips its initialisation on meta and never needs it)
+    # the pre-flight parameter count builds a network on PyTorch's meta device (in-place initialisation
+    # skipped there, so torch._dynamo is no longer imported); a tiny build here still warms up the ViT path
     from ..models.spec import ModelSpec
     from . import bundle, predictor  # noqa: F401
 

@@ -104,14 +104,29 @@ def build_network(spec: ModelSpec, *, trust_bundle: bool = False) -> nn.Module:
         raise ModelError(f"model {spec.name!r}: cannot build {arch.name}: {exc}") from None
 
 
+class _SkipInPlaceOnMeta(torch.overrides.TorchFunctionMode):
+    """Inside a shape-only build: in-place tensor methods (``erfinv_``, ``normal_``, ``uniform_``, …) on meta
+    tensors do nothing. They would only fill values a meta tensor does not have, and PyTorch runs several of
+    them (MONAI's ``trunc_normal_`` of the ViT position embedding) through ``torch._refs``, which imports
+    ``torch._dynamo`` on first use: about 2 s of a one-click run with ``dino-vit-brain`` or UNETR."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", "")
+        if (name.endswith("_") and not name.endswith("__") and args and isinstance(args[0], torch.Tensor)
+                and args[0].is_meta):
+            return args[0]
+        return func(*args, **(kwargs or {}))
+
+
 def parameter_count(spec: ModelSpec) -> int | None:
     """How many parameters ``spec``'s network has, counted on PyTorch's ``meta`` device (no memory is
-    allocated, nothing is computed); None for bundles and for builders that cannot run there."""
+    allocated, nothing is computed, in-place initialisation skipped); None for bundles and for builders
+    that cannot run there."""
     arch = get_architecture(spec.architecture)
     if arch.external:
         return None
     try:
-        with torch.device("meta"):
+        with torch.device("meta"), _SkipInPlaceOnMeta():
             net = build_network(spec)
     except ModelError:
         raise
