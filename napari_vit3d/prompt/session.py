@@ -211,7 +211,8 @@ class PromptSession:
         pts = self._extent_points() if around is None else np.asarray(around, float)
         mb = self._mask_world_box() if around is None else None
         if mb is not None and self.clicks:
-            # the current object matters near the new clicks: include it (it fits the second level's crop)
+            # the current object matters near the new clicks: include it (a given mask wider than
+            # large_edit_mm took the branch above; an object still being grown is followed whatever its size)
             pts = np.vstack([pts, mb])
         lo, hi = pts.min(0), pts.max(0)
         centre = (lo + hi) / 2
