@@ -8,7 +8,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from _gui_helpers import add_then_break, dock, gui_env, open_sample, segment_and_wait, tiny_spec, wait_for
+from _gui_helpers import TWO_TISSUES, add_then_break, dock, gui_env, open_sample, segment_and_wait, tiny_spec, wait_for
 from napari.layers import Labels
 
 from napari_vit3d.gui import autosave, recovery
@@ -142,8 +142,6 @@ def test_tissue_step_option_reaches_the_engine_and_the_record(make_napari_viewer
     """Advanced › tissue classes from the scan's intensities: live only for a model whose spec asks for a
     post-processing step; ticked, the run applies it (the labels equal ``segment``'s with the step), unticked
     it does not (they equal ``segment(..., postprocess=False)``), and the run's settings record which."""
-    from _gui_helpers import TWO_TISSUES
-
     from napari_vit3d import usecases
     from napari_vit3d.inference import segment
     from napari_vit3d.models import load_model

@@ -552,7 +552,7 @@ class SegmentWidget(QWidget):
                 "roi_size": roi if all(roi) else None, "probabilities": self.prob_check.isChecked(),
                 "uncertainty": self.unc_check.isChecked(), "device": self.device_combo.currentText(),
                 "multiscale": self.multiscale_check.isChecked(),
-                "postprocess": self.postprocess_check.isEnabled() and self.postprocess_check.isChecked()}
+                "postprocess": self.postprocess_check.isChecked()}   # unticked whenever greyed out
 
     @property
     def running(self) -> bool:

@@ -204,15 +204,12 @@ class PromptSession:
 
     def choose_crop(self, min_level: int = 0, around: np.ndarray | None = None) -> tuple[int, Crop]:
         """(level index, crop) for the current prompts: the finest level holding them with a 15 % margin."""
-        if around is None and self.large_edit():
-            # a local edit of a mask larger than the second level's crop: the finest crop around the click
-            return 0, make_crop(self.volume.affine, self.volume.spatial_shape, np.asarray(self.clicks[-1].world, float),
-                                self.levels[0], self.size)
         pts = self._extent_points() if around is None else np.asarray(around, float)
         mb = self._mask_world_box() if around is None else None
         if mb is not None and self.clicks:
             # the current object matters near the new clicks: include it (a given mask wider than
-            # large_edit_mm took the branch above; an object still being grown is followed whatever its size)
+            # large_edit_mm does not get here: predict crops around the click; an object still being grown is
+            # followed whatever its size)
             pts = np.vstack([pts, mb])
         lo, hi = pts.min(0), pts.max(0)
         centre = (lo + hi) / 2
@@ -282,8 +279,12 @@ class PromptSession:
         if not self.positives and (self.current is None or not self.current.any()):
             # with a mask to correct (set_previous), a negative click alone is an edit
             raise GeometryError("click-prompted segmentation needs at least one positive point on the object")
-        level, crop = self.choose_crop()
         local_only = self.large_edit()
+        if local_only:   # a local edit of a given mask wider than large_edit_mm: the finest crop around the click
+            level, crop = 0, make_crop(self.volume.affine, self.volume.spatial_shape,
+                                       np.asarray(self.clicks[-1].world, float), self.levels[0], self.size)
+        else:
+            level, crop = self.choose_crop()
         tried = []
         while True:
             if cancel is not None and cancel():
