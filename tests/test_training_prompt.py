@@ -134,3 +134,47 @@ def test_plain_background_share_for_synthetic_shapes(sources):
 
     plain, real = background_edges(1.0), background_edges(0.0)
     assert np.median(plain) < 0.5 * np.median(real)
+
+
+def test_border_piece_is_one_sided_and_near_the_asked_voxel():
+    """A border edit's error: cut from the structure (missing) or lying wholly outside it (extra), at the
+    structure's border near the voxel asked for."""
+    g = np.stack(np.meshgrid(*[np.arange(48)] * 3, indexing="ij"), -1)
+    y = np.linalg.norm(g - 24, axis=-1) <= 16
+    near = np.array([24, 24, 40])          # on the sphere's surface
+    rng = np.random.default_rng(5)
+    kinds = set()
+    for _ in range(16):
+        out = P.border_piece(rng, y, near)
+        assert out is not None
+        piece, missing = out
+        kinds.add(missing)
+        assert piece.sum() >= 8
+        assert not (piece & ~y).any() if missing else not (piece & y).any()
+        # the piece touches the border: within one voxel of the sphere's surface
+        r = np.linalg.norm(np.argwhere(piece) - 24, axis=1)
+        assert np.min(np.abs(r - 16)) <= 1.5
+        assert np.min(np.linalg.norm(np.argwhere(piece) - near, axis=1)) <= 10
+    assert kinds == {True, False}
+
+
+def test_border_edits_click_only_on_the_previous_masks_error(sources):
+    """``p_border``: a structure larger than the crop, the previous mask wrong at one piece of its border, and
+    the clicks (no first click deep in the object) on that piece: positive if it is missing, negative if extra."""
+    rng = np.random.default_rng(6)
+    cfg = P.PromptSampleConfig(size=32, p_border=1.0, border_spacing=(1.0,), p_ct=0.0)
+    signs = set()
+    for _ in range(10):
+        x, y = P.sample(rng, sources, cfg)
+        y = y > 0
+        prev, pos, neg = x[3] > 0.5, x[1] > 0, x[2] > 0
+        assert 0.05 <= y.mean() <= 0.95            # the structure's border crosses the crop
+        missing, extra = y & ~prev, prev & ~y
+        assert missing.any() != extra.any()          # one piece, one kind of error
+        assert pos.any() != neg.any()
+        if pos.any():
+            assert missing.any() and (pos & missing).any()
+        else:
+            assert extra.any() and (neg & extra).any()
+        signs.add(bool(pos.any()))
+    assert signs == {True, False}

@@ -53,6 +53,13 @@ class Structure:
     def extent_vox(self) -> np.ndarray:
         return np.array([s.stop - s.start for s in self.box], float)
 
+    def border_voxels(self) -> np.ndarray:
+        """(n, 3) voxels of the mask's border (box coordinates), every 3rd one; computed once."""
+        if getattr(self, "_border", None) is None:
+            m = self.mask
+            self._border = np.argwhere(m & ~ndimage.binary_erosion(m))[::3]
+        return self._border
+
 
 @dataclass
 class PromptSource:
@@ -306,6 +313,9 @@ class PromptSampleConfig:
     p_previous: float = 0.5
     click_radius: float = 1.5
     p_plain: float = 0.0            # synthetic shapes: share pasted into a plain noisy background, not a real crop
+    p_border: float = 0.0           # share of border edits: a structure larger than the crop, a piece of its
+    #                                 border missing from or added to the previous mask, clicks only on that piece
+    border_spacing: tuple[float, ...] = (1.0, 1.0, 1.0, 1.75)   # drawn from (the session's fine levels)
 
 
 def plain_background(rng, size: int) -> np.ndarray:
@@ -337,8 +347,90 @@ def sample(rng: np.random.Generator, sources: list[PromptSource], cfg: PromptSam
     raise RuntimeError("could not draw a prompt training sample (objects too small?)")
 
 
+def border_piece(rng, y: np.ndarray, near: np.ndarray) -> tuple[np.ndarray, bool] | None:
+    """A piece of ``y``'s border near voxel ``near``, as the error of a whole-structure segmentation there:
+    ``(piece, missing)``. The piece is a smooth-edged lump (radius 3–14 voxels) on a border voxel, or a rim
+    1–4 voxels deep within a 6–20 voxel radius (a border that lies inside or outside the truth); ``missing``
+    says whether it is cut from ``y`` (else it is added outside it). ``None`` if ``y`` has no border here."""
+    y = np.asarray(y, bool)
+    border = y & ~ndimage.binary_erosion(y)
+    bv = np.argwhere(border)
+    if len(bv) == 0:
+        return None
+    d = np.linalg.norm(bv - near, axis=1)
+    c = bv[int(np.argmin(d + rng.uniform(0, 8, len(d))))]
+    g = np.stack(np.meshgrid(*[np.arange(n) for n in y.shape], indexing="ij"), 0).astype(np.float32)
+    dist = np.sqrt(sum((g[i] - c[i]) ** 2 for i in range(3)))
+    missing = bool(rng.random() < 0.5)
+    if rng.random() < 0.6:
+        r = float(rng.uniform(3, 14))
+        f = S.smooth_field(rng, y.shape, 4, 1.0)[0]
+        region = dist + r * 0.35 * f / max(float(np.abs(f).max()), 1e-6) <= r
+    else:
+        it = int(rng.integers(1, 5))
+        rim = (y & ~ndimage.binary_erosion(y, iterations=it)) if missing else (
+            ndimage.binary_dilation(y, iterations=it) & ~y)
+        region = rim & (dist <= rng.uniform(6, 20))
+    piece = region & y if missing else region & ~y
+    if piece.sum() < 8:
+        return None
+    return piece, missing
+
+
+def _try_border(rng, src, cfg):
+    """A border edit (see :attr:`PromptSampleConfig.p_border`): ``(input, target)`` or ``None``. The clicks
+    are the simulated user's corrections of the previous mask only (1–2 of them, the first on the piece):
+    the case of a whole-brain segmentation corrected with one click where it is wrong."""
+    size = int(cfg.size)
+    rot = _rotation(rng, cfg.rotation_deg)
+    sp = float(rng.choice(cfg.border_spacing))
+    big = [st for st in src.structures if float(st.extent_vox.max()) > 0.8 * size * sp]
+    if not big:
+        return None
+    st = big[int(rng.integers(len(big)))]
+    bv = st.border_voxels()
+    if not len(bv):
+        return None
+    centre = bv[int(rng.integers(len(bv)))] + [s.start for s in st.box] + rng.uniform(-8, 8, 3)
+    coords = crop_coords(centre, sp, size, rot)
+    y = _sample_mask(st, coords)
+    if y.sum() < 0.05 * size ** 3 or (~y).sum() < 0.05 * size ** 3:
+        return None
+    out = border_piece(rng, y, np.full(3, (size - 1) / 2) + rng.uniform(-10, 10, 3))
+    if out is None:
+        return None
+    piece, missing = out
+    prev = (y & ~piece) if missing else (y | piece)
+    x = _render(rng, src, cfg, "structure", coords, y)
+    pos, neg = [], []
+    _corrections(rng, y, prev, int(rng.integers(1, 3)), pos, neg)
+    if not pos and not neg:
+        return None
+    return network_input(x, pos, neg, prev, cfg.click_radius), y.astype(np.uint8)
+
+
+def _corrections(rng, y: np.ndarray, prev: np.ndarray, n: int, pos: list, neg: list) -> None:
+    """Up to ``n`` simulated corrective clicks on ``prev`` (truth ``y``), appended to ``pos`` / ``neg``: each
+    in the largest error left, the user seeing each click fix a ball around it before the next."""
+    work = prev.copy()
+    for _ in range(n):
+        nc = next_click(y, work, rng=rng, jitter=0.2)
+        if nc is None:
+            break
+        (pos if nc[1] else neg).append(nc[0])
+        work = np.where(ndimage.binary_dilation(_point(y.shape, nc[0]), iterations=3), y, work)
+
+
+def _point(shape, voxel) -> np.ndarray:
+    m = np.zeros(shape, bool)
+    m[tuple(np.clip(voxel, 0, np.asarray(shape) - 1))] = True
+    return m
+
+
 def _try_sample(rng, sources, cfg):
     src = sources[int(rng.integers(len(sources)))]
+    if cfg.p_border > 0 and rng.random() < cfg.p_border:
+        return _try_border(rng, src, cfg)
     size = int(cfg.size)
     kind = rng.choice(["structure", "supervoxel", "synthetic"], p=np.asarray(cfg.p_kind) / np.sum(cfg.p_kind))
     rot = _rotation(rng, cfg.rotation_deg)
@@ -379,34 +471,13 @@ def _try_sample(rng, sources, cfg):
         y = synthetic_shape(rng, size)
     if y.sum() < 8:
         return None
-    if kind != "synthetic" and src.sublabels is not None and rng.random() < cfg.p_ct:
-        sub = ndimage.map_coordinates(src.sublabels, coords, order=0, mode="constant", cval=0).astype(np.uint8)
-        img = ct_like(rng, sub)
-    else:
-        img = ndimage.map_coordinates(src.image, coords, order=1, mode="nearest")
-    x = normalize(img[..., None].astype(np.float32), CROP_NORMALIZATION)[..., 0]
-    if kind == "synthetic" and cfg.p_plain > 0 and rng.random() < cfg.p_plain:
-        x = plain_background(rng, size)
-    if kind == "synthetic":
-        x = paste_shape(rng, x, y)
-    x = remap_intensity(rng, x)
-    x = np.clip(x + rng.normal(0, rng.uniform(0, 0.03), x.shape).astype(np.float32), 0, 1)
+    x = _render(rng, src, cfg, kind, coords, y)
     pos = [farthest_point(y, rng=rng, jitter=0.3)]
     neg = []
     prev = None
     if rng.random() < cfg.p_previous:
         prev = corrupt(rng, y)
-        work = prev.copy()
-        for _ in range(int(rng.integers(1, 4))):
-            nc = next_click(y, work, rng=rng, jitter=0.2)
-            if nc is None:
-                break
-            (pos if nc[1] else neg).append(nc[0])
-            # the simulated user sees the click fix a ball around it, and looks at the next error
-            ball = np.zeros(y.shape, bool)
-            ball[tuple(np.clip(nc[0], 0, size - 1))] = True
-            ball = ndimage.binary_dilation(ball, iterations=3)
-            work = np.where(ball, y, work)
+        _corrections(rng, y, prev, int(rng.integers(1, 4)), pos, neg)
     elif rng.random() < 0.3:
         extra = farthest_point(y & (rng.random(y.shape) < 0.5), rng=rng, jitter=0.8)
         if extra is not None:
@@ -415,6 +486,23 @@ def _try_sample(rng, sources, cfg):
     return inp, y.astype(np.uint8)
 
 
+
+
+def _render(rng, src, cfg, kind, coords, y) -> np.ndarray:
+    """The crop's normalised image at ``coords``: the scan (or a CT-like rendering of its sub-labels), a
+    synthetic shape ``y`` pasted in, random intensity remapping and noise."""
+    if kind != "synthetic" and src.sublabels is not None and rng.random() < cfg.p_ct:
+        sub = ndimage.map_coordinates(src.sublabels, coords, order=0, mode="constant", cval=0).astype(np.uint8)
+        img = ct_like(rng, sub)
+    else:
+        img = ndimage.map_coordinates(src.image, coords, order=1, mode="nearest")
+    x = normalize(img[..., None].astype(np.float32), CROP_NORMALIZATION)[..., 0]
+    if kind == "synthetic" and cfg.p_plain > 0 and rng.random() < cfg.p_plain:
+        x = plain_background(rng, int(cfg.size))
+    if kind == "synthetic":
+        x = paste_shape(rng, x, y)
+    x = remap_intensity(rng, x)
+    return np.clip(x + rng.normal(0, rng.uniform(0, 0.03), x.shape).astype(np.float32), 0, 1)
 
 
 def plant_lesion(rng, image: np.ndarray, centre_vox, *, size: int = 48):
