@@ -46,6 +46,7 @@ def main(argv=None) -> int:
     ap.add_argument("--radius", type=float, default=12.0, help="piece ball radius, voxels")
     ap.add_argument("--brush-mm", type=float, default=6.0, help="brush ball radius, mm")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--model", default=None, help="promptable model: a bundled name or a spec .json (default: bundled)")
     ap.add_argument("--out", default=None, help="JSON results file")
     args = ap.parse_args(argv)
 
@@ -56,7 +57,7 @@ def main(argv=None) -> int:
 
     vol = read_scan(args.scan or sample_path("colin27_t1.nii.gz"))
     truth = np.asarray(segment(vol, "segformer3d-brain", return_probabilities=False).labels.data) > 0
-    model = load_prompt_model()
+    model = load_prompt_model(args.model)
     aff = np.asarray(vol.affine, float)
     vox_mm = float(np.cbrt(abs(np.linalg.det(aff[:3, :3]))))
     border = np.argwhere(truth & ~ndimage.binary_erosion(truth, iterations=2))
