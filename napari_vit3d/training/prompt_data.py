@@ -28,6 +28,7 @@ samples a previous mask (the object eroded, dilated, shifted, cut or leaking int
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import nibabel as nib
@@ -53,12 +54,10 @@ class Structure:
     def extent_vox(self) -> np.ndarray:
         return np.array([s.stop - s.start for s in self.box], float)
 
+    @cached_property
     def border_voxels(self) -> np.ndarray:
-        """(n, 3) voxels of the mask's border (box coordinates), every 3rd one; computed once."""
-        if getattr(self, "_border", None) is None:
-            m = self.mask
-            self._border = np.argwhere(m & ~ndimage.binary_erosion(m))[::3]
-        return self._border
+        """(n, 3) voxels of the mask's border (box coordinates), every 3rd one."""
+        return np.argwhere(self.mask & ~ndimage.binary_erosion(self.mask))[::3]
 
 
 @dataclass
@@ -359,8 +358,7 @@ def border_piece(rng, y: np.ndarray, near: np.ndarray) -> tuple[np.ndarray, bool
         return None
     d = np.linalg.norm(bv - near, axis=1)
     c = bv[int(np.argmin(d + rng.uniform(0, 8, len(d))))]
-    g = np.stack(np.meshgrid(*[np.arange(n) for n in y.shape], indexing="ij"), 0).astype(np.float32)
-    dist = np.sqrt(sum((g[i] - c[i]) ** 2 for i in range(3)))
+    dist = np.sqrt(sum((g - ci) ** 2 for g, ci in zip(np.ogrid[tuple(slice(0, n) for n in y.shape)], c)))
     missing = bool(rng.random() < 0.5)
     if rng.random() < 0.6:
         r = float(rng.uniform(3, 14))
@@ -388,7 +386,7 @@ def _try_border(rng, src, cfg):
     if not big:
         return None
     st = big[int(rng.integers(len(big)))]
-    bv = st.border_voxels()
+    bv = st.border_voxels
     if not len(bv):
         return None
     centre = bv[int(rng.integers(len(bv)))] + [s.start for s in st.box] + rng.uniform(-8, 8, 3)
