@@ -9,6 +9,12 @@ preview into the labels layer chosen above, as the selected label, in ONE undo s
 voxels that are background or already that label (other labels are never overwritten); without a
 labels layer it creates ``<scan> · labels``. **Reset** forgets the clicks (a new object).
 
+With **Correct the selected label** ticked, the first click starts from the selected label of the chosen
+labels layer (``PromptSession.set_previous``: e.g. the whole brain the Segment widget drew) and every
+click edits it locally; the preview then shows the change only (1 = voxels the clicks add, 2 = voxels
+they remove) and Accept writes both in one undo step, touching no other label and no voxel the clicks
+did not change.
+
 The widget only gathers clicks and shows results; the engine is ``napari_vit3d.prompt``. The
 session is shared through ``gui.session`` so the Explain widget can explain the last prediction
 (point attention / ERF of the promptable network as it ran).
@@ -30,27 +36,46 @@ from .jobs import JobRunner, job_progress
 from .session import prompt_sessions, run_of
 
 PREVIEW_COLOR = {None: (0, 0, 0, 0), 0: (0, 0, 0, 0), 1: (1.0, 0.85, 0.1, 1.0)}
+# correcting a label: the preview is the change (1 = added, 2 = removed)
+CHANGE_COLOR = {None: (0, 0, 0, 0), 0: (0, 0, 0, 0), 1: (0.2, 1.0, 0.3, 1.0), 2: (1.0, 0.15, 0.6, 1.0)}
+ADDED, REMOVED = 1, 2
 
 
-def _prompt_job(scan_name: str, volume, ras, positive: bool, progress, cancel):
+def _prompt_job(scan_name: str, volume, ras, positive: bool, start, progress, cancel):
     """Worker thread: the scan's prompt session (made on first use), one more click, one prediction;
     the preview's display-order data, its layer kwargs and its volume (mL) are prepared here so the GUI
-    thread only swaps it in."""
+    thread only swaps it in. ``start`` (a bool mask on the scan's file grid, or None) is the label being
+    corrected: the first click of a session starts from it, and the preview is the change from it."""
     from ..prompt import PromptSession, load_prompt_model
 
     entry = prompt_sessions.get(scan_name)
     if entry is None or entry.volume is not volume:
         entry = PromptSession(load_prompt_model(), volume)
         prompt_sessions[scan_name] = entry
+    if start is not None and not entry.clicks:
+        entry.reset()
+        entry.set_previous(start)
     entry.add_point(world=ras, positive=positive)
     try:
         result = entry.predict(progress=progress, cancel=cancel)
     except BaseException:
         entry.clicks.pop()
+        if start is not None and not entry.clicks:
+            entry.reset()
         raise
-    data, kw = layer_kwargs(result.mask, kind="labels", opacity=0.5,
-                            colormap=DirectLabelColormap(color_dict=PREVIEW_COLOR), metadata={keys.PROMPT: "preview"})
-    return result, data, kw, float(np.count_nonzero(result.mask.data)) * result.mask.voxel_volume_ml
+    if start is None:
+        shown, colours = result.mask, PREVIEW_COLOR
+        vol_ml = float(np.count_nonzero(result.mask.data)) * result.mask.voxel_volume_ml
+    else:
+        mask = result.mask.data > 0
+        change = np.zeros(mask.shape, np.uint8)
+        change[mask & ~start] = ADDED
+        change[start & ~mask] = REMOVED
+        shown, colours = result.mask.with_data(change), CHANGE_COLOR
+        vol_ml = float(np.count_nonzero(mask)) * result.mask.voxel_volume_ml
+    data, kw = layer_kwargs(shown, kind="labels", opacity=0.5 if start is None else 0.8,
+                            colormap=DirectLabelColormap(color_dict=colours), metadata={keys.PROMPT: "preview"})
+    return result, data, kw, vol_ml
 
 
 class PromptPanel(QGroupBox):
@@ -67,6 +92,13 @@ class PromptPanel(QGroupBox):
         self.active_check = QCheckBox("Interactive: Ctrl+click = object, Ctrl+Shift+click = not the object")
         self.active_check.toggled.connect(self.set_active)
         lay.addWidget(self.active_check)
+        self.correct_check = QCheckBox("Correct the selected label (clicks edit it; Accept adds and removes)")
+        self.correct_check.setToolTip("start from the selected label of the labels layer above (e.g. the brain "
+                                      "Segment drew): a Ctrl+click adds the missed part it is on, a "
+                                      "Ctrl+Shift+click removes the wrong part it is on")
+        self.correct_check.toggled.connect(lambda *_: self.reset())
+        lay.addWidget(self.correct_check)
+        self._correcting = None        # (labels layer name, label, start mask on the file grid) being corrected
         row = QHBoxLayout()
         self.accept_button = QPushButton("Accept into labels")
         self.accept_button.setToolTip("merge the preview into the selected label (one undo step)")
@@ -140,10 +172,39 @@ class PromptPanel(QGroupBox):
         except Vit3dError as exc:
             report_error(exc, "Click to segment")
             return None
-        return self._job.start(_prompt_job, scan.name, volume, ras, positive,
+        try:
+            start = self._start_mask(scan, volume)
+        except Vit3dError as exc:
+            self._queue.clear()
+            report_error(exc, "Click to segment")
+            return None
+        return self._job.start(_prompt_job, scan.name, volume, ras, positive, start,
                                on_done=lambda out, name=scan.name: self._show(name, *out),
                                status=f"{'object' if positive else 'not the object'} click at RAS "
                                       f"{np.round(ras, 1).tolist()} mm…")
+
+    def _start_mask(self, scan, volume):
+        """With *Correct the selected label*: the label being corrected, on the scan's file grid (the first
+        click of a session reads it from the labels layer; later clicks go on from the session's mask)."""
+        if not self.correct_check.isChecked():
+            self._correcting = None
+            return None
+        sess = prompt_sessions.get(scan.name)
+        if self._correcting is not None and sess is not None and sess.clicks:
+            return self._correcting[2]
+        lyr = self.review.layer()
+        if lyr is None:
+            raise VolumeError("Correct the selected label needs a labels layer: choose one above (or segment first)")
+        label = int(lyr.selected_label)
+        labels = volume_from_layer(lyr)
+        if labels.spatial_shape != volume.spatial_shape or not np.allclose(labels.affine, volume.affine, atol=1e-4):
+            raise VolumeError(f"{lyr.name} is not on the grid of {scan.name}")
+        start = np.asarray(labels.data if labels.data.ndim == 3 else labels.data[..., 0]) == label
+        if not start.any():
+            raise VolumeError(f"{lyr.name} has no voxel of label {label} to correct: select the label to correct "
+                              "(or untick Correct the selected label to segment a new object)")
+        self._correcting = (lyr.name, label, start)
+        return start
 
     # -- layers ---------------------------------------------------------------------------------
     def preview_name(self, scan_name: str) -> str:
@@ -178,15 +239,26 @@ class PromptPanel(QGroupBox):
         if active is not None and active in self.viewer.layers and self.viewer.layers.selection.active is not active:
             self.viewer.layers.selection.active = active
         n = len(prompt_sessions[scan_name].clicks) if scan_name in prompt_sessions else 0
-        self.status.setText(f"{vol_ml:.2f} mL after {n} click(s) (crop {result.crop.spacing:g} mm); Accept merges it")
+        if self._correcting is not None:
+            added, removed = int(np.count_nonzero(data == ADDED)), int(np.count_nonzero(data == REMOVED))
+            self.status.setText(f"label {self._correcting[1]} would be {vol_ml:.2f} mL after {n} click(s): "
+                                f"+{added} / −{removed} voxel(s) (green added, pink removed; crop "
+                                f"{result.crop.spacing:g} mm); Accept writes the change")
+        else:
+            self.status.setText(f"{vol_ml:.2f} mL after {n} click(s) (crop {result.crop.spacing:g} mm); "
+                                "Accept merges it")
 
     def accept(self):
         """Merge the preview into the labels layer as the selected label (one undo step); returns voxels changed."""
         scan = self.scan_layer()
         preview = find_layer(self.viewer, self.preview_name(scan.name)) if scan is not None else None
         if preview is None or not np.any(preview.data):
-            report_error(VolumeError("nothing to accept: Ctrl+click the structure first"), "Accept")
+            report_error(VolumeError("nothing to accept: the clicks changed nothing" if self._correcting is not None
+                                     and preview is not None else "nothing to accept: Ctrl+click the structure first"),
+                         "Accept")
             return 0
+        if self._correcting is not None:
+            return self._accept_change(preview)
         lyr = self.review.layer()
         if lyr is None:
             vol = volume_from_layer(scan)
@@ -208,6 +280,27 @@ class PromptPanel(QGroupBox):
         self.reset(keep_status=True)
         return n
 
+    def _accept_change(self, preview) -> int:
+        """Correct mode: write the clicks' change into the label they corrected (one undo step): added voxels
+        that are background (or already the label) become the label, removed voxels that are still the label
+        become background; nothing else is touched."""
+        name, label, _ = self._correcting
+        lyr = find_layer(self.viewer, name)
+        if lyr is None or lyr.data.shape != preview.data.shape:
+            report_error(VolumeError(f"the labels layer {name!r} being corrected is gone or changed its grid"),
+                         "Accept")
+            return 0
+        change = np.asarray(preview.data)
+        old = np.asarray(lyr.data)
+        new = old.copy()
+        new[(change == ADDED) & (old == 0)] = label
+        new[(change == REMOVED) & (old == label)] = 0
+        n = apply_labels(lyr, new)
+        self.status.setText(f"accepted: {n} voxel(s) of label {label} changed in {lyr.name} (Undo reverts it)")
+        self.review.refresh(force=True)
+        self.reset(keep_status=True)
+        return n
+
     def reset(self, keep_status: bool = False):
         scan = self.scan_layer()
         if scan is not None:
@@ -220,5 +313,6 @@ class PromptPanel(QGroupBox):
                     self.viewer.layers.remove(lyr)
         self._queue.clear()
         self.last_result = None
+        self._correcting = None
         if not keep_status:
             self.status.setText("reset: Ctrl+click the next structure")
