@@ -133,6 +133,7 @@ class PromptSession:
         self.size = tuple(int(s) for s in self.spec.roi_size)
         self.levels = tuple(float(v) for v in self.spec.extra.get("levels_mm", [1.0, 2.0, 4.0]))
         self.radius = float(self.spec.extra.get("click_radius_vox", 1.5))
+        self.click_encoding = self.spec.extra.get("click_encoding")   # None: balls (prompt.clicks)
         self.clicks: list[Click] = []
         self.box: tuple[np.ndarray, np.ndarray] | None = None
         self.current: np.ndarray | None = None   # bool mask on the scan grid
@@ -257,7 +258,7 @@ class PromptSession:
         prev = None
         if self.current is not None and self.current.any():
             prev = sample_scan(self.current.astype(np.uint8), self.volume.affine, crop, order=0)
-        x = network_input(img, pos, neg, prev, self.radius)
+        x = network_input(img, pos, neg, prev, self.radius, self.click_encoding)
         return torch.from_numpy(x)[None].to(self.device)
 
     def _forward(self, crop: Crop) -> np.ndarray:

@@ -315,6 +315,7 @@ class PromptSampleConfig:
     p_border: float = 0.0           # share of border edits: a structure larger than the crop, a piece of its
     #                                 border missing from or added to the previous mask, clicks only on that piece
     border_spacing: tuple[float, ...] = (1.0, 1.0, 1.0, 1.75)   # drawn from (the session's fine levels)
+    click_encoding: dict | None = None   # the model's ``extra.click_encoding`` (None: balls; prompt.clicks)
 
 
 def plain_background(rng, size: int) -> np.ndarray:
@@ -404,7 +405,7 @@ def _try_border(rng, src, cfg):
     _corrections(rng, y, prev, int(rng.integers(1, 3)), pos, neg)
     if not pos and not neg:
         return None
-    return network_input(x, pos, neg, prev, cfg.click_radius), y.astype(np.uint8)
+    return network_input(x, pos, neg, prev, cfg.click_radius, cfg.click_encoding), y.astype(np.uint8)
 
 
 def _corrections(rng, y: np.ndarray, prev: np.ndarray, n: int, pos: list, neg: list) -> None:
@@ -480,7 +481,7 @@ def _try_sample(rng, sources, cfg):
         extra = farthest_point(y & (rng.random(y.shape) < 0.5), rng=rng, jitter=0.8)
         if extra is not None:
             pos.append(extra)
-    inp = network_input(x, pos, neg, prev, cfg.click_radius)
+    inp = network_input(x, pos, neg, prev, cfg.click_radius, cfg.click_encoding)
     return inp, y.astype(np.uint8)
 
 

@@ -22,7 +22,7 @@ checkpoint format as ``train-seg``). Outputs: ``config.json``, ``ckpt.pt``, ``lo
 
 from __future__ import annotations
 
-from dataclasses import fields
+from dataclasses import fields, replace
 
 import numpy as np
 import torch
@@ -115,7 +115,10 @@ def train_prompt(config: dict, out, *, data_dir=None, sources=None, resume: bool
     ``data_dir`` (tests pass small ones). Returns a summary dict."""
     cfg = merge_config(DEFAULTS, config)
     spec = _spec(cfg)
-    scfg = sample_config(cfg["sample"])
+    if "click_encoding" in cfg["sample"]:
+        raise TrainingError("the click encoding is the model's: set model.extra.click_encoding, not sample")
+    # one home for the encoding: the spec, so training draws what the session will feed the network
+    scfg = replace(sample_config(cfg["sample"]), click_encoding=spec.extra.get("click_encoding"))
     if any(int(r) != scfg.size for r in spec.roi_size):
         raise TrainingError(f"the model's roi_size {spec.roi_size} must be the crop size {scfg.size}")
     if sources is None:
