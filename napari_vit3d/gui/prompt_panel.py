@@ -44,8 +44,8 @@ ADDED, REMOVED = 1, 2
 def _prompt_job(scan_name: str, volume, ras, positive: bool, start, progress, cancel):
     """Worker thread: the scan's prompt session (made on first use), one more click, one prediction;
     the preview's display-order data, its layer kwargs and its volume (mL) are prepared here so the GUI
-    thread only swaps it in. ``start`` (a bool mask on the scan's file grid, or None) is the label being
-    corrected: the first click of a session starts from it, and the preview is the change from it."""
+    thread only swaps it in. ``start`` (a 0/1 ``Volume`` on the labels layer's grid, or None) is the label
+    being corrected: the first click of a session starts from it, and the preview is the change from it."""
     from ..prompt import PromptSession, load_prompt_model
 
     entry = prompt_sessions.get(scan_name)
@@ -54,7 +54,8 @@ def _prompt_job(scan_name: str, volume, ras, positive: bool, start, progress, ca
         prompt_sessions[scan_name] = entry
     if start is not None and not entry.clicks:
         entry.reset()
-        entry.set_previous(start)
+        entry.set_previous(start)        # checks that the label lies on the scan's grid
+    start = None if start is None else start.data > 0
     entry.add_point(world=ras, positive=positive)
     try:
         result = entry.predict(progress=progress, cancel=cancel)
@@ -98,7 +99,7 @@ class PromptPanel(QGroupBox):
                                       "Ctrl+Shift+click removes the wrong part it is on")
         self.correct_check.toggled.connect(lambda *_: self.reset())
         lay.addWidget(self.correct_check)
-        self._correcting = None        # (labels layer name, label, start mask on the file grid) being corrected
+        self._correcting = None        # (labels layer name, label, start Volume) being corrected
         row = QHBoxLayout()
         self.accept_button = QPushButton("Accept into labels")
         self.accept_button.setToolTip("merge the preview into the selected label (one undo step)")
@@ -173,7 +174,7 @@ class PromptPanel(QGroupBox):
             report_error(exc, "Click to segment")
             return None
         try:
-            start = self._start_mask(scan, volume)
+            start = self._start_mask(scan)
         except Vit3dError as exc:
             self._queue.clear()
             report_error(exc, "Click to segment")
@@ -183,9 +184,10 @@ class PromptPanel(QGroupBox):
                                status=f"{'object' if positive else 'not the object'} click at RAS "
                                       f"{np.round(ras, 1).tolist()} mm…")
 
-    def _start_mask(self, scan, volume):
-        """With *Correct the selected label*: the label being corrected, on the scan's file grid (the first
-        click of a session reads it from the labels layer; later clicks go on from the session's mask)."""
+    def _start_mask(self, scan):
+        """With *Correct the selected label*: the label being corrected, a 0/1 ``Volume`` on the labels layer's
+        grid (the first click of a session reads it from the layer; later clicks go on from the session's
+        mask; the session's ``set_previous`` refuses a layer not on the scan's grid)."""
         if not self.correct_check.isChecked():
             self._correcting = None
             return None
@@ -197,10 +199,9 @@ class PromptPanel(QGroupBox):
             raise VolumeError("Correct the selected label needs a labels layer: choose one above (or segment first)")
         label = int(lyr.selected_label)
         labels = volume_from_layer(lyr)
-        if labels.spatial_shape != volume.spatial_shape or not np.allclose(labels.affine, volume.affine, atol=1e-4):
-            raise VolumeError(f"{lyr.name} is not on the grid of {scan.name}")
-        start = np.asarray(labels.data if labels.data.ndim == 3 else labels.data[..., 0]) == label
-        if not start.any():
+        start = labels.with_data((np.asarray(labels.data if labels.data.ndim == 3 else labels.data[..., 0]) == label)
+                                 .astype(np.uint8))
+        if not start.data.any():
             raise VolumeError(f"{lyr.name} has no voxel of label {label} to correct: select the label to correct "
                               "(or untick Correct the selected label to segment a new object)")
         self._correcting = (lyr.name, label, start)

@@ -122,9 +122,8 @@ def geodesic_map(image: np.ndarray, points, *, tau: float = 10.0, edge: float = 
     from skimage.graph import MCP_Geometric
 
     image = np.asarray(image, np.float32)
-    out = np.zeros(image.shape, np.float32)
     if points is None or len(points) == 0:
-        return out
+        return np.zeros(image.shape, np.float32)
     g = ndimage.gaussian_gradient_magnitude(image, 0.7)
     full = 1.0 + float(edge) * g * g
     n = (np.asarray(image.shape) + 1) // 2
@@ -148,7 +147,7 @@ def encode_clicks(image: np.ndarray, points, radius: float, encoding: dict | Non
         return balls
     if kind != "geodesic":
         raise ValueError(f"unknown click encoding {kind!r} (ball or geodesic)")
-    geo = geodesic_map(image, points, tau=float(encoding.get("tau", 10.0)), edge=float(encoding.get("edge", 1000.0)))
+    geo = geodesic_map(image, points, **{k: float(encoding[k]) for k in ("tau", "edge") if k in encoding})
     return np.maximum(balls, geo)
 
 
