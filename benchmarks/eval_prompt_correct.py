@@ -11,9 +11,13 @@ brain: one negative click at its deepest voxel). The corrected mask is scored ag
 * ``collateral``: voxels outside the piece that the click changed (all of them are errors);
 * Dice before / after.
 
-Methods on the same clicks: the promptable model with the rule in use (a mask wider than the second
-level's crop is edited on the finest crop around the click), the rule before it (the crop holding the
-whole mask, with zoom-out; ``large_edit`` off), and a brush: a ball of ``--brush-mm`` around the click
+Pieces (``--shape``): ``ball`` cuts or adds a ball of ``--radius`` voxels centred on a border voxel (a lump
+of cortex missing, a lump of tissue glued on); ``rim`` a layer 3 voxels deep along the border within
+``--radius`` × 1.7 voxels of a border voxel (a border drawn too tight or too loose over a patch).
+
+Methods on the same clicks: the promptable model with the rule in use (a given mask wider than the second
+level's crop is corrected on the crop holding it, within the click's reach: ``PromptSession.reach_mm``),
+the same without the reach (``large_edit`` off), and a brush: a ball of ``--brush-mm`` around the click
 added (positive) or erased (negative).
 
     python benchmarks/eval_prompt_correct.py --trials 8 --out /tmp/prompt_correct.json
@@ -44,6 +48,7 @@ def main(argv=None) -> int:
     ap.add_argument("--scan", default=None, help="scan (default: the bundled Colin27 T1)")
     ap.add_argument("--trials", type=int, default=8, help="trials per kind (missing, extra)")
     ap.add_argument("--radius", type=float, default=12.0, help="piece ball radius, voxels")
+    ap.add_argument("--shape", choices=("ball", "rim"), default="ball", help="the pieces' shape")
     ap.add_argument("--brush-mm", type=float, default=6.0, help="brush ball radius, mm")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--model", default=None, help="promptable model: a bundled name or a spec .json (default: bundled)")
@@ -65,22 +70,28 @@ def main(argv=None) -> int:
     rows = []
     for kind in ("missing", "extra"):
         for t in range(args.trials):
-            ball = _ball(truth.shape, border[rng.integers(len(border))], args.radius)
-            piece = (truth & ball) if kind == "missing" else (ball & ~truth)
+            centre = border[rng.integers(len(border))]
+            if args.shape == "ball":
+                ball = _ball(truth.shape, centre, args.radius)
+                piece = (truth & ball) if kind == "missing" else (ball & ~truth)
+            else:
+                patch = _ball(truth.shape, centre, 1.7 * args.radius)
+                piece = patch & ((truth & ~ndimage.binary_erosion(truth, iterations=3)) if kind == "missing"
+                                 else (ndimage.binary_dilation(truth, iterations=3) & ~truth))
             previous = (truth & ~piece) if kind == "missing" else (truth | piece)
             depth = ndimage.distance_transform_edt(piece)
             click = np.array(np.unravel_index(int(np.argmax(depth)), depth.shape))
             world = aff[:3, :3] @ click + aff[:3, 3]
             positive = kind == "missing"
             row = {"kind": kind, "trial": t, "piece_voxels": int(piece.sum()), "dice_before": _dice(previous, truth)}
-            for method in ("model", "model_before", "brush"):
+            for method in ("model", "model_no_reach", "brush"):
                 t0 = time.perf_counter()
                 if method == "brush":
                     dab = _ball(truth.shape, click, args.brush_mm / vox_mm)
                     new = (previous | dab) if positive else (previous & ~dab)
                 else:
                     s = PromptSession(model, vol)
-                    if method == "model_before":
+                    if method == "model_no_reach":
                         s.large_edit = lambda: False
                     s.set_previous(previous)
                     s.add_point(world=world, positive=positive)
@@ -98,7 +109,7 @@ def main(argv=None) -> int:
                "| better than before |", "|---|---|---|---|---|---|"]
         for kind in ("missing", "extra"):
             sub = [r for r in rows if r["kind"] == kind]
-            for method in ("model", "model_before", "brush"):
+            for method in ("model", "model_no_reach", "brush"):
                 fixed = np.mean([r[method]["fixed"] for r in sub])
                 col = [r[method]["collateral"] for r in sub]
                 before = np.mean([r["dice_before"] for r in sub])

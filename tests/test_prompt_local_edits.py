@@ -86,40 +86,95 @@ def test_global_edits_let_the_network_redraw(model, scene):
     assert not (got & b).any() and got[16, 24, 32]          # B lost with the old rule, the bump in
 
 
-def test_a_click_on_a_mask_wider_than_the_second_level_is_edited_on_the_finest_crop_around_it(model):
-    """Correcting a whole-brain-sized mask: the click is predicted on the finest level's crop centred on it and
-    never zooms out, even when the network's answer fills the crop; the change stays inside that crop. A small
-    mask with the same answer still zooms out (the rule is only for masks wider than ``large_edit_mm``), and so
-    does a wide object that the clicks are still growing (the rule is for a segmentation given to correct)."""
+def _brute_depth_mm(mask, click, aff, positive):
+    """Distance (mm) from the click voxel to the nearest voxel of the mask (positive) or background (negative),
+    by brute force over voxel centres mapped with nibabel's apply_affine."""
+    from nibabel.affines import apply_affine
+
+    pts = np.argwhere(mask if positive else ~mask)
+    return float(np.min(np.linalg.norm(apply_affine(aff, pts) - apply_affine(aff, click), axis=1)))
+
+
+@pytest.mark.parametrize("positive", [True, False])
+def test_a_click_on_a_mask_wider_than_the_second_level_changes_it_only_within_the_clicks_reach(model, positive):
+    """Correcting a whole-brain-sized mask: the click is predicted on the crop holding the whole mask and the
+    change is kept within twice the click's depth plus two voxels of it, even when the
+    network's answer would change everything; a small mask with the same answer is not limited (the rule is
+    only for masks wider than ``large_edit_mm``), nor is a wide object the clicks are still growing."""
+    from nibabel.affines import apply_affine
+
     shape = (170, 170, 170)
     aff = np.diag([1.0, 1.0, 1.0, 1.0])
     aff[:3, 3] = (-85.0, -90.0, -70.0)
     vol = Volume(data=np.random.default_rng(1).normal(100, 10, shape).astype(np.float32), affine=aff, name="big")
-    click = np.array([85, 85, 158])                       # just outside the big mask
-    for radius, local in ((70, True), (12, False)):
+    answer = np.ones(shape, bool) if positive else np.zeros(shape, bool)   # the network: change everything
+    # (mask radius, mask centre, click): a positive click 9 voxels outside the mask, a negative one inside it
+    cases = [(70, (85, 85, 85), (85, 85, 164) if positive else (85, 85, 147)),
+             (12, (85, 85, 143), (85, 85, 164) if positive else (85, 85, 153))]
+    for radius, centre, click in cases:
+        local = radius == 70
+        click = np.array(click)
         s = PromptSession(model, vol)
         assert 2 * radius > s.large_edit_mm if local else 2 * radius < s.large_edit_mm
-        previous = _ball(shape, (85, 85, 85), radius)
+        previous = _ball(shape, centre, radius)
         s.set_previous(previous)
-        _scripted(s, np.ones(shape, bool))                # the network's answer: everything
-        s.add_point(voxel=tuple(int(v) for v in click), positive=True)
+        _scripted(s, answer)
+        s.add_point(voxel=tuple(int(v) for v in click), positive=positive)
         assert s.large_edit() is local
+        reach_before = s.reach_mm(s.clicks[-1])
         res = s.predict()
+        got = res.mask.data > 0
+        changed = got != previous
+        assert changed[tuple(click)]
+        dist = np.linalg.norm(apply_affine(aff, np.indices(shape).reshape(3, -1).T)
+                              - apply_affine(aff, click), axis=1).reshape(shape)
         if local:
-            assert res.levels_tried == [s.levels[0]]
-            world = aff[:3, :3] @ click + aff[:3, 3]
-            np.testing.assert_allclose(res.crop.centre_world, world, atol=s.levels[0])
-            added = (res.mask.data > 0) & ~previous
-            assert added.any()
-            idx = np.argwhere(added)
-            assert np.all(np.abs(idx - click) <= s.size[0] // 2 + 1)   # inside the 64 mm crop around the click
+            depth = _brute_depth_mm(previous, click, aff, positive)
+            reach = 2 * depth + 2.0
+            assert reach_before == pytest.approx(reach, abs=1e-3)
+            # the crop: centred on the click, the coarsest level whose voxels are no larger than the depth
+            assert res.levels_tried == [max(mm for mm in s.levels if mm <= depth)]
+            np.testing.assert_allclose(res.crop.centre_world, apply_affine(aff, click), atol=1e-6)
+            # exactly the voxels within reach that the answer changes (away from the scan's faces, where the
+            # scripted answer mapped back from a 4.5 mm crop that overhangs the scan fades out)
+            inner = (slice(3, -3),) * 3
+            expect = (dist <= reach) & (~previous if positive else previous)
+            np.testing.assert_array_equal(changed[inner], expect[inner])
+            assert not changed[dist > reach].any()
+        elif positive:
+            assert changed[dist > 40].any()                     # not limited to the click's surroundings
         else:
-            assert len(res.levels_tried) > 1                  # the answer reached the faces: zoomed out
-    # an object the clicks are still growing (no set_previous) keeps the zoom rule: the crop holds it, however wide
+            assert not got.any()                                # the whole small mask removed, 22 mm away too
+
+
+def test_a_wide_object_still_grown_by_clicks_keeps_the_zoom_rule(model):
+    """The reach is for a segmentation given to correct: an object the clicks are still growing (no
+    set_previous) is followed by the crop however wide it is."""
+    shape = (170, 170, 170)
+    aff = np.diag([1.0, 1.0, 1.0, 1.0])
+    vol = Volume(data=np.random.default_rng(1).normal(100, 10, shape).astype(np.float32), affine=aff, name="big")
     s = PromptSession(model, vol)
     s.add_point(voxel=(85, 85, 85), positive=True)
     s.current = _ball(shape, (85, 85, 85), 70)
-    s.add_point(voxel=tuple(int(v) for v in click), positive=True)
+    s.add_point(voxel=(85, 85, 164), positive=True)
     assert not s.large_edit()
     _scripted(s, np.ones(shape, bool))
     assert s.predict().crop.spacing == s.levels[-1]
+
+
+def test_a_thin_error_on_a_wide_mask_is_edited_on_the_finest_crop(model):
+    """A click 1 mm outside a whole-brain-sized mask (a border drawn slightly too tight) is predicted at the
+    finest level, whose voxels can draw a 1 mm change; its change stays within 2 × 1 + 2 mm of the click."""
+    shape = (170, 170, 170)
+    aff = np.diag([1.0, 1.0, 1.0, 1.0])
+    vol = Volume(data=np.random.default_rng(1).normal(100, 10, shape).astype(np.float32), affine=aff, name="big")
+    previous = _ball(shape, (85, 85, 85), 70)
+    s = PromptSession(model, vol)
+    s.set_previous(previous)
+    _scripted(s, np.ones(shape, bool))
+    s.add_point(voxel=(85, 85, 156), positive=True)
+    assert s.click_depth_mm(s.clicks[-1]) == pytest.approx(1.0)
+    res = s.predict()
+    assert res.levels_tried == [s.levels[0]]
+    added = np.argwhere((res.mask.data > 0) & ~previous)
+    assert len(added) and np.all(np.linalg.norm(added - (85, 85, 156), axis=1) <= 4.0 + 1e-6)
