@@ -178,3 +178,37 @@ def test_a_thin_error_on_a_wide_mask_is_edited_on_the_finest_crop(model):
     assert res.levels_tried == [s.levels[0]]
     added = np.argwhere((res.mask.data > 0) & ~previous)
     assert len(added) and np.all(np.linalg.norm(added - (85, 85, 156), axis=1) <= 4.0 + 1e-6)
+
+
+def test_a_far_positive_click_on_an_object_being_grown_asks_for_a_coarse_crop_and_keeps_within_reach(model):
+    """Growing an object by clicks: a positive click 30 mm from the current mask is predicted at least at the
+    coarsest level whose voxels are at most a quarter of that (4.5 mm for 7.5 mm) and, since that is coarser
+    than the crop the prompts alone would get, its change stays within 2 × 30 + 2 mm of the click; a click
+    2 mm from the mask gets the usual crop and no limit."""
+    from nibabel.affines import apply_affine
+
+    shape = (170, 170, 170)
+    aff = np.diag([1.0, 1.0, 1.0, 1.0])
+    vol = Volume(data=np.random.default_rng(1).normal(100, 10, shape).astype(np.float32), affine=aff, name="big")
+    dist_to = lambda click: np.linalg.norm(  # noqa: E731
+        apply_affine(aff, np.indices(shape).reshape(3, -1).T) - apply_affine(aff, click), axis=1).reshape(shape)
+    for click, far in (((85, 85, 125), True), ((85, 85, 97), False)):
+        s = PromptSession(model, vol)
+        s.add_point(voxel=(85, 85, 85), positive=True)
+        s.current = _ball(shape, (85, 85, 85), 10)
+        previous = s.current.copy()
+        s.add_point(voxel=click, positive=True)
+        depth = _brute_depth_mm(previous, np.array(click), aff, True)
+        usual, _ = s.choose_crop()
+        grow = s.grow_level()
+        _scripted(s, np.ones(shape, bool))
+        res = s.predict()
+        changed = (res.mask.data > 0) != previous
+        assert changed[click]
+        if far:
+            assert depth == pytest.approx(30.0)
+            assert grow == len(s.levels) - 1 > usual and res.levels_tried[0] == s.levels[-1]
+            assert not changed[dist_to(click) > 2 * depth + 2.0].any()
+        else:
+            assert grow <= usual and res.levels_tried[0] == s.levels[usual]
+            assert changed[dist_to(click) > 2 * depth + 2.0 + 10].any()     # not limited to the reach

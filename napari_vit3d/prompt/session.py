@@ -36,6 +36,14 @@ current mask. Each :meth:`PromptSession.predict`:
    improved 32 of 32 trials (lumps: 0.99 of a missing one filled, 0.75 of an extra one removed; a brush
    dab: 0.25), where the finest crop around the click improved 26 of 32 (0.19 and 0.01 of lumps) and the
    crop holding the whole mask 15 of 32 (19,000 voxels added along the border for a lump of 3,700).
+6. a positive corrective click far from an object still being grown by clicks (its depth: mm to the
+   current mask) says the object reaches that far: the crop is at least the coarsest level whose voxels
+   are at most a quarter of that depth (``grow_depth_factor``), and, when that is coarser than the
+   usual choice, the change is kept within the click's reach. The network's edits scale with its crop:
+   measured on the benchmark's structures (``bench_prompt.py``, stage-10 weights), the second click on a
+   whole brain went from 1.75 to 4.5 mm and Dice after 3 clicks from 0.11 to 0.54 (6 structures: 0.212 ->
+   0.382), while 7 of 8 held-out lesions were unchanged (one 6.6 mL lesion 0.66 -> 0.49, the MNI152
+   ventricles 0.28 -> 0.09).
 
 Nothing here imports Qt or napari; the GUI and the CLI call this.
 """
@@ -288,7 +296,16 @@ class PromptSession:
             # with a mask to correct (set_previous), a negative click alone is an edit
             raise GeometryError("click-prompted segmentation needs at least one positive point on the object")
         local_only = self.large_edit()   # a given mask wider than large_edit_mm: the edit crop and reach
-        level, crop = self.edit_crop(self.clicks[-1]) if local_only else self.choose_crop()
+        reach = None
+        if local_only:
+            level, crop = self.edit_crop(self.clicks[-1])
+            reach = self.reach_mm(self.clicks[-1])
+        else:
+            level, crop = self.choose_crop()
+            grow = self.grow_level()
+            if grow is not None and grow > level:   # a far positive click on an object being grown
+                level, crop = self.choose_crop(grow)
+                reach = self.reach_mm(self.clicks[-1])
         tried = []
         while True:
             if cancel is not None and cancel():
@@ -308,7 +325,6 @@ class PromptSession:
         mask = scan_prob > 0.5
         previous = self.current
         if self.local_edits and previous is not None and previous.any():
-            reach = self.reach_mm(self.clicks[-1]) if local_only else None
             mask = self._local_edit(previous, mask, self.clicks[-1], crop, reach_mm=reach)
         else:
             mask = self._keep_clicked(mask)
@@ -349,6 +365,19 @@ class PromptSession:
         depth plus two voxels (module docstring, 5)."""
         sp = voxel_spacing(self.volume.affine)
         return 2 * self.click_depth_mm(click) + 2 * float(sp.max())
+
+    #: a positive corrective click ``d`` mm from an object being grown asks for a crop whose voxels are at
+    #: most ``grow_depth_factor`` × ``d`` (module docstring, 6)
+    grow_depth_factor = 0.25
+
+    def grow_level(self) -> int | None:
+        """The coarsest level whose voxels are at most :attr:`grow_depth_factor` × the depth of the last
+        click, when it is a positive corrective click on an object being grown by clicks (else ``None``)."""
+        if self._given or not self.clicks or not self.clicks[-1].positive or self.current is None \
+                or not self.current.any():
+            return None
+        want = self.grow_depth_factor * self.click_depth_mm(self.clicks[-1])
+        return max(i for i, mm in enumerate(self.levels) if mm <= max(want, self.levels[0]))
 
     def edit_crop(self, click: Click) -> tuple[int, Crop]:
         """(level index, crop) for correcting a large given mask at ``click``: centred on the click, at the
