@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from nibabel.affines import apply_affine
 from scipy import ndimage
 
 from napari_vit3d.io.volume import Volume
@@ -89,10 +90,14 @@ def test_global_edits_let_the_network_redraw(model, scene):
 def _brute_depth_mm(mask, click, aff, positive):
     """Distance (mm) from the click voxel to the nearest voxel of the mask (positive) or background (negative),
     by brute force over voxel centres mapped with nibabel's apply_affine."""
-    from nibabel.affines import apply_affine
-
     pts = np.argwhere(mask if positive else ~mask)
     return float(np.min(np.linalg.norm(apply_affine(aff, pts) - apply_affine(aff, click), axis=1)))
+
+
+def _dist_mm(shape, aff, click):
+    """Distance (mm) from the click voxel's centre to every voxel centre, through nibabel's apply_affine."""
+    pts = apply_affine(aff, np.indices(shape).reshape(3, -1).T)
+    return np.linalg.norm(pts - apply_affine(aff, click), axis=1).reshape(shape)
 
 
 @pytest.mark.parametrize("positive", [True, False])
@@ -101,8 +106,6 @@ def test_a_click_on_a_mask_wider_than_the_second_level_changes_it_only_within_th
     change is kept within twice the click's depth plus two voxels of it, even when the
     network's answer would change everything; a small mask with the same answer is not limited (the rule is
     only for masks wider than ``large_edit_mm``), nor is a wide object the clicks are still growing."""
-    from nibabel.affines import apply_affine
-
     shape = (170, 170, 170)
     aff = np.diag([1.0, 1.0, 1.0, 1.0])
     aff[:3, 3] = (-85.0, -90.0, -70.0)
@@ -126,8 +129,7 @@ def test_a_click_on_a_mask_wider_than_the_second_level_changes_it_only_within_th
         got = res.mask.data > 0
         changed = got != previous
         assert changed[tuple(click)]
-        dist = np.linalg.norm(apply_affine(aff, np.indices(shape).reshape(3, -1).T)
-                              - apply_affine(aff, click), axis=1).reshape(shape)
+        dist = _dist_mm(shape, aff, click)
         if local:
             depth = _brute_depth_mm(previous, click, aff, positive)
             reach = 2 * depth + 2.0
@@ -185,13 +187,9 @@ def test_a_far_positive_click_on_an_object_being_grown_asks_for_a_coarse_crop_an
     coarsest level whose voxels are at most a quarter of that (4.5 mm for 7.5 mm) and, since that is coarser
     than the crop the prompts alone would get, its change stays within 2 × 30 + 2 mm of the click; a click
     2 mm from the mask gets the usual crop and no limit."""
-    from nibabel.affines import apply_affine
-
     shape = (170, 170, 170)
     aff = np.diag([1.0, 1.0, 1.0, 1.0])
     vol = Volume(data=np.random.default_rng(1).normal(100, 10, shape).astype(np.float32), affine=aff, name="big")
-    dist_to = lambda click: np.linalg.norm(  # noqa: E731
-        apply_affine(aff, np.indices(shape).reshape(3, -1).T) - apply_affine(aff, click), axis=1).reshape(shape)
     for click, far in (((85, 85, 125), True), ((85, 85, 97), False)):
         s = PromptSession(model, vol)
         s.add_point(voxel=(85, 85, 85), positive=True)
@@ -208,7 +206,7 @@ def test_a_far_positive_click_on_an_object_being_grown_asks_for_a_coarse_crop_an
         if far:
             assert depth == pytest.approx(30.0)
             assert grow == len(s.levels) - 1 > usual and res.levels_tried[0] == s.levels[-1]
-            assert not changed[dist_to(click) > 2 * depth + 2.0].any()
+            assert not changed[_dist_mm(shape, aff, click) > 2 * depth + 2.0].any()
         else:
             assert grow <= usual and res.levels_tried[0] == s.levels[usual]
-            assert changed[dist_to(click) > 2 * depth + 2.0 + 10].any()     # not limited to the reach
+            assert changed[_dist_mm(shape, aff, click) > 2 * depth + 2.0 + 10].any()     # not limited to the reach

@@ -296,16 +296,19 @@ class PromptSession:
             # with a mask to correct (set_previous), a negative click alone is an edit
             raise GeometryError("click-prompted segmentation needs at least one positive point on the object")
         local_only = self.large_edit()   # a given mask wider than large_edit_mm: the edit crop and reach
-        reach = None
+        click, reach = self.clicks[-1], None
         if local_only:
-            level, crop = self.edit_crop(self.clicks[-1])
-            reach = self.reach_mm(self.clicks[-1])
+            depth = self.click_depth_mm(click)
+            level, crop = self.edit_crop(click, depth)
+            reach = self.reach_mm(click, depth)
         else:
             level, crop = self.choose_crop()
-            grow = self.grow_level()
-            if grow is not None and grow > level:   # a far positive click on an object being grown
-                level, crop = self.choose_crop(grow)
-                reach = self.reach_mm(self.clicks[-1])
+            if self._grows_object():
+                depth = self.click_depth_mm(click)
+                grow = self.grow_level(depth)
+                if grow > level:   # a far positive click on an object being grown
+                    level, crop = self.choose_crop(grow)
+                    reach = self.reach_mm(click, depth)
         tried = []
         while True:
             if cancel is not None and cancel():
@@ -360,30 +363,39 @@ class PromptSession:
         d = ndimage.distance_transform_edt(~other, sampling=sp)
         return min(float(d[tuple(ijk - lo)]), float(cap_mm))
 
-    def reach_mm(self, click: Click) -> float:
+    def reach_mm(self, click: Click, depth: float | None = None) -> float:
         """How far (mm) from ``click`` a correction of a large given mask may change it: twice the click's
-        depth plus two voxels (module docstring, 5)."""
-        sp = voxel_spacing(self.volume.affine)
-        return 2 * self.click_depth_mm(click) + 2 * float(sp.max())
+        depth (``depth``, or :meth:`click_depth_mm`) plus two voxels (module docstring, 5)."""
+        depth = self.click_depth_mm(click) if depth is None else float(depth)
+        return 2 * depth + 2 * float(voxel_spacing(self.volume.affine).max())
+
+    def _coarsest_level_within(self, mm: float) -> int:
+        """The index of the coarsest zoom level whose voxels are at most ``mm`` (the finest level at least)."""
+        return max(i for i, v in enumerate(self.levels) if v <= max(mm, self.levels[0]))
 
     #: a positive corrective click ``d`` mm from an object being grown asks for a crop whose voxels are at
     #: most ``grow_depth_factor`` × ``d`` (module docstring, 6)
     grow_depth_factor = 0.25
 
-    def grow_level(self) -> int | None:
-        """The coarsest level whose voxels are at most :attr:`grow_depth_factor` × the depth of the last
-        click, when it is a positive corrective click on an object being grown by clicks (else ``None``)."""
-        if self._given or not self.clicks or not self.clicks[-1].positive or self.current is None \
-                or not self.current.any():
-            return None
-        want = self.grow_depth_factor * self.click_depth_mm(self.clicks[-1])
-        return max(i for i, mm in enumerate(self.levels) if mm <= max(want, self.levels[0]))
+    def _grows_object(self) -> bool:
+        """True if the last click is a positive corrective click on an object being grown by clicks."""
+        return not self._given and bool(self.clicks) and self.clicks[-1].positive \
+            and self.current is not None and bool(self.current.any())
 
-    def edit_crop(self, click: Click) -> tuple[int, Crop]:
+    def grow_level(self, depth: float | None = None) -> int | None:
+        """The coarsest level whose voxels are at most :attr:`grow_depth_factor` × the depth of the last
+        click (``depth``, or :meth:`click_depth_mm`), when it is a positive corrective click on an object
+        being grown by clicks (else ``None``)."""
+        if not self._grows_object():
+            return None
+        depth = self.click_depth_mm(self.clicks[-1]) if depth is None else float(depth)
+        return self._coarsest_level_within(self.grow_depth_factor * depth)
+
+    def edit_crop(self, click: Click, depth: float | None = None) -> tuple[int, Crop]:
         """(level index, crop) for correcting a large given mask at ``click``: centred on the click, at the
-        coarsest level whose voxels are no larger than the click's depth (the finest level at least)."""
-        depth = self.click_depth_mm(click)
-        level = max(i for i, mm in enumerate(self.levels) if mm <= max(depth, self.levels[0]))
+        coarsest level whose voxels are no larger than the click's depth (``depth``, or
+        :meth:`click_depth_mm`; the finest level at least)."""
+        level = self._coarsest_level_within(self.click_depth_mm(click) if depth is None else float(depth))
         return level, make_crop(self.volume.affine, self.volume.spatial_shape, np.asarray(click.world, float),
                                 self.levels[level], self.size)
 
